@@ -1,0 +1,433 @@
+//! The YAML run configuration: schema, `--set key=value` overrides and validation.
+//!
+//! Loading goes file -> YAML tree -> typed `Config` (unknown keys rejected) -> full tree with every
+//! default filled in -> overrides applied (a key must already exist in that full tree) -> typed
+//! `Config` again -> `validate()`. Everything is checked before any data is read or any rank talks.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub run: RunConfig,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub parallel: ParallelConfig,
+    pub sync: SyncConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Run folder name under `results/runs/` (unless `--out` is given).
+    pub name: String,
+    /// Seeds weight initialisation, the epoch permutations and dropout.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    Mnist,
+    FashionMnist,
+    Cifar10,
+}
+
+impl DatasetName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Mnist => "mnist",
+            DatasetName::FashionMnist => "fashion-mnist",
+            DatasetName::Cifar10 => "cifar10",
+        }
+    }
+    /// Image shape (channels, height, width).
+    pub fn image_shape(self) -> [i64; 3] {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => [1, 28, 28],
+            DatasetName::Cifar10 => [3, 32, 32],
+        }
+    }
+}
+
+impl std::str::FromStr for DatasetName {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mnist" => Ok(DatasetName::Mnist),
+            "fashion-mnist" => Ok(DatasetName::FashionMnist),
+            "cifar10" => Ok(DatasetName::Cifar10),
+            other => {
+                bail!("unknown data set `{other}`: expected one of mnist, fashion-mnist, cifar10")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub dataset: DatasetName,
+    /// Folder with the data set's files; `null` means `data/<dataset>`.
+    pub dir: Option<String>,
+    /// Use only the first N training images (fast tests); `null` = all.
+    pub train_limit: Option<usize>,
+    /// Use only the first N test images; `null` = all.
+    pub test_limit: Option<usize>,
+}
+
+impl DataConfig {
+    pub fn dir(&self) -> String {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| format!("data/{}", self.dataset.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    MnistCnn,
+    CifarCnn,
+}
+
+impl Preset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::MnistCnn => "mnist_cnn",
+            Preset::CifarCnn => "cifar_cnn",
+        }
+    }
+    pub fn input_shape(self) -> [i64; 3] {
+        match self {
+            Preset::MnistCnn => [1, 28, 28],
+            Preset::CifarCnn => [3, 32, 32],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub preset: Preset,
+    /// Dropout probability before the last linear layer (mnist_cnn); 0 disables it.
+    pub dropout: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchScope {
+    /// `batch_size` images per rank (the seeds' convention; global batch grows with ranks).
+    PerRank,
+    /// `batch_size` images per step in total, split across ranks (strong scaling).
+    Global,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub batch_scope: BatchScope,
+    pub lr: f64,
+    pub momentum: f64,
+    /// Stop after this many optimizer steps in total (equivalence tests); `null` = full epochs.
+    pub max_steps: Option<usize>,
+    /// Images per forward pass during evaluation (memory only; does not change results).
+    pub eval_batch_size: usize,
+    /// Log line every N steps when stdout is not a terminal.
+    pub log_every: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelConfig {
+    /// libtorch intra-op (OpenMP) threads per rank; 0 = keep libtorch's default (all cores).
+    pub threads_per_rank: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// All-reduce (mean) of gradients every step: replicas take identical steps.
+    Gradients,
+    /// Local steps; weights averaged every `average_every` steps (seed 004's aggregation).
+    Weights,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    pub mode: SyncMode,
+    pub average_every: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            run: RunConfig::default(),
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            parallel: ParallelConfig::default(),
+            sync: SyncConfig::default(),
+        }
+    }
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            name: "run".into(),
+            seed: 42,
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: DatasetName::Mnist,
+            dir: None,
+            train_limit: None,
+            test_limit: None,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            preset: Preset::MnistCnn,
+            dropout: 0.25,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 64,
+            batch_scope: BatchScope::PerRank,
+            lr: 0.01,
+            momentum: 0.9,
+            max_steps: None,
+            eval_batch_size: 100,
+            log_every: 100,
+        }
+    }
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        ParallelConfig { threads_per_rank: 1 }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            mode: SyncMode::Gradients,
+            average_every: 1,
+        }
+    }
+}
+
+/// Reads `path`, applies `overrides` (`key.path=value`) and validates the result.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config file {} cannot be read", path.display()))?;
+    from_yaml_str(&text, overrides).with_context(|| format!("config file {}", path.display()))
+}
+
+pub fn from_yaml_str(text: &str, overrides: &[String]) -> Result<Config> {
+    let tree: Value = serde_yaml::from_str(text).context("YAML syntax error")?;
+    // Deserialising from the text (not the tree) keeps the field path in error messages.
+    let cfg: Config = if tree.is_null() {
+        Config::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let cfg = apply_overrides(cfg, overrides)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Applies `--set a.b=value` overrides. The key must name a field that exists in the schema.
+pub fn apply_overrides(cfg: Config, overrides: &[String]) -> Result<Config> {
+    if overrides.is_empty() {
+        return Ok(cfg);
+    }
+    let mut tree = serde_yaml::to_value(&cfg)?;
+    for item in overrides {
+        let (key, raw) = item
+            .split_once('=')
+            .with_context(|| format!("--set {item}: expected key=value, e.g. train.epochs=3"))?;
+        let value: Value = serde_yaml::from_str(raw)
+            .with_context(|| format!("--set {key}: value `{raw}` is not valid YAML"))?;
+        let mut node = &mut tree;
+        let parts: Vec<&str> = key.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let map = node
+                .as_mapping_mut()
+                .with_context(|| format!("--set {key}: `{}` is not a section", parts[..i].join(".")))?;
+            let known: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            node = map.get_mut(*part).with_context(|| {
+                format!(
+                    "--set {key}: no such key `{part}`; known keys here: {}",
+                    known.join(", ")
+                )
+            })?;
+        }
+        *node = value;
+        // Checked one override at a time so the message names the key with the bad value.
+        serde_yaml::from_value::<Config>(tree.clone()).map_err(|e| anyhow::anyhow!("--set {key}: {e}"))?;
+    }
+    serde_yaml::from_value(tree).map_err(|e| anyhow::anyhow!("--set: {e}"))
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        if t.epochs == 0 {
+            bail!("train.epochs: must be at least 1, got 0");
+        }
+        if t.batch_size == 0 {
+            bail!("train.batch_size: must be at least 1, got 0");
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            bail!("train.lr: must be a positive number, got {}", t.lr);
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            bail!("train.momentum: must be in [0, 1), got {}", t.momentum);
+        }
+        if t.max_steps == Some(0) {
+            bail!("train.max_steps: must be at least 1 (or null for full epochs), got 0");
+        }
+        if t.eval_batch_size == 0 {
+            bail!("train.eval_batch_size: must be at least 1, got 0");
+        }
+        if t.log_every == 0 {
+            bail!("train.log_every: must be at least 1, got 0");
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            bail!("model.dropout: must be in [0, 1), got {}", self.model.dropout);
+        }
+        if self.data.train_limit == Some(0) {
+            bail!("data.train_limit: must be at least 1 (or null for all), got 0");
+        }
+        if self.data.test_limit == Some(0) {
+            bail!("data.test_limit: must be at least 1 (or null for all), got 0");
+        }
+        if self.sync.average_every == 0 {
+            bail!("sync.average_every: must be at least 1, got 0");
+        }
+        let want = self.model.preset.input_shape();
+        let have = self.data.dataset.image_shape();
+        if want != have {
+            bail!(
+                "model.preset: {} expects {:?} images but data.dataset {} has {:?}",
+                self.model.preset.as_str(),
+                want,
+                self.data.dataset.as_str(),
+                have
+            );
+        }
+        if self.run.name.is_empty() || self.run.name.contains('/') {
+            bail!(
+                "run.name: must be a non-empty folder name without `/`, got `{}`",
+                self.run.name
+            );
+        }
+        Ok(())
+    }
+
+    /// A stable hash of the resolved config, compared across ranks at start-up.
+    /// `data.dir` is left out: nodes may mount the data at different paths; the data's content
+    /// is compared separately (`Dataset::fingerprint`).
+    pub fn hash(&self) -> u64 {
+        let mut c = self.clone();
+        c.data.dir = None;
+        let text = serde_yaml::to_string(&c).expect("config serialises");
+        crate::util::fnv1a(text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", from_yaml_str(text, &sets).unwrap_err())
+    }
+
+    #[test]
+    fn defaults_are_seed_001() {
+        let c = from_yaml_str("", &[]).unwrap();
+        assert_eq!(c.train.batch_size, 64);
+        assert_eq!(c.train.lr, 0.01);
+        assert_eq!(c.train.momentum, 0.9);
+        assert_eq!(c.train.epochs, 10);
+        assert_eq!(c.data.dir(), "data/mnist");
+    }
+
+    #[test]
+    fn overrides_apply_and_parse_types() {
+        let c = from_yaml_str(
+            "train: {epochs: 10}\n",
+            &[
+                "train.epochs=3".into(),
+                "data.train_limit=500".into(),
+                "model.dropout=0".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.epochs, 3);
+        assert_eq!(c.data.train_limit, Some(500));
+        assert_eq!(c.model.dropout, 0.0);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        assert!(err("train: {epoch: 3}\n", &[]).contains("epoch"));
+        assert!(err("", &["train.epoch=3"]).contains("no such key `epoch`"));
+        assert!(err("", &["trian.epochs=3"]).contains("trian"));
+    }
+
+    #[test]
+    fn wrong_type_names_field() {
+        let e = err("train:\n  epochs: ten\n", &[]);
+        assert!(e.contains("train.epochs"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_rejected() {
+        assert!(err("train: {epochs: 0}\n", &[]).contains("train.epochs"));
+        assert!(err("train: {batch_size: 0}\n", &[]).contains("train.batch_size"));
+        assert!(err("train: {lr: -0.1}\n", &[]).contains("train.lr"));
+        assert!(err("train: {lr: 0}\n", &[]).contains("train.lr"));
+        assert!(err("", &["train.epochs=-1"]).contains("train.epochs"));
+        assert!(err("data: {dataset: imagenet}\n", &[]).contains("imagenet"));
+        assert!(err("model: {preset: resnet}\n", &[]).contains("resnet"));
+        assert!(err("model: {preset: cifar_cnn}\n", &[]).contains("model.preset"));
+    }
+
+    #[test]
+    fn yaml_syntax_error() {
+        assert!(err("train: {epochs: 3\n", &[]).contains("YAML syntax"));
+    }
+
+    #[test]
+    fn hash_changes_with_config() {
+        let a = from_yaml_str("", &[]).unwrap();
+        let b = from_yaml_str("", &["train.lr=0.02".into()]).unwrap();
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(a.hash(), from_yaml_str("", &[]).unwrap().hash());
+    }
+}

@@ -1,0 +1,169 @@
+//! Data sets loaded once into resident, normalised tensors.
+
+pub mod cifar;
+pub mod fetch;
+pub mod idx;
+pub mod sampler;
+
+use crate::config::{DataConfig, DatasetName};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+pub const NUM_CLASSES: u8 = 10;
+
+/// MNIST / Fashion-MNIST file names (uncompressed IDX), as the official archives name them.
+pub const IDX_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// A split held in memory: images `[N, C, H, W]` f32 normalised, labels `[N]` i64.
+pub struct Split {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Dataset {
+    pub name: DatasetName,
+    pub train: Split,
+    pub test: Split,
+    /// Hash of what was loaded (sizes + a sample of bytes): compared across ranks at start-up.
+    pub fingerprint: u64,
+}
+
+/// Per-channel (mean, std) of the training set, on the [0, 1] scale.
+pub fn normalisation(name: DatasetName) -> (Vec<f64>, Vec<f64>) {
+    match name {
+        DatasetName::Mnist => (vec![0.1307], vec![0.3081]),
+        DatasetName::FashionMnist => (vec![0.2860], vec![0.3530]),
+        DatasetName::Cifar10 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
+    }
+}
+
+fn fetch_hint(name: DatasetName) -> String {
+    match name {
+        DatasetName::Cifar10 => "run `partrain data fetch cifar10` (needs internet) or copy the official \
+            cifar-10-batches-bin/*.bin files there"
+            .into(),
+        n => format!("run `partrain data fetch {}`", n.as_str()),
+    }
+}
+
+fn read_file(path: &Path, name: DatasetName) -> Result<Vec<u8>> {
+    if !path.exists() {
+        bail!("data file {} is missing: {}", path.display(), fetch_hint(name));
+    }
+    std::fs::read(path).with_context(|| format!("cannot read data file {}", path.display()))
+}
+
+pub fn load(cfg: &DataConfig) -> Result<Dataset> {
+    let dir = PathBuf::from(cfg.dir());
+    if !dir.is_dir() {
+        bail!(
+            "data folder {} not found (data.dir): {}",
+            dir.display(),
+            fetch_hint(cfg.dataset)
+        );
+    }
+    let (mut train, mut test, shape) = match cfg.dataset {
+        DatasetName::Mnist | DatasetName::FashionMnist => {
+            let split = |img: &str, lab: &str| -> Result<(Vec<u8>, Vec<u8>, [usize; 3])> {
+                let ip = dir.join(img);
+                let lp = dir.join(lab);
+                let images = idx::parse_images(read_file(&ip, cfg.dataset)?, &ip.display().to_string())?;
+                let labels = idx::parse_labels(
+                    &read_file(&lp, cfg.dataset)?,
+                    &lp.display().to_string(),
+                    NUM_CLASSES,
+                )?;
+                if images.n != labels.len() {
+                    bail!(
+                        "{} has {} images but {} has {} labels: the counts must agree",
+                        ip.display(),
+                        images.n,
+                        lp.display(),
+                        labels.len()
+                    );
+                }
+                Ok((images.pixels, labels, [1, images.rows, images.cols]))
+            };
+            let tr = split(IDX_FILES[0], IDX_FILES[1])?;
+            let te = split(IDX_FILES[2], IDX_FILES[3])?;
+            if tr.2 != [1, 28, 28] || te.2 != [1, 28, 28] {
+                bail!("{}: images are {:?}, expected 28x28", dir.display(), tr.2);
+            }
+            let shape = tr.2;
+            ((tr.0, tr.1), (te.0, te.1), shape)
+        }
+        DatasetName::Cifar10 => {
+            let base = if dir.join("cifar-10-batches-bin").is_dir() {
+                dir.join("cifar-10-batches-bin")
+            } else {
+                dir.clone()
+            };
+            let (mut tp, mut tl) = (Vec::new(), Vec::new());
+            for f in cifar::TRAIN_FILES {
+                let p = base.join(f);
+                cifar::parse_batch(
+                    &read_file(&p, cfg.dataset)?,
+                    &p.display().to_string(),
+                    &mut tp,
+                    &mut tl,
+                )?;
+            }
+            let (mut ep, mut el) = (Vec::new(), Vec::new());
+            let p = base.join(cifar::TEST_FILE);
+            cifar::parse_batch(
+                &read_file(&p, cfg.dataset)?,
+                &p.display().to_string(),
+                &mut ep,
+                &mut el,
+            )?;
+            ((tp, tl), (ep, el), [3, 32, 32])
+        }
+    };
+    let per_image: usize = shape.iter().product();
+    for (split, limit) in [(&mut train, cfg.train_limit), (&mut test, cfg.test_limit)] {
+        if let Some(l) = limit {
+            let n = l.min(split.1.len());
+            split.0.truncate(n * per_image);
+            split.1.truncate(n);
+        }
+    }
+    let mut fp = Vec::new();
+    for s in [&train, &test] {
+        fp.extend_from_slice(&(s.1.len() as u64).to_le_bytes());
+        fp.extend_from_slice(&s.1);
+        fp.extend(s.0.iter().step_by(97));
+    }
+    let (mean, std) = normalisation(cfg.dataset);
+    let to_split = |(px, lab): (Vec<u8>, Vec<u8>)| -> Split {
+        let n = lab.len() as i64;
+        let dims = [n, shape[0] as i64, shape[1] as i64, shape[2] as i64];
+        let images = Tensor::from_slice(&px).reshape(dims).to_kind(Kind::Float) / 255.0;
+        let c = shape[0] as i64;
+        let m = Tensor::from_slice(&mean).to_kind(Kind::Float).view([1, c, 1, 1]);
+        let s = Tensor::from_slice(&std).to_kind(Kind::Float).view([1, c, 1, 1]);
+        let images = ((images - m) / s).contiguous();
+        let labels = Tensor::from_slice(&lab).to_kind(Kind::Int64);
+        Split { images, labels }
+    };
+    Ok(Dataset {
+        name: cfg.dataset,
+        train: to_split(train),
+        test: to_split(test),
+        fingerprint: crate::util::fnv1a(&fp),
+    })
+}

@@ -1,0 +1,11 @@
+//! partrain: CNN training three ways (serial, MPI data parallelism, hybrid pipeline + data
+//! parallelism) on libtorch through `tch`. See README.md for the commands.
+
+pub mod comm;
+pub mod config;
+pub mod data;
+pub mod grads;
+pub mod metrics;
+pub mod model;
+pub mod train;
+pub mod util;

