@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use std::path::Path;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub run: RunConfig,
@@ -164,19 +164,6 @@ pub enum SyncMode {
 pub struct SyncConfig {
     pub mode: SyncMode,
     pub average_every: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            run: RunConfig::default(),
-            data: DataConfig::default(),
-            model: ModelConfig::default(),
-            train: TrainConfig::default(),
-            parallel: ParallelConfig::default(),
-            sync: SyncConfig::default(),
-        }
-    }
 }
 
 impl Default for RunConfig {

@@ -95,7 +95,7 @@ fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<()> {
     Ok(())
 }
 
-fn inspect(config: &PathBuf, set: &[String]) -> Result<()> {
+fn inspect(config: &std::path::Path, set: &[String]) -> Result<()> {
     let cfg = config::load(config, set)?;
     let specs = preset_layers(cfg.model.preset, cfg.model.dropout);
     let rows = describe(&specs, cfg.model.preset.input_shape());

