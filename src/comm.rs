@@ -3,15 +3,18 @@
 
 use anyhow::Result;
 use mpi::collective::SystemOperation;
-use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::request::{LocalScope, Request};
+use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
+use std::rc::Rc;
 
 enum Inner {
     Solo,
     Mpi {
-        // Dropping the universe finalises MPI, so it lives as long as the communicator.
-        _universe: mpi::environment::Universe,
-        world: SimpleCommunicator,
+        // MPI is finalised when the last holder of the universe drops it, so sub-communicators
+        // keep it alive too (freeing a communicator after MPI_Finalize is an error).
+        _universe: Rc<mpi::environment::Universe>,
+        comm: SimpleCommunicator,
     },
 }
 
@@ -33,15 +36,82 @@ impl Comm {
     /// Initialises MPI (a binary started without mpirun becomes a one-rank MPI job).
     pub fn init_mpi() -> Result<Comm> {
         let universe = mpi::initialize().ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
-        let world = universe.world();
-        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let comm = universe.world();
+        let (rank, size) = (comm.rank() as usize, comm.size() as usize);
         Ok(Comm {
             inner: Inner::Mpi {
-                _universe: universe,
-                world,
+                _universe: Rc::new(universe),
+                comm,
             },
             rank,
             size,
+        })
+    }
+
+    /// MPI_Comm_split: ranks passing the same `color` form one sub-communicator, ordered by `key`.
+    /// Collective over this communicator.
+    pub fn split(&self, color: usize, key: usize) -> Comm {
+        match &self.inner {
+            Inner::Solo => Comm::solo(),
+            Inner::Mpi { _universe, comm } => {
+                let sub = comm
+                    .split_by_color_with_key(Color::with_value(color as i32), key as i32)
+                    .expect("a non-negative color always yields a communicator");
+                let (rank, size) = (sub.rank() as usize, sub.size() as usize);
+                Comm {
+                    inner: Inner::Mpi {
+                        _universe: _universe.clone(),
+                        comm: sub,
+                    },
+                    rank,
+                    size,
+                }
+            }
+        }
+    }
+
+    /// Blocking receive of exactly `buf.len()` f32 from `src` with `tag`.
+    pub fn recv_f32(&self, src: usize, tag: i32, buf: &mut [f32]) {
+        match &self.inner {
+            Inner::Solo => panic!("recv_f32 on a one-rank communicator"),
+            Inner::Mpi { comm, .. } => {
+                comm.process_at_rank(src as i32).receive_into_with_tag(buf, tag);
+            }
+        }
+    }
+
+    /// Blocking send of `data` to `dest` with `tag` (one-directional flows only, e.g. evaluation).
+    pub fn send_f32(&self, dest: usize, tag: i32, data: &[f32]) {
+        match &self.inner {
+            Inner::Solo => panic!("send_f32 on a one-rank communicator"),
+            Inner::Mpi { comm, .. } => comm.process_at_rank(dest as i32).send_with_tag(data, tag),
+        }
+    }
+
+    /// Runs `f` with an `AsyncSends` whose sends are non-blocking (MPI_Isend) from buffers of
+    /// `arena` and are all waited for when `f` returns. Receives inside `f` are blocking, so
+    /// every receive is posted while the matching sends are already in flight: no rendezvous
+    /// deadlock between two neighbours that both send before they receive.
+    pub fn with_async_sends<R>(
+        &self,
+        arena: &mut [Vec<f32>],
+        f: impl FnOnce(&mut AsyncSends<'_, '_>) -> R,
+    ) -> R {
+        let Inner::Mpi { comm, .. } = &self.inner else {
+            panic!("with_async_sends on a one-rank communicator")
+        };
+        mpi::request::scope(|scope| {
+            let mut sends = AsyncSends {
+                comm,
+                scope,
+                free: arena.iter_mut(),
+                pending: Vec::new(),
+            };
+            let out = f(&mut sends);
+            for req in sends.pending.drain(..) {
+                req.wait();
+            }
+            out
         })
     }
 
@@ -59,7 +129,7 @@ impl Comm {
     pub fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) {
         match &self.inner {
             Inner::Solo => recv.copy_from_slice(send),
-            Inner::Mpi { world, .. } => world.all_reduce_into(send, recv, SystemOperation::sum()),
+            Inner::Mpi { comm: world, .. } => world.all_reduce_into(send, recv, SystemOperation::sum()),
         }
     }
 
@@ -67,14 +137,16 @@ impl Comm {
         let mut out = vec![0.0; values.len()];
         match &self.inner {
             Inner::Solo => out.copy_from_slice(values),
-            Inner::Mpi { world, .. } => world.all_reduce_into(values, &mut out[..], SystemOperation::sum()),
+            Inner::Mpi { comm: world, .. } => {
+                world.all_reduce_into(values, &mut out[..], SystemOperation::sum())
+            }
         }
         out
     }
 
     /// Overwrites `buf` on every rank with rank `root`'s contents.
     pub fn broadcast_f32(&self, buf: &mut [f32], root: usize) {
-        if let Inner::Mpi { world, .. } = &self.inner {
+        if let Inner::Mpi { comm: world, .. } = &self.inner {
             world.process_at_rank(root as i32).broadcast_into(buf);
         }
     }
@@ -84,7 +156,7 @@ impl Comm {
         let mut out = vec![0u64; self.size];
         match &self.inner {
             Inner::Solo => out[0] = value,
-            Inner::Mpi { world, .. } => world.all_gather_into(&value, &mut out[..]),
+            Inner::Mpi { comm: world, .. } => world.all_gather_into(&value, &mut out[..]),
         }
         out
     }
@@ -93,13 +165,13 @@ impl Comm {
         let mut out = vec![0f64; self.size];
         match &self.inner {
             Inner::Solo => out[0] = value,
-            Inner::Mpi { world, .. } => world.all_gather_into(&value, &mut out[..]),
+            Inner::Mpi { comm: world, .. } => world.all_gather_into(&value, &mut out[..]),
         }
         out
     }
 
     pub fn barrier(&self) {
-        if let Inner::Mpi { world, .. } = &self.inner {
+        if let Inner::Mpi { comm: world, .. } = &self.inner {
             world.barrier();
         }
     }
@@ -108,7 +180,40 @@ impl Comm {
     pub fn abort(&self, code: i32) -> ! {
         match &self.inner {
             Inner::Solo => std::process::exit(code),
-            Inner::Mpi { world, .. } => world.abort(code),
+            Inner::Mpi { comm: world, .. } => world.abort(code),
         }
+    }
+}
+
+/// Non-blocking sends in flight during one `Comm::with_async_sends` call.
+pub struct AsyncSends<'a, 's> {
+    comm: &'s SimpleCommunicator,
+    scope: &'s LocalScope<'a>,
+    free: std::slice::IterMut<'a, Vec<f32>>,
+    pending: Vec<Request<'a, [f32], &'s LocalScope<'a>>>,
+}
+
+impl<'a, 's> AsyncSends<'a, 's> {
+    /// Lets `fill` write `len` values into the next free arena buffer, then starts sending it.
+    pub fn send_with(&mut self, dest: usize, tag: i32, len: usize, fill: impl FnOnce(&mut [f32])) {
+        let buf = self
+            .free
+            .next()
+            .expect("send arena has a buffer for every send of a step");
+        buf.resize(len, 0.0);
+        fill(&mut buf[..]);
+        let buf: &'a Vec<f32> = buf;
+        let req = self
+            .comm
+            .process_at_rank(dest as i32)
+            .immediate_send_with_tag(self.scope, &buf[..], tag);
+        self.pending.push(req);
+    }
+
+    /// Blocking receive of exactly `buf.len()` f32 from `src` with `tag`.
+    pub fn recv(&mut self, src: usize, tag: i32, buf: &mut [f32]) {
+        self.comm
+            .process_at_rank(src as i32)
+            .receive_into_with_tag(buf, tag);
     }
 }

@@ -148,6 +148,21 @@ pub struct TrainConfig {
 pub struct ParallelConfig {
     /// libtorch intra-op (OpenMP) threads per rank; 0 = keep libtorch's default (all cores).
     pub threads_per_rank: usize,
+    /// Pipeline stages per replica (`partrain hybrid`); serial and dp run 1.
+    pub stages: usize,
+    /// Micro-batches each replica's batch is cut into (hybrid).
+    pub micro_batches: usize,
+    /// `gpipe` or `1f1b` (hybrid).
+    pub schedule: String,
+    /// `auto` (balanced by measured per-layer time) or the layer indices where stages 1.. start.
+    pub stage_boundaries: StageBoundaries,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum StageBoundaries {
+    Named(String),
+    List(Vec<usize>),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -212,7 +227,13 @@ impl Default for TrainConfig {
 
 impl Default for ParallelConfig {
     fn default() -> Self {
-        ParallelConfig { threads_per_rank: 1 }
+        ParallelConfig {
+            threads_per_rank: 1,
+            stages: 1,
+            micro_batches: 4,
+            schedule: "1f1b".into(),
+            stage_boundaries: StageBoundaries::Named("auto".into()),
+        }
     }
 }
 
@@ -325,6 +346,7 @@ impl Config {
                 have
             );
         }
+        self.validate_pipeline()?;
         if self.run.name.is_empty() || self.run.name.contains('/') {
             bail!(
                 "run.name: must be a non-empty folder name without `/`, got `{}`",
@@ -335,6 +357,60 @@ impl Config {
     }
 
     /// A stable hash of the resolved config, compared across ranks at start-up.
+    fn validate_pipeline(&self) -> Result<()> {
+        let p = &self.parallel;
+        let layers = crate::model::preset_layers(self.model.preset, self.model.dropout).len();
+        if p.stages == 0 {
+            bail!("parallel.stages: must be at least 1, got 0");
+        }
+        if p.stages > layers {
+            bail!(
+                "parallel.stages: {} stages but {} has only {layers} layers (at most one stage per layer)",
+                p.stages,
+                self.model.preset.as_str()
+            );
+        }
+        if p.micro_batches == 0 {
+            bail!("parallel.micro_batches: must be at least 1, got 0");
+        }
+        p.schedule
+            .parse::<crate::pipeline::schedule::ScheduleKind>()
+            .map_err(|e| anyhow::anyhow!("parallel.schedule: {e}"))?;
+        match &p.stage_boundaries {
+            StageBoundaries::Named(n) if n == "auto" => {}
+            StageBoundaries::Named(n) => {
+                bail!("parallel.stage_boundaries: `{n}` is neither `auto` nor a list of layer indices")
+            }
+            StageBoundaries::List(b) => {
+                if b.len() != p.stages - 1 {
+                    bail!(
+                        "parallel.stage_boundaries: {} stages need {} boundaries (the first layer of stages 1..), got {:?}",
+                        p.stages,
+                        p.stages - 1,
+                        b
+                    );
+                }
+                let mut prev = 0;
+                for &x in b {
+                    if x == prev {
+                        bail!("parallel.stage_boundaries: {b:?} leaves a stage empty (boundary {x} repeats or is 0)");
+                    }
+                    if x < prev {
+                        bail!("parallel.stage_boundaries: {b:?} is not increasing");
+                    }
+                    if x >= layers {
+                        bail!(
+                            "parallel.stage_boundaries: {x} is out of range: layers are 0..{}",
+                            layers - 1
+                        );
+                    }
+                    prev = x;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `data.dir` is left out: nodes may mount the data at different paths; the data's content
     /// is compared separately (`Dataset::fingerprint`).
     pub fn hash(&self) -> u64 {
@@ -403,6 +479,20 @@ mod tests {
         assert!(err("data: {dataset: imagenet}\n", &[]).contains("imagenet"));
         assert!(err("model: {preset: resnet}\n", &[]).contains("resnet"));
         assert!(err("model: {preset: cifar_cnn}\n", &[]).contains("model.preset"));
+    }
+
+    #[test]
+    fn pipeline_settings_validated() {
+        assert!(err("parallel: {stages: 12}\n", &[]).contains("parallel.stages"));
+        assert!(err("parallel: {stages: 3, stage_boundaries: [3, 3]}\n", &[]).contains("empty"));
+        assert!(err("parallel: {stages: 3, stage_boundaries: [7, 3]}\n", &[]).contains("not increasing"));
+        assert!(err("parallel: {stages: 2, stage_boundaries: [11]}\n", &[]).contains("out of range"));
+        assert!(err("parallel: {stages: 2, stage_boundaries: [0]}\n", &[]).contains("empty"));
+        assert!(err("parallel: {stages: 3, stage_boundaries: [4]}\n", &[]).contains("need 2"));
+        assert!(err("parallel: {schedule: pipedream}\n", &[]).contains("parallel.schedule"));
+        assert!(err("parallel: {stage_boundaries: balanced}\n", &[]).contains("auto"));
+        let c = from_yaml_str("parallel: {stages: 3, stage_boundaries: [3, 7]}\n", &[]).unwrap();
+        assert_eq!(c.parallel.stage_boundaries, StageBoundaries::List(vec![3, 7]));
     }
 
     #[test]

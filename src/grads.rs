@@ -67,6 +67,12 @@ impl GradientBuffer {
         })
     }
 
+    /// The gathered local values.
+    pub fn local_values(&self) -> &[f32] {
+        // SAFETY: contiguous f32 tensor of `numel` elements owned by `self`.
+        unsafe { as_slice(&self.local, self.numel) }
+    }
+
     /// Sums the local buffers of all ranks and divides by the rank count (the mean).
     pub fn all_reduce_mean(&mut self, comm: &Comm) {
         // SAFETY: both buffers are contiguous f32 tensors of `numel` elements owned by `self`.

@@ -7,5 +7,6 @@ pub mod data;
 pub mod grads;
 pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod train;
 pub mod util;

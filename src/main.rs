@@ -48,6 +48,8 @@ enum Command {
     Serial(RunArgs),
     /// Data parallelism: launch with `mpirun -np N partrain dp ...`.
     Dp(RunArgs),
+    /// Hybrid pipeline + data parallelism: `mpirun -np STAGES*REPLICAS partrain hybrid ...`.
+    Hybrid(RunArgs),
     /// Print the net's layers: output shape, parameters and multiply-adds per layer.
     Inspect {
         #[arg(long)]
@@ -128,52 +130,50 @@ fn inspect(config: &std::path::Path, set: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Dp(args) => {
-            let comm = match Comm::init_mpi() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if let Err(e) = run_training(Strategy::DataParallel, &args, &comm) {
-                eprintln!("partrain rank {}/{}: error: {e:#}", comm.rank(), comm.size());
-                // A failing rank must take the others down: they may be waiting in a collective.
-                if comm.size() > 1 {
-                    comm.abort(1);
-                }
-                return ExitCode::FAILURE;
-            }
-            ExitCode::SUCCESS
+/// dp and hybrid: every rank runs this; a failing rank takes the others down with MPI_Abort
+/// (they may be waiting in a collective that would otherwise never return).
+fn run_mpi(strategy: Strategy, args: &RunArgs) -> ExitCode {
+    let comm = match Comm::init_mpi() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
         }
-        other => {
-            let result = match other {
-                Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
-                Command::Inspect { config, set } => inspect(&config, &set),
-                Command::Data {
-                    command:
-                        DataCommand::Fetch {
-                            dataset,
-                            source,
-                            dir,
-                            mirror,
-                        },
-                } => dataset.parse::<DatasetName>().and_then(|d| {
-                    let dir = dir.unwrap_or_else(|| PathBuf::from(format!("data/{}", d.as_str())));
-                    fetch::fetch(d, source, &dir, mirror.as_deref())
-                }),
-                Command::Dp(_) => unreachable!(),
-            };
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+    };
+    if let Err(e) = run_training(strategy, args, &comm) {
+        eprintln!("partrain rank {}/{}: error: {e:#}", comm.rank(), comm.size());
+        if comm.size() > 1 {
+            comm.abort(1);
+        }
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Dp(args) => return run_mpi(Strategy::DataParallel, &args),
+        Command::Hybrid(args) => return run_mpi(Strategy::Hybrid, &args),
+        Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
+        Command::Inspect { config, set } => inspect(&config, &set),
+        Command::Data {
+            command:
+                DataCommand::Fetch {
+                    dataset,
+                    source,
+                    dir,
+                    mirror,
+                },
+        } => dataset.parse::<DatasetName>().and_then(|d| {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(format!("data/{}", d.as_str())));
+            fetch::fetch(d, source, &dir, mirror.as_deref())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -53,6 +53,26 @@ pub struct Summary {
     pub pipeline_wait_seconds: f64,
     pub seed: u64,
     pub config_hash: String,
+    /// Hybrid runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineSummary {
+    pub schedule: String,
+    pub micro_batches: usize,
+    /// Layer ranges per stage, e.g. `stages [0..4, 4..11]`.
+    pub stage_layers: String,
+    pub compute_seconds_per_rank: Vec<f64>,
+    /// Time blocked receiving activations or gradients (the bubble), per rank.
+    pub pipeline_wait_seconds_per_rank: Vec<f64>,
+    /// pipeline_wait / train_seconds per rank.
+    pub bubble_fraction_per_rank: Vec<f64>,
+    /// The GPipe formula (S-1)/(M+S-1) for comparison.
+    pub bubble_formula: f64,
+    /// Activations held at once: micro-batches in flight x their layers' output sizes, per rank.
+    pub peak_activation_mb_per_rank: Vec<f64>,
 }
 
 /// Writes `metrics.csv` row by row (flushed after each epoch, so a killed run keeps its history).

@@ -113,6 +113,21 @@ impl LayerKind {
             LayerKind::Relu | LayerKind::Dropout { .. } => s.to_vec(),
         }
     }
+    /// Shapes of (weight, bias), PyTorch's layout; empty for layers without parameters.
+    pub fn param_shapes(&self) -> Vec<Vec<i64>> {
+        match *self {
+            LayerKind::Conv2d { cin, cout, k, .. } => vec![vec![cout, cin, k, k], vec![cout]],
+            LayerKind::Linear { fin, fout } => vec![vec![fout, fin], vec![fout]],
+            _ => vec![],
+        }
+    }
+    fn fan_in(&self) -> i64 {
+        match *self {
+            LayerKind::Conv2d { cin, k, .. } => cin * k * k,
+            LayerKind::Linear { fin, .. } => fin,
+            _ => 1,
+        }
+    }
     pub fn parameter_count(&self) -> i64 {
         match *self {
             LayerKind::Conv2d { cin, cout, k, .. } => cout * cin * k * k + cout,
@@ -161,16 +176,13 @@ impl Net {
                         .uniform_(-bound, bound)
                         .set_requires_grad(true)
                 };
-                let params = match s.kind {
-                    LayerKind::Conv2d { cin, cout, k, .. } => {
-                        let fan_in = cin * k * k;
-                        vec![uniform(&[cout, cin, k, k], fan_in), uniform(&[cout], fan_in)]
-                    }
-                    LayerKind::Linear { fin, fout } => {
-                        vec![uniform(&[fout, fin], fin), uniform(&[fout], fin)]
-                    }
-                    _ => vec![],
-                };
+                let fan_in = s.kind.fan_in();
+                let params = s
+                    .kind
+                    .param_shapes()
+                    .iter()
+                    .map(|shape| uniform(shape, fan_in))
+                    .collect();
                 Layer {
                     spec: s.clone(),
                     params,
@@ -259,6 +271,80 @@ impl Net {
     }
 }
 
+/// Contiguous split of layers with the given per-layer `costs` into `stages` non-empty stages
+/// minimising the most expensive stage; returns the first layer of stages 1.. (the boundaries).
+pub fn balance(costs: &[f64], stages: usize) -> Vec<usize> {
+    let n = costs.len();
+    assert!(stages >= 1 && stages <= n);
+    let mut prefix = vec![0.0];
+    for c in costs {
+        prefix.push(prefix.last().unwrap() + c);
+    }
+    // best[k][j]: lowest max-stage cost for the first j layers in k stages; cut[k][j]: last start.
+    let mut best = vec![vec![f64::INFINITY; n + 1]; stages + 1];
+    let mut cut = vec![vec![0usize; n + 1]; stages + 1];
+    best[0][0] = 0.0;
+    for k in 1..=stages {
+        for j in k..=n {
+            for i in (k - 1)..j {
+                let c = best[k - 1][i].max(prefix[j] - prefix[i]);
+                if c < best[k][j] {
+                    best[k][j] = c;
+                    cut[k][j] = i;
+                }
+            }
+        }
+    }
+    let mut bounds = Vec::new();
+    let mut j = n;
+    for k in (2..=stages).rev() {
+        j = cut[k][j];
+        bounds.push(j);
+    }
+    bounds.reverse();
+    bounds
+}
+
+/// Ranges of layer indices per stage, from boundaries.
+pub fn stage_ranges(num_layers: usize, bounds: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let starts: Vec<usize> = std::iter::once(0).chain(bounds.iter().copied()).collect();
+    let ends: Vec<usize> = bounds
+        .iter()
+        .copied()
+        .chain(std::iter::once(num_layers))
+        .collect();
+    starts.into_iter().zip(ends).map(|(a, b)| a..b).collect()
+}
+
+/// Measured forward + backward seconds of each layer on a batch of `batch` random images
+/// (median of `repeats`), on this machine with the current thread settings.
+pub fn measure_layer_seconds(specs: &[LayerSpec], input: [i64; 3], batch: i64, repeats: usize) -> Vec<f64> {
+    let net = Net::build(specs, 0..specs.len(), 0);
+    let mut shape = vec![batch];
+    shape.extend_from_slice(&input);
+    let mut x = Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu));
+    let mut out = Vec::new();
+    for i in 0..specs.len() {
+        let mut times = Vec::new();
+        let mut y = x.shallow_clone();
+        for _ in 0..repeats.max(1) {
+            let xi = x.detach().set_requires_grad(true);
+            let t = std::time::Instant::now();
+            y = net.forward_layers(&xi, true, i..i + 1);
+            y.sum(Kind::Float).backward();
+            times.push(t.elapsed().as_secs_f64());
+            for p in &net.layers[i].params {
+                let mut g = p.grad();
+                let _ = g.zero_();
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        out.push(times[times.len() / 2]);
+        x = y.detach();
+    }
+    out
+}
+
 /// One row of `partrain inspect`.
 pub struct LayerInfo {
     pub index: usize,
@@ -305,6 +391,17 @@ mod tests {
         assert!((4_200_000..4_300_000).contains(&macs), "{macs}");
         let cmacs: i64 = c.iter().map(|l| l.macs).sum();
         assert!((6_600_000..6_700_000).contains(&cmacs), "{cmacs}");
+    }
+
+    #[test]
+    fn balance_minimises_the_largest_stage() {
+        assert_eq!(balance(&[1.0, 1.0, 1.0, 1.0], 2), vec![2]);
+        assert_eq!(balance(&[5.0, 1.0, 1.0, 1.0, 1.0, 1.0], 2), vec![1]);
+        assert_eq!(balance(&[1.0, 1.0, 8.0, 1.0], 3), vec![2, 3]);
+        let b = balance(&[1.0; 11], 4);
+        assert_eq!(b.len(), 3);
+        assert_eq!(stage_ranges(11, &b).iter().map(|r| r.len()).max(), Some(3));
+        assert_eq!(stage_ranges(11, &[3, 7]), vec![0..3, 3..7, 7..11]);
     }
 
     #[test]

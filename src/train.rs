@@ -7,12 +7,15 @@
 //! shard, and the gradient all-reduce is skipped.
 
 use crate::comm::Comm;
+use crate::config::StageBoundaries;
 use crate::config::{BatchScope, Config, SyncMode};
 use crate::data::sampler::Sampler;
 use crate::data::{self, Split};
 use crate::grads::GradientBuffer;
-use crate::metrics::{write_atomic, EpochRow, MetricsWriter, Summary, Timer};
-use crate::model::{preset_layers, Net};
+use crate::metrics::{write_atomic, EpochRow, MetricsWriter, PipelineSummary, Summary, Timer};
+use crate::model::{self, preset_layers, LayerSpec, Net};
+use crate::pipeline::schedule::{bubble_formula, PipelineSchedule, ScheduleKind};
+use crate::pipeline::stage::{StageRuntime, Topology};
 use crate::util::{mix_seed, peak_rss_mb};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,6 +28,7 @@ use tch::{Kind, Tensor};
 pub enum Strategy {
     Serial,
     DataParallel,
+    Hybrid,
 }
 
 impl Strategy {
@@ -32,6 +36,7 @@ impl Strategy {
         match self {
             Strategy::Serial => "serial",
             Strategy::DataParallel => "dp",
+            Strategy::Hybrid => "hybrid",
         }
     }
 }
@@ -154,6 +159,47 @@ fn check_agreement(comm: &Comm, what: &str, value: u64) -> Result<()> {
     Ok(())
 }
 
+/// Tag of the final weight gather (pipeline stages -> rank 0).
+const GATHER_TAG: i32 = 30_001;
+
+/// What this rank trains: a whole net (serial, dp) or one pipeline stage (hybrid).
+enum Engine {
+    Whole(Net),
+    Stage(Box<StageRuntime>),
+}
+
+impl Engine {
+    fn net(&self) -> &Net {
+        match self {
+            Engine::Whole(n) => n,
+            Engine::Stage(rt) => &rt.net,
+        }
+    }
+}
+
+/// The pipeline layout of a hybrid run: (stages, micro-batches, schedule, boundaries).
+fn pipeline_plan(cfg: &Config, world: &Comm) -> Result<(usize, Vec<usize>, ScheduleKind)> {
+    let p = &cfg.parallel;
+    let specs = preset_layers(cfg.model.preset, cfg.model.dropout);
+    let kind: ScheduleKind = p.schedule.parse()?;
+    let bounds = match &p.stage_boundaries {
+        StageBoundaries::List(b) => b.clone(),
+        StageBoundaries::Named(_) => {
+            // `auto`: rank 0 measures, everyone uses rank 0's split (ranks must agree exactly).
+            let mut encoded = vec![0f32; p.stages - 1];
+            if world.is_root() {
+                let secs = model::measure_layer_seconds(&specs, cfg.model.preset.input_shape(), 16, 5);
+                for (e, b) in encoded.iter_mut().zip(model::balance(&secs, p.stages)) {
+                    *e = b as f32;
+                }
+            }
+            world.broadcast_f32(&mut encoded, 0);
+            encoded.iter().map(|&b| b as usize).collect()
+        }
+    };
+    Ok((p.stages, bounds, kind))
+}
+
 pub fn run(
     strategy: Strategy,
     cfg: &Config,
@@ -161,16 +207,36 @@ pub fn run(
     overwrite: bool,
     comm: &Comm,
 ) -> Result<Summary> {
-    let replicas = comm.size();
+    let stages = if strategy == Strategy::Hybrid {
+        cfg.parallel.stages
+    } else {
+        1
+    };
+    if strategy != Strategy::Hybrid && cfg.parallel.stages != 1 {
+        bail!(
+            "parallel.stages: {} stages need `partrain hybrid`; `partrain {}` runs whole replicas",
+            cfg.parallel.stages,
+            strategy.as_str()
+        );
+    }
+    let topo = Topology::new(comm.size(), comm.rank(), stages)?;
+    let replicas = topo.replicas;
     let global_batch = match cfg.train.batch_scope {
         BatchScope::PerRank => cfg.train.batch_size * replicas,
         BatchScope::Global => cfg.train.batch_size,
     };
     if !global_batch.is_multiple_of(replicas) {
         bail!(
-            "train.batch_size: {} with batch_scope global does not divide into {} ranks",
+            "train.batch_size: {} with batch_scope global does not divide into {} replicas",
             cfg.train.batch_size,
             replicas
+        );
+    }
+    let per_replica = global_batch / replicas;
+    if strategy == Strategy::Hybrid && !per_replica.is_multiple_of(cfg.parallel.micro_batches) {
+        bail!(
+            "parallel.micro_batches: {} does not divide the per-replica batch of {per_replica}",
+            cfg.parallel.micro_batches
         );
     }
     check_agreement(comm, "the resolved config (config file or --set)", cfg.hash())?;
@@ -195,7 +261,7 @@ pub fn run(
         )?;
         write_atomic(&out_dir.join("summary.json"), br#"{"status": "running"}"#)?;
     }
-    let result = train(strategy, cfg, &data, out_dir, comm, global_batch);
+    let result = train(strategy, cfg, &data, out_dir, comm, topo, global_batch);
     if let Err(e) = &result {
         if comm.is_root() {
             let failed = serde_json::json!({"status": "failed", "error": format!("{e:#}")});
@@ -210,43 +276,81 @@ fn train(
     cfg: &Config,
     data: &data::Dataset,
     out_dir: &Path,
-    comm: &Comm,
+    world: &Comm,
+    topo: Topology,
     global_batch: usize,
 ) -> Result<Summary> {
-    let (rank, replicas) = (comm.rank(), comm.size());
+    let rank = world.rank();
+    let replicas = topo.replicas;
     let n_train = data.train.len();
-
     let specs = preset_layers(cfg.model.preset, cfg.model.dropout);
-    let net = Net::build(&specs, 0..specs.len(), cfg.run.seed);
-    let params = net.parameters();
+    // Gradients are averaged among the replicas of the same stage (all ranks for dp).
+    let sync = if strategy == Strategy::Hybrid {
+        world.split(topo.stage, topo.replica)
+    } else {
+        world.split(0, rank)
+    };
+    let mut plan_text = String::new();
+    let mut stage_ranges = model::stage_ranges(specs.len(), &[]);
+    let mut engine = if strategy == Strategy::Hybrid {
+        let (stages, bounds, kind) = pipeline_plan(cfg, world)?;
+        let ranges = model::stage_ranges(specs.len(), &bounds);
+        stage_ranges = ranges.clone();
+        plan_text = format!(
+            "stages {:?}, {} micro-batches, {}",
+            ranges, cfg.parallel.micro_batches, cfg.parallel.schedule
+        );
+        let schedule = PipelineSchedule::new(kind, stages, cfg.parallel.micro_batches);
+        Engine::Stage(Box::new(StageRuntime::new(
+            &specs,
+            ranges[topo.stage].clone(),
+            cfg.model.preset.input_shape(),
+            cfg.run.seed,
+            topo,
+            schedule,
+        )))
+    } else {
+        Engine::Whole(Net::build(&specs, 0..specs.len(), cfg.run.seed))
+    };
+    let net_params: Vec<Tensor> = engine
+        .net()
+        .parameters()
+        .into_iter()
+        .map(|t| t.shallow_clone())
+        .collect();
+    let params: Vec<&Tensor> = net_params.iter().collect();
     let mut buffer = GradientBuffer::new(&params);
     if replicas > 1 {
-        // Every replica starts from rank 0's weights (they are built from the same seed anyway;
-        // the broadcast makes that a guarantee rather than an assumption).
+        // Every replica starts from the first replica's weights (they are built from the same
+        // seed anyway; the broadcast makes that a guarantee rather than an assumption).
         buffer.gather_values(&params);
-        buffer.broadcast(comm, 0);
+        buffer.broadcast(&sync, 0);
         buffer.scatter_values(&params);
     }
     let mut sgd = Sgd::new(&params, cfg.train.lr, cfg.train.momentum);
     let sampler = Sampler::new(n_train, global_batch, replicas, cfg.run.seed);
     let steps_per_epoch = sampler.steps_per_epoch();
-    let mut writer = if comm.is_root() {
+    let mut writer = if world.is_root() {
         Some(MetricsWriter::create(out_dir)?)
     } else {
         None
     };
     let is_tty = std::io::stdout().is_terminal();
-    if comm.is_root() {
+    let total_params = specs.iter().map(|s| s.kind.parameter_count()).sum::<i64>();
+    if world.is_root() {
         println!(
-            "partrain {}: {} ranks, {} x {} train / {} test images, global batch {}, {} steps/epoch, {} parameters",
+            "partrain {}: {} ranks ({} stages x {} replicas), {} x {} train / {} test images, global batch {}, {} steps/epoch, {} parameters {}",
             strategy.as_str(),
+            world.size(),
+            topo.stages,
             replicas,
             data.name.as_str(),
             n_train,
             data.test.len(),
             global_batch,
             steps_per_epoch,
-            net.parameter_count()
+            total_params,
+            plan_text
         );
     }
 
@@ -261,36 +365,47 @@ fn train(
             break;
         }
         let order = sampler.permutation(epoch - 1);
-        let bar = progress(comm, steps_per_epoch, epoch, cfg.train.epochs);
-        let (c0, a0) = (compute.seconds, allreduce.seconds);
+        let bar = progress(world, steps_per_epoch, epoch, cfg.train.epochs);
+        let wait0 = stage_wait(&engine);
+        let (c0, a0) = (compute.seconds + stage_compute(&engine), allreduce.seconds);
         let t0 = Instant::now();
-        let (mut loss_sum, mut steps, mut samples) = (0.0f64, 0usize, 0usize);
+        let (mut loss_sum, mut loss_count, mut steps, mut samples) = (0.0f64, 0usize, 0usize, 0usize);
         for step in 0..steps_per_epoch {
             if cfg.train.max_steps.is_some_and(|m| global_step >= m) {
                 break;
             }
-            let shard = sampler.shard(&order, step, rank);
-            let idx = Tensor::from_slice(shard);
+            let shard = sampler.shard(&order, step, topo.replica);
             // Dropout masks come from a seed derived from the position, not from hidden RNG state.
-            tch::manual_seed((mix_seed(&[cfg.run.seed, epoch as u64, step as u64, rank as u64]) >> 1) as i64);
-            let loss = compute.time(|| {
-                let x = data.train.images.index_select(0, &idx);
-                let y = data.train.labels.index_select(0, &idx);
-                let loss = net.forward(&x, true).cross_entropy_for_logits(&y);
-                loss.backward();
-                loss.double_value(&[])
-            });
-            if !loss.is_finite() {
-                bail!(
-                    "rank {rank}: loss is {loss} at epoch {epoch} step {} (train.lr = {}): training diverged",
-                    step + 1,
-                    cfg.train.lr
-                );
+            let step_seed = mix_seed(&[cfg.run.seed, epoch as u64, step as u64, rank as u64]);
+            let loss = match &mut engine {
+                Engine::Whole(net) => {
+                    let idx = Tensor::from_slice(shard);
+                    tch::manual_seed((step_seed >> 1) as i64);
+                    Some(compute.time(|| {
+                        let x = data.train.images.index_select(0, &idx);
+                        let y = data.train.labels.index_select(0, &idx);
+                        let loss = net.forward(&x, true).cross_entropy_for_logits(&y);
+                        loss.backward();
+                        loss.double_value(&[])
+                    }))
+                }
+                Engine::Stage(rt) => rt.train_step(world, &data.train, shard, step_seed),
+            };
+            if let Some(loss) = loss {
+                if !loss.is_finite() {
+                    bail!(
+                        "rank {rank}: loss is {loss} at epoch {epoch} step {} (train.lr = {}): training diverged",
+                        step + 1,
+                        cfg.train.lr
+                    );
+                }
+                loss_sum += loss;
+                loss_count += 1;
             }
             if replicas > 1 && cfg.sync.mode == SyncMode::Gradients {
                 allreduce.time(|| {
                     buffer.gather_grads(&params);
-                    buffer.all_reduce_mean(comm);
+                    buffer.all_reduce_mean(&sync);
                     buffer.scatter_grads(&params);
                 });
             }
@@ -300,28 +415,27 @@ fn train(
                 && cfg.sync.mode == SyncMode::Weights
                 && global_step.is_multiple_of(cfg.sync.average_every)
             {
-                allreduce.time(|| average_weights(&mut buffer, &params, comm));
+                allreduce.time(|| average_weights(&mut buffer, &params, &sync));
             }
-            loss_sum += loss;
             steps += 1;
             samples += shard.len() * replicas;
             if let Some(b) = &bar {
                 b.inc(1);
                 if step % 10 == 0 {
                     let ips = samples as f64 / t0.elapsed().as_secs_f64();
-                    b.set_message(format!("loss {loss:.4} {ips:.0} img/s"));
+                    b.set_message(format!("loss {:.4} {ips:.0} img/s", loss.unwrap_or(f64::NAN)));
                 }
-            } else if comm.is_root() && !is_tty && (step + 1) % cfg.train.log_every == 0 {
+            } else if world.is_root() && !is_tty && (step + 1) % cfg.train.log_every == 0 {
                 let ips = samples as f64 / t0.elapsed().as_secs_f64();
                 println!(
-                    "epoch {epoch}/{} step {}/{steps_per_epoch} loss {loss:.4} {ips:.0} img/s",
+                    "epoch {epoch}/{} step {}/{steps_per_epoch} {ips:.0} img/s",
                     cfg.train.epochs,
                     step + 1
                 );
             }
         }
         if replicas > 1 && cfg.sync.mode == SyncMode::Weights {
-            allreduce.time(|| average_weights(&mut buffer, &params, comm));
+            allreduce.time(|| average_weights(&mut buffer, &params, &sync));
         }
         let epoch_seconds = t0.elapsed().as_secs_f64();
         if let Some(b) = bar {
@@ -331,12 +445,19 @@ fn train(
         trained_samples += samples;
         if replicas > 1 {
             let sum = buffer.checksum_values(&params);
-            check_agreement(comm, &format!("replica weights after epoch {epoch}"), sum)
+            check_agreement(&sync, &format!("replica weights after epoch {epoch}"), sum)
                 .context("replicas drifted apart: gradients were not averaged identically")?;
         }
-        let total = comm.all_reduce_sum_f64(&[loss_sum, steps as f64]);
+        let total = world.all_reduce_sum_f64(&[loss_sum, loss_count as f64]);
         let t_eval = Instant::now();
-        let (test_loss, test_accuracy) = evaluate(&net, &data.test, comm, cfg.train.eval_batch_size);
+        let (test_loss, test_accuracy) = match &mut engine {
+            Engine::Whole(net) => evaluate(net, &data.test, world, cfg.train.eval_batch_size),
+            Engine::Stage(rt) => {
+                let (l, c, n) = rt.evaluate(world, &data.test, cfg.train.eval_batch_size);
+                let t = world.all_reduce_sum_f64(&[l, c, n]);
+                (t[0] / t[2], 100.0 * t[1] / t[2])
+            }
+        };
         let row = EpochRow {
             epoch,
             steps,
@@ -345,9 +466,9 @@ fn train(
             test_accuracy,
             epoch_seconds,
             samples_per_second: samples as f64 / epoch_seconds,
-            compute_s: compute.seconds - c0,
+            compute_s: compute.seconds + stage_compute(&engine) - c0,
             allreduce_s: allreduce.seconds - a0,
-            pipeline_wait_s: 0.0,
+            pipeline_wait_s: stage_wait(&engine) - wait0,
             eval_seconds: t_eval.elapsed().as_secs_f64(),
             peak_rss_mb: peak_rss_mb(),
         };
@@ -355,21 +476,35 @@ fn train(
             w.epoch(&row)?;
             println!(
                 "epoch {epoch}/{}: train loss {:.4}, test loss {:.4}, test accuracy {:.2}%, {:.1} s, {:.0} img/s",
-                cfg.train.epochs, row.train_loss, row.test_loss, row.test_accuracy, row.epoch_seconds, row.samples_per_second
+                cfg.train.epochs,
+                row.train_loss,
+                row.test_loss,
+                row.test_accuracy,
+                row.epoch_seconds,
+                row.samples_per_second
             );
         }
         last = Some(row);
         epochs_done = epoch;
     }
     let last = last.context("no epoch ran")?;
-    let peak = comm.all_gather_f64(peak_rss_mb());
+    let compute_total = compute.seconds + stage_compute(&engine);
+    let wait_total = stage_wait(&engine);
+    let peak = world.all_gather_f64(peak_rss_mb());
+    let wait_per_rank = world.all_gather_f64(wait_total);
+    let compute_per_rank = world.all_gather_f64(compute_total);
+    let activation_mb = world.all_gather_f64(match &engine {
+        Engine::Stage(rt) => rt.peak_activation_bytes as f64 / (1024.0 * 1024.0),
+        Engine::Whole(_) => 0.0,
+    });
+    let named = gather_named_weights(&engine, &specs, &stage_ranges, world, topo)?;
     let summary = Summary {
         status: "completed".into(),
         strategy: strategy.as_str().into(),
         dataset: data.name.as_str().into(),
         model: cfg.model.preset.as_str().into(),
-        world_size: replicas,
-        stages: 1,
+        world_size: world.size(),
+        stages: topo.stages,
         replicas,
         threads_per_rank: tch::get_num_threads() as usize,
         epochs: epochs_done,
@@ -377,7 +512,7 @@ fn train(
         global_batch,
         batch_scope: yaml_name(&cfg.train.batch_scope),
         sync_mode: yaml_name(&cfg.sync.mode),
-        parameters: net.parameter_count(),
+        parameters: total_params,
         train_samples: n_train,
         test_samples: data.test.len(),
         train_seconds,
@@ -386,17 +521,26 @@ fn train(
         final_test_loss: last.test_loss,
         final_train_loss: last.train_loss,
         peak_rss_mb: peak,
-        compute_seconds: compute.seconds,
+        compute_seconds: compute_total,
         allreduce_seconds: allreduce.seconds,
-        pipeline_wait_seconds: 0.0,
+        pipeline_wait_seconds: wait_total,
         seed: cfg.run.seed,
         config_hash: format!("{:016x}", cfg.hash()),
+        pipeline: (strategy == Strategy::Hybrid).then(|| PipelineSummary {
+            schedule: cfg.parallel.schedule.clone(),
+            micro_batches: cfg.parallel.micro_batches,
+            stage_layers: plan_text.clone(),
+            compute_seconds_per_rank: compute_per_rank,
+            pipeline_wait_seconds_per_rank: wait_per_rank.clone(),
+            bubble_fraction_per_rank: wait_per_rank.iter().map(|w| w / train_seconds).collect(),
+            bubble_formula: bubble_formula(topo.stages, cfg.parallel.micro_batches),
+            peak_activation_mb_per_rank: activation_mb,
+        }),
     };
     if let Some(w) = writer.as_ref() {
-        let model_path = out_dir.join("model.safetensors");
         let tmp = out_dir.join("model.safetensors.tmp");
-        net.save_safetensors(&tmp)?;
-        std::fs::rename(&tmp, &model_path)?;
+        Tensor::write_safetensors(&named, &tmp)?;
+        std::fs::rename(&tmp, out_dir.join("model.safetensors"))?;
         w.summary(&summary)?;
         println!(
             "done: test accuracy {:.2}%, {:.1} s training, {:.0} img/s -> {}",
@@ -409,6 +553,74 @@ fn train(
     Ok(summary)
 }
 
+fn stage_wait(engine: &Engine) -> f64 {
+    match engine {
+        Engine::Stage(rt) => rt.wait.seconds,
+        Engine::Whole(_) => 0.0,
+    }
+}
+
+fn stage_compute(engine: &Engine) -> f64 {
+    match engine {
+        Engine::Stage(rt) => rt.compute.seconds,
+        Engine::Whole(_) => 0.0,
+    }
+}
+
+/// All weights with their state_dict names, on rank 0: a whole net has them; in a pipeline the
+/// first replica's stages send theirs to rank 0. Other ranks get an empty list.
+fn gather_named_weights(
+    engine: &Engine,
+    specs: &[LayerSpec],
+    ranges: &[std::ops::Range<usize>],
+    world: &Comm,
+    topo: Topology,
+) -> Result<Vec<(String, Tensor)>> {
+    let own: Vec<(String, Tensor)> = engine
+        .net()
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach()))
+        .collect();
+    let Engine::Stage(rt) = engine else {
+        return Ok(if world.is_root() { own } else { Vec::new() });
+    };
+    if topo.replica == 0 && topo.stage > 0 {
+        let params: Vec<&Tensor> = rt.net.parameters();
+        let mut buf = GradientBuffer::new(&params);
+        buf.gather_values(&params);
+        world.send_f32(0, GATHER_TAG, buf.local_values());
+    }
+    if !world.is_root() {
+        return Ok(Vec::new());
+    }
+    let mut named = own;
+    for (stage, layer_range) in ranges.iter().enumerate().skip(1) {
+        let shapes: Vec<(String, Vec<i64>)> = specs[layer_range.clone()]
+            .iter()
+            .flat_map(|s| {
+                s.kind
+                    .param_shapes()
+                    .into_iter()
+                    .zip(["weight", "bias"])
+                    .map(|(shape, suffix)| (format!("{}.{}", s.name, suffix), shape))
+            })
+            .collect();
+        let total: i64 = shapes.iter().map(|(_, s)| s.iter().product::<i64>()).sum();
+        let mut flat = vec![0f32; total as usize];
+        world.recv_f32(topo.rank_of(0, stage), GATHER_TAG, &mut flat);
+        let mut off = 0usize;
+        for (name, shape) in shapes {
+            let n: i64 = shape.iter().product();
+            named.push((
+                name,
+                Tensor::from_slice(&flat[off..off + n as usize]).view(&shape[..]),
+            ));
+            off += n as usize;
+        }
+    }
+    Ok(named)
+}
 /// The name a config enum value has in YAML (`per_rank`, `gradients`).
 fn yaml_name<T: serde::Serialize>(v: &T) -> String {
     serde_yaml::to_string(v).unwrap_or_default().trim().to_string()

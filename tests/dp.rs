@@ -5,39 +5,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// 50 SGD steps of global batch 64 on the first 3,200 MNIST images (one epoch), dropout off.
-fn equivalence_args(out: &Path, dir: &str) -> Vec<String> {
-    let cfg = config("data_parallel.yaml");
-    [
-        "--config",
-        &cfg,
-        "--out",
-        out.to_str().unwrap(),
-        "--set",
-        dir,
-        "--set",
-        "model.dropout=0",
-        "--set",
-        "train.batch_scope=global",
-        "--set",
-        "train.batch_size=64",
-        "--set",
-        "data.train_limit=3200",
-        "--set",
-        "data.test_limit=500",
-        "--set",
-        "train.max_steps=50",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Equivalence tolerance: max |w_dp - w_serial| over all weights after 50 steps. Measured with
-/// PyTorch on this machine the reordering of the sums costs ~4e-7 (RECIPES.md); a wrong average,
-/// stale gradient or wrong shard shows up orders of magnitude above 1e-4.
-const TOLERANCE: f64 = 1e-4;
-
 #[test]
 fn dp_on_2_and_4_ranks_matches_serial() {
     let tmp = tempfile::tempdir().unwrap();
