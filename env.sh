@@ -1,20 +1,33 @@
 # Thread and library settings for partrain (seed 000's mapping: one MPI rank per node that uses all
 # of the node's cores through libtorch's OpenMP threads). Source it; sourcing twice is harmless.
 #
-#   source env.sh                          # threads = all cores of this node
-#   PARTRAIN_THREADS=4 source env.sh       # or choose
+#   source env.sh                               # 1 rank per node, threads = all its cores
+#   PARTRAIN_THREADS=4 source env.sh            # or choose the thread count
+#   PARTRAIN_RANKS_PER_NODE=2 source env.sh     # several ranks per node (local runs, tests)
 #
 # Configs with `parallel.threads_per_rank: 0` take their thread count from OMP_NUM_THREADS;
 # a positive value in the config wins over these variables.
 _partrain_root=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)
 
-export PARTRAIN_THREADS="${PARTRAIN_THREADS:-$(nproc)}"
+# Ranks that share this node (1 = seed 000's layout). With more, each rank gets an equal share of
+# the cores and thread pinning is left to mpirun (--bind-to / --map-by): OMP_PROC_BIND=close with
+# OMP_PLACES=cores would pin the first thread of every rank to the same core.
+export PARTRAIN_RANKS_PER_NODE="${PARTRAIN_RANKS_PER_NODE:-1}"
+_partrain_cores=$(nproc)
+_partrain_share=$(( _partrain_cores / PARTRAIN_RANKS_PER_NODE ))
+[ "$_partrain_share" -ge 1 ] || _partrain_share=1
+export PARTRAIN_THREADS="${PARTRAIN_THREADS:-$_partrain_share}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$PARTRAIN_THREADS}"
 export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"
-# Pin threads next to each other on the node's cores (one rank per node). With several ranks per
-# node, launch with `mpirun --bind-to none` or give each rank its own cores.
-export OMP_PROC_BIND="${OMP_PROC_BIND:-close}"
-export OMP_PLACES="${OMP_PLACES:-cores}"
+if [ "$PARTRAIN_RANKS_PER_NODE" -eq 1 ]; then
+  # One rank per node: its threads fill the node's cores side by side.
+  export OMP_PROC_BIND="${OMP_PROC_BIND:-close}"
+  export OMP_PLACES="${OMP_PLACES:-cores}"
+else
+  export OMP_PROC_BIND=false
+  unset OMP_PLACES
+fi
+unset _partrain_cores _partrain_share
 
 # libtorch: the project venv's torch wheel unless LIBTORCH already points at a libtorch install.
 export LIBTORCH="${LIBTORCH:-$_partrain_root/.venv/lib/python3.11/site-packages/torch}"

@@ -7,7 +7,8 @@
 #   bash scripts/bench_dp.sh                 # ROUNDS=3 NP=2 TRAIN_LIMIT=19200
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source env.sh
+# Several ranks share this machine: no OpenMP pinning from env.sh (see env.sh).
+PARTRAIN_RANKS_PER_NODE=${PARTRAIN_RANKS_PER_NODE:-2} source env.sh
 ROUNDS=${ROUNDS:-3}
 NP=${NP:-2}
 TRAIN_LIMIT=${TRAIN_LIMIT:-19200}

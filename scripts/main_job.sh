@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # README's first quick-start command: install everything (idempotent), then the main job on MNIST:
-# the serial baseline and data parallelism on 2 ranks, each with seed 001's settings.
+# the serial baseline, data parallelism on 2 ranks and the hybrid pipeline (2 stages x 2 replicas),
+# each with seed 001's settings.
 #
 #   bash scripts/main_job.sh                       # 10 epochs each
 #   EPOCHS=3 bash scripts/main_job.sh              # shorter
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-source env.sh
+# Several ranks share this machine: no OpenMP pinning from env.sh (see env.sh).
+PARTRAIN_RANKS_PER_NODE=${PARTRAIN_RANKS_PER_NODE:-2} source env.sh
 EPOCHS=${EPOCHS:-10}
 NP=${NP:-2}
+NP_HYBRID=${NP_HYBRID:-4}
+# More ranks than cores needs --oversubscribe (e.g. the 4-rank hybrid on a 2-core machine).
+over() { [ "$1" -gt "$(nproc)" ] && echo --oversubscribe || true; }
 partrain serial --config configs/base.yaml --set train.epochs="$EPOCHS" --overwrite
-mpirun -np "$NP" --bind-to none partrain dp --config configs/data_parallel.yaml --set train.epochs="$EPOCHS" --overwrite
-echo "results: results/runs/serial_mnist and results/runs/dp_mnist (metrics.csv, summary.json, model.safetensors)"
+mpirun -np "$NP" $(over "$NP") --bind-to none partrain dp --config configs/data_parallel.yaml \
+  --set train.epochs="$EPOCHS" --overwrite
+mpirun -np "$NP_HYBRID" $(over "$NP_HYBRID") --bind-to none partrain hybrid --config configs/hybrid_pipeline.yaml \
+  --set train.epochs="$EPOCHS" --overwrite
+echo "results: results/runs/{serial_mnist,dp_mnist,hybrid_mnist}/ (metrics.csv, summary.json, model.safetensors)"

@@ -1,12 +1,23 @@
 //! The MPI layer: the only file that talks to MPI. `Comm::solo()` is a one-rank stand-in with the
 //! same methods, so the serial baseline runs without `mpirun` and without initialising MPI.
 
+use crate::watchdog::waiting;
 use anyhow::Result;
 use mpi::collective::SystemOperation;
 use mpi::request::{LocalScope, Request};
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
 use std::rc::Rc;
+use std::time::Duration;
+
+/// MPI_Abort on the world communicator; safe to call from the watchdog thread (MPI is
+/// initialised with MPI_THREAD_MULTIPLE).
+fn abort_world(code: i32) {
+    // SAFETY: plain FFI call on the predefined world communicator.
+    unsafe {
+        mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
+    }
+}
 
 enum Inner {
     Solo,
@@ -35,7 +46,9 @@ impl Comm {
 
     /// Initialises MPI (a binary started without mpirun becomes a one-rank MPI job).
     pub fn init_mpi() -> Result<Comm> {
-        let universe = mpi::initialize().ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
+        // Multiple: the watchdog thread may call MPI_Abort while the main thread waits in MPI.
+        let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Multiple)
+            .ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
         let comm = universe.world();
         let (rank, size) = (comm.rank() as usize, comm.size() as usize);
         Ok(Comm {
@@ -75,6 +88,7 @@ impl Comm {
         match &self.inner {
             Inner::Solo => panic!("recv_f32 on a one-rank communicator"),
             Inner::Mpi { comm, .. } => {
+                let _w = waiting("receive", || format!("rank {src}, tag {tag}"));
                 comm.process_at_rank(src as i32).receive_into_with_tag(buf, tag);
             }
         }
@@ -84,7 +98,10 @@ impl Comm {
     pub fn send_f32(&self, dest: usize, tag: i32, data: &[f32]) {
         match &self.inner {
             Inner::Solo => panic!("send_f32 on a one-rank communicator"),
-            Inner::Mpi { comm, .. } => comm.process_at_rank(dest as i32).send_with_tag(data, tag),
+            Inner::Mpi { comm, .. } => {
+                let _w = waiting("send", || format!("rank {dest}, tag {tag}"));
+                comm.process_at_rank(dest as i32).send_with_tag(data, tag)
+            }
         }
     }
 
@@ -108,11 +125,25 @@ impl Comm {
                 pending: Vec::new(),
             };
             let out = f(&mut sends);
+            let _w = waiting("completion of pipeline sends", || {
+                "the neighbouring stages".into()
+            });
             for req in sends.pending.drain(..) {
                 req.wait();
             }
             out
         })
+    }
+
+    /// Gives every blocking MPI call of this process a deadline (see `watchdog`).
+    pub fn start_watchdog(&self, timeout_s: f64) {
+        if let Inner::Mpi { .. } = &self.inner {
+            crate::watchdog::start(Duration::from_secs_f64(timeout_s), self.rank, abort_world);
+        }
+    }
+
+    fn group(&self) -> String {
+        format!("all {} ranks of a collective", self.size)
     }
 
     pub fn rank(&self) -> usize {
@@ -129,7 +160,10 @@ impl Comm {
     pub fn all_reduce_sum_f32(&self, send: &[f32], recv: &mut [f32]) {
         match &self.inner {
             Inner::Solo => recv.copy_from_slice(send),
-            Inner::Mpi { comm: world, .. } => world.all_reduce_into(send, recv, SystemOperation::sum()),
+            Inner::Mpi { comm: world, .. } => {
+                let _w = waiting("all-reduce", || self.group());
+                world.all_reduce_into(send, recv, SystemOperation::sum())
+            }
         }
     }
 
@@ -138,6 +172,7 @@ impl Comm {
         match &self.inner {
             Inner::Solo => out.copy_from_slice(values),
             Inner::Mpi { comm: world, .. } => {
+                let _w = waiting("all-reduce", || self.group());
                 world.all_reduce_into(values, &mut out[..], SystemOperation::sum())
             }
         }
@@ -147,6 +182,7 @@ impl Comm {
     /// Overwrites `buf` on every rank with rank `root`'s contents.
     pub fn broadcast_f32(&self, buf: &mut [f32], root: usize) {
         if let Inner::Mpi { comm: world, .. } = &self.inner {
+            let _w = waiting("broadcast", || format!("rank {root}"));
             world.process_at_rank(root as i32).broadcast_into(buf);
         }
     }
@@ -156,7 +192,10 @@ impl Comm {
         let mut out = vec![0u64; self.size];
         match &self.inner {
             Inner::Solo => out[0] = value,
-            Inner::Mpi { comm: world, .. } => world.all_gather_into(&value, &mut out[..]),
+            Inner::Mpi { comm: world, .. } => {
+                let _w = waiting("all-gather", || self.group());
+                world.all_gather_into(&value, &mut out[..])
+            }
         }
         out
     }
@@ -165,13 +204,17 @@ impl Comm {
         let mut out = vec![0f64; self.size];
         match &self.inner {
             Inner::Solo => out[0] = value,
-            Inner::Mpi { comm: world, .. } => world.all_gather_into(&value, &mut out[..]),
+            Inner::Mpi { comm: world, .. } => {
+                let _w = waiting("all-gather", || self.group());
+                world.all_gather_into(&value, &mut out[..])
+            }
         }
         out
     }
 
     pub fn barrier(&self) {
         if let Inner::Mpi { comm: world, .. } = &self.inner {
+            let _w = waiting("barrier", || self.group());
             world.barrier();
         }
     }
@@ -212,6 +255,7 @@ impl<'a, 's> AsyncSends<'a, 's> {
 
     /// Blocking receive of exactly `buf.len()` f32 from `src` with `tag`.
     pub fn recv(&mut self, src: usize, tag: i32, buf: &mut [f32]) {
+        let _w = waiting("receive", || format!("rank {src}, tag {tag}"));
         self.comm
             .process_at_rank(src as i32)
             .receive_into_with_tag(buf, tag);

@@ -18,6 +18,25 @@ pub struct Config {
     pub train: TrainConfig,
     pub parallel: ParallelConfig,
     pub sync: SyncConfig,
+    pub checkpoint: CheckpointConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Write `checkpoint.safetensors` every N epochs (0 = never).
+    pub every_epochs: usize,
+    /// Also every N optimizer steps (`null` = only at epoch ends).
+    pub every_steps: Option<usize>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            every_epochs: 1,
+            every_steps: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,6 +175,8 @@ pub struct ParallelConfig {
     pub schedule: String,
     /// `auto` (balanced by measured per-layer time) or the layer indices where stages 1.. start.
     pub stage_boundaries: StageBoundaries,
+    /// Seconds any MPI wait may last before the job is aborted (a lost or stalled rank).
+    pub timeout_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,6 +254,7 @@ impl Default for ParallelConfig {
             micro_batches: 4,
             schedule: "1f1b".into(),
             stage_boundaries: StageBoundaries::Named("auto".into()),
+            timeout_s: 300.0,
         }
     }
 }
@@ -346,6 +368,15 @@ impl Config {
                 have
             );
         }
+        if !(self.parallel.timeout_s.is_finite() && self.parallel.timeout_s > 0.0) {
+            bail!(
+                "parallel.timeout_s: must be a positive number of seconds, got {}",
+                self.parallel.timeout_s
+            );
+        }
+        if self.checkpoint.every_steps == Some(0) {
+            bail!("checkpoint.every_steps: must be at least 1 (or null), got 0");
+        }
         self.validate_pipeline()?;
         if self.run.name.is_empty() || self.run.name.contains('/') {
             bail!(
@@ -411,11 +442,22 @@ impl Config {
         Ok(())
     }
 
+    /// The hash a checkpoint records: the config less what may change between a run and its
+    /// resumption (how long to train, the MPI deadline, checkpoint frequency).
+    pub fn resume_hash(&self) -> u64 {
+        let mut c = self.clone();
+        c.train.epochs = 0;
+        c.train.max_steps = None;
+        c.checkpoint = CheckpointConfig::default();
+        c.hash()
+    }
+
     /// `data.dir` is left out: nodes may mount the data at different paths; the data's content
     /// is compared separately (`Dataset::fingerprint`).
     pub fn hash(&self) -> u64 {
         let mut c = self.clone();
         c.data.dir = None;
+        c.parallel.timeout_s = 0.0;
         let text = serde_yaml::to_string(&c).expect("config serialises");
         crate::util::fnv1a(text.as_bytes())
     }

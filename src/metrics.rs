@@ -71,6 +71,12 @@ pub struct PipelineSummary {
     pub bubble_fraction_per_rank: Vec<f64>,
     /// The GPipe formula (S-1)/(M+S-1) for comparison.
     pub bubble_formula: f64,
+    /// The bubble predicted from the measured stage compute times: a step lasts about
+    /// (M + S - 1) x the slowest stage's time per micro-batch, so rank r idles
+    /// 1 - compute_r / (steps x that).
+    pub predicted_bubble_fraction_per_rank: Vec<f64>,
+    /// Images/s bound from the slowest stage: global batch / ((M + S - 1) x its time per micro-batch).
+    pub predicted_samples_per_second: f64,
     /// Activations held at once: micro-batches in flight x their layers' output sizes, per rank.
     pub peak_activation_mb_per_rank: Vec<f64>,
 }
@@ -86,6 +92,37 @@ impl MetricsWriter {
         let path = dir.join("metrics.csv");
         let csv =
             csv::Writer::from_path(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(MetricsWriter {
+            csv,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Reopens a resumed run's `metrics.csv`, keeping only the rows of epochs `1..=keep_epochs`.
+    pub fn resume(dir: &Path, keep_epochs: usize) -> Result<Self> {
+        let path = dir.join("metrics.csv");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut lines = text.lines();
+        let header = lines.next();
+        let mut keep = String::new();
+        for line in lines {
+            let epoch: usize = line
+                .split(',')
+                .next()
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(usize::MAX);
+            if epoch <= keep_epochs {
+                keep += line;
+                keep.push('\n');
+            }
+        }
+        let Some(header) = header else {
+            return Self::create(dir);
+        };
+        std::fs::write(&path, format!("{header}\n{keep}"))
+            .with_context(|| format!("cannot rewrite {}", path.display()))?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let csv = csv::WriterBuilder::new().has_headers(false).from_writer(file);
         Ok(MetricsWriter {
             csv,
             dir: dir.to_path_buf(),

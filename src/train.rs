@@ -6,6 +6,7 @@
 //! Serial is the same loop over a one-rank `Comm`: the sampler cuts each global batch into one
 //! shard, and the gradient all-reduce is skipped.
 
+use crate::checkpoint::{Checkpoint, Position};
 use crate::comm::Comm;
 use crate::config::StageBoundaries;
 use crate::config::{BatchScope, Config, SyncMode};
@@ -17,6 +18,7 @@ use crate::model::{self, preset_layers, LayerSpec, Net};
 use crate::pipeline::schedule::{bubble_formula, PipelineSchedule, ScheduleKind};
 use crate::pipeline::stage::{StageRuntime, Topology};
 use crate::util::{mix_seed, peak_rss_mb};
+use crate::watchdog;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -42,7 +44,13 @@ impl Strategy {
 }
 
 /// Files a run writes; `--overwrite` removes exactly these and nothing else.
-pub const RUN_FILES: [&str; 4] = ["config.yaml", "metrics.csv", "summary.json", "model.safetensors"];
+pub const RUN_FILES: [&str; 5] = [
+    "config.yaml",
+    "metrics.csv",
+    "summary.json",
+    "model.safetensors",
+    crate::checkpoint::FILE,
+];
 
 pub fn default_out_dir(cfg: &Config) -> PathBuf {
     PathBuf::from("results/runs").join(&cfg.run.name)
@@ -200,13 +208,16 @@ fn pipeline_plan(cfg: &Config, world: &Comm) -> Result<(usize, Vec<usize>, Sched
     Ok((p.stages, bounds, kind))
 }
 
-pub fn run(
-    strategy: Strategy,
-    cfg: &Config,
-    out_dir: &Path,
-    overwrite: bool,
-    comm: &Comm,
-) -> Result<Summary> {
+/// How a run treats its folder: a fresh run (refusing an existing folder unless `overwrite`), or
+/// `--resume` from the folder's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Fresh { overwrite: bool },
+    Resume,
+}
+
+pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, comm: &Comm) -> Result<Summary> {
+    comm.start_watchdog(cfg.parallel.timeout_s);
     let stages = if strategy == Strategy::Hybrid {
         cfg.parallel.stages
     } else {
@@ -253,15 +264,33 @@ pub fn run(
             data.train.len()
         );
     }
+    let resume = match start {
+        // Every rank reads the checkpoint (the run folder is on a shared file system, as the
+        // outputs of any multi-node job are).
+        Start::Resume => {
+            let ck = Checkpoint::load(out_dir)?;
+            if ck.position.config_hash != cfg.resume_hash() {
+                bail!(
+                    "--resume: the config differs from the one {} was trained with (only train.epochs, \
+                     train.max_steps, parallel.timeout_s and checkpoint.* may change)",
+                    out_dir.display()
+                );
+            }
+            Some(ck)
+        }
+        Start::Fresh { .. } => None,
+    };
     if comm.is_root() {
-        prepare_out_dir(out_dir, overwrite)?;
+        if let Start::Fresh { overwrite } = start {
+            prepare_out_dir(out_dir, overwrite)?;
+        }
         write_atomic(
             &out_dir.join("config.yaml"),
             serde_yaml::to_string(cfg)?.as_bytes(),
         )?;
         write_atomic(&out_dir.join("summary.json"), br#"{"status": "running"}"#)?;
     }
-    let result = train(strategy, cfg, &data, out_dir, comm, topo, global_batch);
+    let result = train(strategy, cfg, &data, out_dir, comm, topo, global_batch, resume);
     if let Err(e) = &result {
         if comm.is_root() {
             let failed = serde_json::json!({"status": "failed", "error": format!("{e:#}")});
@@ -271,6 +300,7 @@ pub fn run(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn train(
     strategy: Strategy,
     cfg: &Config,
@@ -279,6 +309,7 @@ fn train(
     world: &Comm,
     topo: Topology,
     global_batch: usize,
+    resume: Option<Checkpoint>,
 ) -> Result<Summary> {
     let rank = world.rank();
     let replicas = topo.replicas;
@@ -328,12 +359,34 @@ fn train(
         buffer.scatter_values(&params);
     }
     let mut sgd = Sgd::new(&params, cfg.train.lr, cfg.train.momentum);
+    let named: Vec<String> = engine
+        .net()
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if let Some(ck) = &resume {
+        for ((name, p), m) in named.iter().zip(&params).zip(&sgd.buffers) {
+            ck.restore(name, p, m)
+                .with_context(|| format!("--resume: {}", out_dir.display()))?;
+        }
+    }
+    let fault = Fault::from_env(rank);
     let sampler = Sampler::new(n_train, global_batch, replicas, cfg.run.seed);
     let steps_per_epoch = sampler.steps_per_epoch();
-    let mut writer = if world.is_root() {
-        Some(MetricsWriter::create(out_dir)?)
-    } else {
-        None
+    let position = resume.as_ref().map(|c| c.position);
+    let mut writer = match (world.is_root(), position) {
+        (false, _) => None,
+        (true, None) => Some(MetricsWriter::create(out_dir)?),
+        // Rows of epochs the checkpoint does not cover (written after it) are dropped.
+        (true, Some(p)) => {
+            let done = if p.step_in_epoch == steps_per_epoch {
+                p.epoch
+            } else {
+                p.epoch - 1
+            };
+            Some(MetricsWriter::resume(out_dir, done)?)
+        }
     };
     let is_tty = std::io::stdout().is_terminal();
     let total_params = specs.iter().map(|s| s.kind.parameter_count()).sum::<i64>();
@@ -355,25 +408,47 @@ fn train(
     }
 
     let (mut compute, mut allreduce) = (Timer::default(), Timer::default());
-    let mut global_step = 0usize;
-    let mut train_seconds = 0.0;
-    let mut trained_samples = 0usize;
+    let mut global_step = position.map_or(0, |p| p.global_step);
+    let mut train_seconds = position.map_or(0.0, |p| p.train_seconds);
+    let mut trained_samples = position.map_or(0, |p| p.trained_samples);
     let mut last: Option<EpochRow> = None;
     let mut epochs_done = 0;
-    for epoch in 1..=cfg.train.epochs {
+    let first_epoch = match position {
+        Some(p) if p.step_in_epoch == steps_per_epoch => p.epoch + 1,
+        Some(p) => p.epoch,
+        None => 1,
+    };
+    if world.is_root() && position.is_some() {
+        println!("resuming at epoch {first_epoch}, global step {global_step}");
+    }
+    for epoch in first_epoch..=cfg.train.epochs {
         if cfg.train.max_steps.is_some_and(|m| global_step >= m) {
             break;
         }
+        // A checkpoint taken inside this epoch: continue after its last step, with its sums.
+        let partial = position.filter(|p| p.epoch == epoch && p.step_in_epoch < steps_per_epoch);
         let order = sampler.permutation(epoch - 1);
         let bar = progress(world, steps_per_epoch, epoch, cfg.train.epochs);
         let wait0 = stage_wait(&engine);
         let (c0, a0) = (compute.seconds + stage_compute(&engine), allreduce.seconds);
         let t0 = Instant::now();
-        let (mut loss_sum, mut loss_count, mut steps, mut samples) = (0.0f64, 0usize, 0usize, 0usize);
-        for step in 0..steps_per_epoch {
+        let prior_seconds = partial.map_or(0.0, |p| p.epoch_seconds);
+        let (mut loss_sum, mut loss_count, mut steps, mut samples) = match partial {
+            Some(p) => (
+                p.epoch_loss_sum,
+                p.epoch_loss_count,
+                p.step_in_epoch,
+                p.epoch_samples,
+            ),
+            None => (0.0f64, 0usize, 0usize, 0usize),
+        };
+        let first_step = steps;
+        for step in first_step..steps_per_epoch {
             if cfg.train.max_steps.is_some_and(|m| global_step >= m) {
                 break;
             }
+            watchdog::set_context(format!("epoch {epoch} step {}", step + 1));
+            let poison = fault.at_step(global_step + 1);
             let shard = sampler.shard(&order, step, topo.replica);
             // Dropout masks come from a seed derived from the position, not from hidden RNG state.
             let step_seed = mix_seed(&[cfg.run.seed, epoch as u64, step as u64, rank as u64]);
@@ -382,14 +457,20 @@ fn train(
                     let idx = Tensor::from_slice(shard);
                     tch::manual_seed((step_seed >> 1) as i64);
                     Some(compute.time(|| {
-                        let x = data.train.images.index_select(0, &idx);
+                        let mut x = data.train.images.index_select(0, &idx);
+                        if poison {
+                            x *= f64::NAN;
+                        }
                         let y = data.train.labels.index_select(0, &idx);
                         let loss = net.forward(&x, true).cross_entropy_for_logits(&y);
                         loss.backward();
                         loss.double_value(&[])
                     }))
                 }
-                Engine::Stage(rt) => rt.train_step(world, &data.train, shard, step_seed),
+                Engine::Stage(rt) => {
+                    let loss = rt.train_step(world, &data.train, shard, step_seed);
+                    loss.map(|l| if poison { f64::NAN } else { l })
+                }
             };
             if let Some(loss) = loss {
                 if !loss.is_finite() {
@@ -419,6 +500,26 @@ fn train(
             }
             steps += 1;
             samples += shard.len() * replicas;
+            if cfg
+                .checkpoint
+                .every_steps
+                .is_some_and(|k| global_step.is_multiple_of(k))
+                && step + 1 < steps_per_epoch
+            {
+                let pos = Position {
+                    epoch,
+                    step_in_epoch: step + 1,
+                    global_step,
+                    trained_samples: trained_samples + samples,
+                    train_seconds: train_seconds + prior_seconds + t0.elapsed().as_secs_f64(),
+                    epoch_loss_sum: loss_sum,
+                    epoch_loss_count: loss_count,
+                    epoch_samples: samples,
+                    epoch_seconds: prior_seconds + t0.elapsed().as_secs_f64(),
+                    config_hash: cfg.resume_hash(),
+                };
+                write_checkpoint(&engine, &sgd, &specs, &stage_ranges, world, topo, out_dir, pos)?;
+            }
             if let Some(b) = &bar {
                 b.inc(1);
                 if step % 10 == 0 {
@@ -437,7 +538,7 @@ fn train(
         if replicas > 1 && cfg.sync.mode == SyncMode::Weights {
             allreduce.time(|| average_weights(&mut buffer, &params, &sync));
         }
-        let epoch_seconds = t0.elapsed().as_secs_f64();
+        let epoch_seconds = prior_seconds + t0.elapsed().as_secs_f64();
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -484,15 +585,39 @@ fn train(
                 row.samples_per_second
             );
         }
+        let complete = steps == steps_per_epoch;
+        if complete && cfg.checkpoint.every_epochs > 0 && epoch.is_multiple_of(cfg.checkpoint.every_epochs) {
+            let pos = Position {
+                epoch,
+                step_in_epoch: steps,
+                global_step,
+                trained_samples,
+                train_seconds,
+                epoch_loss_sum: loss_sum,
+                epoch_loss_count: loss_count,
+                epoch_samples: samples,
+                epoch_seconds,
+                config_hash: cfg.resume_hash(),
+            };
+            write_checkpoint(&engine, &sgd, &specs, &stage_ranges, world, topo, out_dir, pos)?;
+        }
+        fault.after_epoch(epoch);
         last = Some(row);
         epochs_done = epoch;
     }
-    let last = last.context("no epoch ran")?;
+    let last = last.context(
+        "nothing left to train: the checkpoint already covers train.epochs (raise it to continue)",
+    )?;
     let compute_total = compute.seconds + stage_compute(&engine);
     let wait_total = stage_wait(&engine);
     let peak = world.all_gather_f64(peak_rss_mb());
     let wait_per_rank = world.all_gather_f64(wait_total);
     let compute_per_rank = world.all_gather_f64(compute_total);
+    // Pipeline bound from measured stage times (steps taken in this process, not before a resume).
+    let global_step_in_run = (global_step - position.map_or(0, |p| p.global_step)).max(1);
+    let micro = cfg.parallel.micro_batches.max(1) as f64;
+    let slowest = compute_per_rank.iter().cloned().fold(0.0, f64::max) / (global_step_in_run as f64 * micro);
+    let predicted_step = (micro + topo.stages as f64 - 1.0) * slowest;
     let activation_mb = world.all_gather_f64(match &engine {
         Engine::Stage(rt) => rt.peak_activation_bytes as f64 / (1024.0 * 1024.0),
         Engine::Whole(_) => 0.0,
@@ -530,10 +655,15 @@ fn train(
             schedule: cfg.parallel.schedule.clone(),
             micro_batches: cfg.parallel.micro_batches,
             stage_layers: plan_text.clone(),
-            compute_seconds_per_rank: compute_per_rank,
+            compute_seconds_per_rank: compute_per_rank.clone(),
             pipeline_wait_seconds_per_rank: wait_per_rank.clone(),
             bubble_fraction_per_rank: wait_per_rank.iter().map(|w| w / train_seconds).collect(),
             bubble_formula: bubble_formula(topo.stages, cfg.parallel.micro_batches),
+            predicted_bubble_fraction_per_rank: compute_per_rank
+                .iter()
+                .map(|c| 1.0 - c / (global_step_in_run as f64 * predicted_step))
+                .collect(),
+            predicted_samples_per_second: global_batch as f64 / predicted_step,
             peak_activation_mb_per_rank: activation_mb,
         }),
     };
@@ -553,6 +683,96 @@ fn train(
     Ok(summary)
 }
 
+/// Gathers every weight and momentum buffer on rank 0 and writes the checkpoint there. Called on
+/// every rank at the same step (pipeline stages send their share to rank 0).
+#[allow(clippy::too_many_arguments)]
+fn write_checkpoint(
+    engine: &Engine,
+    sgd: &Sgd,
+    specs: &[LayerSpec],
+    ranges: &[std::ops::Range<usize>],
+    world: &Comm,
+    topo: Topology,
+    out_dir: &Path,
+    position: Position,
+) -> Result<()> {
+    let mut tensors = gather_named_weights(engine, specs, ranges, world, topo)?;
+    let own_momentum: Vec<(String, Tensor)> = engine
+        .net()
+        .named_parameters()
+        .into_iter()
+        .zip(&sgd.buffers)
+        .map(|((n, _), m)| (format!("momentum.{n}"), m.shallow_clone()))
+        .collect();
+    tensors.extend(gather_named(
+        own_momentum,
+        "momentum.",
+        engine,
+        specs,
+        ranges,
+        world,
+        topo,
+    )?);
+    if world.is_root() {
+        Checkpoint { position, tensors }.save(out_dir)?;
+    }
+    Ok(())
+}
+
+/// Test-only fault injection: `PARTRAIN_FAULT=<kind>:<rank>:<step>` makes rank `rank`, at global
+/// step `step` (1-based), `stall` (sleep forever: the watchdog test), `exit` (die without
+/// finalising MPI), or `nan` (poison its input so the loss is NaN). `exit-after-epoch:<rank>:<epoch>`
+/// exits right after that epoch's checkpoint (the resume tests).
+struct Fault {
+    kind: String,
+    step: usize,
+}
+
+impl Fault {
+    fn from_env(rank: usize) -> Fault {
+        let none = Fault {
+            kind: String::new(),
+            step: 0,
+        };
+        let Ok(spec) = std::env::var("PARTRAIN_FAULT") else {
+            return none;
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        match parts.as_slice() {
+            [kind, r, step] if r.parse() == Ok(rank) => Fault {
+                kind: kind.to_string(),
+                step: step.parse().unwrap_or(usize::MAX),
+            },
+            _ => none,
+        }
+    }
+
+    /// Acts at the start of global step `step`; returns true when the input is to be poisoned.
+    fn at_step(&self, step: usize) -> bool {
+        if step != self.step {
+            return false;
+        }
+        match self.kind.as_str() {
+            "stall" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+            "exit" => {
+                eprintln!("PARTRAIN_FAULT: exiting at step {step}");
+                std::process::exit(7)
+            }
+            "nan" => true,
+            _ => false,
+        }
+    }
+
+    fn after_epoch(&self, epoch: usize) {
+        if self.kind == "exit-after-epoch" && epoch == self.step {
+            eprintln!("PARTRAIN_FAULT: exiting after epoch {epoch}");
+            std::process::exit(7);
+        }
+    }
+}
+
 fn stage_wait(engine: &Engine) -> f64 {
     match engine {
         Engine::Stage(rt) => rt.wait.seconds,
@@ -567,8 +787,7 @@ fn stage_compute(engine: &Engine) -> f64 {
     }
 }
 
-/// All weights with their state_dict names, on rank 0: a whole net has them; in a pipeline the
-/// first replica's stages send theirs to rank 0. Other ranks get an empty list.
+/// All weights with their state_dict names, on rank 0 (other ranks get an empty list).
 fn gather_named_weights(
     engine: &Engine,
     specs: &[LayerSpec],
@@ -582,13 +801,27 @@ fn gather_named_weights(
         .into_iter()
         .map(|(n, t)| (n, t.detach()))
         .collect();
-    let Engine::Stage(rt) = engine else {
+    gather_named(own, "", engine, specs, ranges, world, topo)
+}
+
+/// Collects per-parameter tensors (`own`: this rank's, named `prefix` + state_dict name) on rank 0.
+/// A whole net already has all of them; in a pipeline the first replica's stages send theirs.
+fn gather_named(
+    own: Vec<(String, Tensor)>,
+    prefix: &str,
+    engine: &Engine,
+    specs: &[LayerSpec],
+    ranges: &[std::ops::Range<usize>],
+    world: &Comm,
+    topo: Topology,
+) -> Result<Vec<(String, Tensor)>> {
+    if let Engine::Whole(_) = engine {
         return Ok(if world.is_root() { own } else { Vec::new() });
-    };
+    }
     if topo.replica == 0 && topo.stage > 0 {
-        let params: Vec<&Tensor> = rt.net.parameters();
-        let mut buf = GradientBuffer::new(&params);
-        buf.gather_values(&params);
+        let tensors: Vec<&Tensor> = own.iter().map(|(_, t)| t).collect();
+        let mut buf = GradientBuffer::new(&tensors);
+        buf.gather_values(&tensors);
         world.send_f32(0, GATHER_TAG, buf.local_values());
     }
     if !world.is_root() {
@@ -603,7 +836,7 @@ fn gather_named_weights(
                     .param_shapes()
                     .into_iter()
                     .zip(["weight", "bias"])
-                    .map(|(shape, suffix)| (format!("{}.{}", s.name, suffix), shape))
+                    .map(|(shape, suffix)| (format!("{prefix}{}.{suffix}", s.name), shape))
             })
             .collect();
         let total: i64 = shapes.iter().map(|(_, s)| s.iter().product::<i64>()).sum();
@@ -621,6 +854,7 @@ fn gather_named_weights(
     }
     Ok(named)
 }
+
 /// The name a config enum value has in YAML (`per_rank`, `gradients`).
 fn yaml_name<T: serde::Serialize>(v: &T) -> String {
     serde_yaml::to_string(v).unwrap_or_default().trim().to_string()

@@ -147,7 +147,7 @@ fn startup_faults_end_every_rank_quickly() {
         .map(String::as_str)
         .collect::<Vec<_>>(),
     );
-    fails_fast(&o, took, &out, &["train.batch_size", "66", "4 ranks"]);
+    fails_fast(&o, took, &out, &["train.batch_size", "66", "4 replicas"]);
 
     // Ranks given different configs.
     let a = dp_args(&out, &["--set".into(), dir.clone()]);

@@ -1,0 +1,315 @@
+//! Faults: exact resume after a crash, the watchdog, a killed rank, numerical failure.
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn slice_args(cfg: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--config".into(),
+        config(cfg),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    for s in [
+        format!("data.dir={}", mnist_dir().display()),
+        "data.train_limit=1280".into(),
+        "data.test_limit=200".into(),
+        "train.epochs=3".into(),
+    ] {
+        v.push("--set".into());
+        v.push(s);
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn bytes(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn serial_resume_after_a_crash_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
+    let mut args = vec!["serial".to_string()];
+    args.extend(slice_args("base.yaml", &full, &[]));
+    assert_ok(&partrain(&refs(&args)));
+    // Crash right after epoch 1's checkpoint, then resume.
+    let mut args = vec!["serial".to_string()];
+    args.extend(slice_args("base.yaml", &part, &[]));
+    let mut cmd = Command::new(bin());
+    cmd.args(&args)
+        .current_dir(root())
+        .env("PARTRAIN_FAULT", "exit-after-epoch:0:1");
+    let (o, _) = run_with_limit(cmd, Duration::from_secs(120));
+    assert!(!o.status.success());
+    assert_eq!(
+        summary(&part)["status"],
+        "running",
+        "a crashed run is never presented as finished"
+    );
+    assert!(!part.join("model.safetensors").exists());
+    args.push("--resume".into());
+    let o = partrain(&refs(&args));
+    assert_ok(&o);
+    assert!(text(&o).contains("resuming at epoch 2"), "{}", text(&o));
+    assert_eq!(
+        bytes(&full),
+        bytes(&part),
+        "resumed weights must be bit-identical"
+    );
+    let metrics = std::fs::read_to_string(part.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "header + 3 epochs:\n{metrics}");
+    assert_eq!(
+        summary(&part)["final_train_loss"],
+        summary(&full)["final_train_loss"]
+    );
+}
+
+#[test]
+fn dp_resume_mid_epoch_after_a_rank_dies_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
+    let extra = ["--set", "checkpoint.every_steps=7"];
+    let mut args = vec!["dp".to_string()];
+    args.extend(slice_args("data_parallel.yaml", &full, &extra));
+    assert_ok(&mpirun(2, &refs(&args)).0);
+    let mut args = vec!["dp".to_string()];
+    args.extend(slice_args("data_parallel.yaml", &part, &extra));
+    // Rank 1 dies at global step 15 (epoch 2 of 10-step epochs); the last checkpoint is step 14.
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        "-x",
+        "PARTRAIN_FAULT",
+        "-np",
+        "2",
+        bin(),
+    ])
+    .args(&args)
+    .current_dir(root())
+    .env("PARTRAIN_FAULT", "exit:1:15");
+    let (o, took) = run_with_limit(cmd, Duration::from_secs(60));
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(took < Duration::from_secs(30));
+    args.push("--resume".into());
+    let (o, _) = mpirun(2, &refs(&args));
+    assert_ok(&o);
+    assert!(
+        text(&o).contains("resuming at epoch 2, global step 14"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        bytes(&full),
+        bytes(&part),
+        "resumed dp weights must be bit-identical"
+    );
+}
+
+#[test]
+fn hybrid_resume_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
+    let extra = ["--set", "parallel.stage_boundaries=[4]"];
+    let mut args = vec!["hybrid".to_string()];
+    args.extend(slice_args("hybrid_pipeline.yaml", &full, &extra));
+    assert_ok(&mpirun(2, &refs(&args)).0);
+    let mut args = vec!["hybrid".to_string()];
+    args.extend(slice_args("hybrid_pipeline.yaml", &part, &extra));
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        "-x",
+        "PARTRAIN_FAULT",
+        "-np",
+        "2",
+        bin(),
+    ])
+    .args(&args)
+    .current_dir(root())
+    .env("PARTRAIN_FAULT", "exit-after-epoch:0:1");
+    let (o, _) = run_with_limit(cmd, Duration::from_secs(60));
+    assert!(!o.status.success());
+    args.push("--resume".into());
+    assert_ok(&mpirun(2, &refs(&args)).0);
+    assert_eq!(
+        bytes(&full),
+        bytes(&part),
+        "resumed hybrid weights must be bit-identical"
+    );
+}
+
+#[test]
+fn stalled_rank_is_caught_by_the_watchdog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("stall");
+    let mut args = vec!["dp".to_string()];
+    args.extend(slice_args(
+        "data_parallel.yaml",
+        &out,
+        &["--set", "parallel.timeout_s=3"],
+    ));
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        "-x",
+        "PARTRAIN_FAULT",
+        "-np",
+        "2",
+        bin(),
+    ])
+    .args(&args)
+    .current_dir(root())
+    .env("PARTRAIN_FAULT", "stall:1:5");
+    let (o, took) = run_with_limit(cmd, Duration::from_secs(60));
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        msg.contains("partrain rank 0") && msg.contains("no progress") && msg.contains("all-reduce"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("epoch 1 step 5") && msg.contains("parallel.timeout_s"),
+        "{msg}"
+    );
+    assert_eq!(summary(&out)["status"], "running");
+}
+
+/// The pid of the process of MPI rank `rank` whose command line mentions `marker`.
+fn rank_pid(marker: &str, rank: usize) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.starts_with(bin()) || !cmdline.contains(marker) {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if String::from_utf8_lossy(&env)
+            .split('\0')
+            .any(|v| v == format!("OMPI_COMM_WORLD_RANK={rank}"))
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("killed");
+    let mut args = vec!["dp".to_string()];
+    args.extend(slice_args(
+        "data_parallel.yaml",
+        &out,
+        &["--set", "train.epochs=400", "--set", "checkpoint.every_steps=5"],
+    ));
+    let child = mpirun_cmd(2, &refs(&args))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let ckpt = out.join(partrain::checkpoint::FILE);
+    while !ckpt.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rank_pid(out.to_str().unwrap(), 1).expect("rank 1 is running");
+    let killed_at = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut child = child;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "job still running 30 s after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    println!("ended {:?} after kill -9:\n{err}", killed_at.elapsed());
+    assert!(err.contains("rank 1"), "mpirun names the lost rank:\n{err}");
+    // The checkpoint is intact and resumable.
+    let ck = partrain::checkpoint::Checkpoint::load(&out).unwrap();
+    assert!(ck.position.global_step >= 5);
+    // Resume and train to the end of the next epoch (train.epochs may change on resume).
+    let mut resume = args.clone();
+    for s in [
+        "--set".to_string(),
+        format!("train.epochs={}", ck.position.epoch + 1),
+        "--resume".into(),
+    ] {
+        resume.push(s);
+    }
+    let (o, _) = mpirun(2, &refs(&resume));
+    assert_ok(&o);
+    assert_eq!(summary(&out)["status"], "completed");
+}
+
+#[test]
+fn nan_loss_stops_the_run_and_keeps_the_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("nan");
+    let mut args = vec!["serial".to_string()];
+    args.extend(slice_args(
+        "base.yaml",
+        &out,
+        &["--set", "checkpoint.every_steps=10"],
+    ));
+    let mut cmd = Command::new(bin());
+    cmd.args(&args)
+        .current_dir(root())
+        .env("PARTRAIN_FAULT", "nan:0:15");
+    let (o, _) = run_with_limit(cmd, Duration::from_secs(60));
+    let msg = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        msg.contains("rank 0")
+            && msg.contains("loss is NaN")
+            && msg.contains("step 15")
+            && msg.contains("train.lr = 0.01"),
+        "{msg}"
+    );
+    let s = summary(&out);
+    assert_eq!(s["status"], "failed");
+    assert!(s["error"].as_str().unwrap().contains("NaN"));
+    let ck = partrain::checkpoint::Checkpoint::load(&out).unwrap();
+    assert_eq!(ck.position.global_step, 10);
+    for (name, t) in &ck.tensors {
+        assert_eq!(t.isfinite().all().int64_value(&[]), 1, "{name} is not finite");
+    }
+    assert!(!out.join("model.safetensors").exists());
+}
