@@ -280,6 +280,20 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, comm:
         }
         Start::Fresh { .. } => None,
     };
+    if let Some(ck) = &resume {
+        let steps = Sampler::new(data.train.len(), global_batch, replicas, cfg.run.seed).steps_per_epoch();
+        let p = ck.position;
+        let finished = p.epoch > cfg.train.epochs || (p.epoch == cfg.train.epochs && p.step_in_epoch == steps);
+        if finished || cfg.train.max_steps.is_some_and(|m| p.global_step >= m) {
+            bail!(
+                "--resume: the checkpoint in {} already covers train.epochs = {} (epoch {}, step {}): raise train.epochs to continue",
+                out_dir.display(),
+                cfg.train.epochs,
+                p.epoch,
+                p.global_step
+            );
+        }
+    }
     if comm.is_root() {
         if let Start::Fresh { overwrite } = start {
             prepare_out_dir(out_dir, overwrite)?;
