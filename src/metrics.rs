@@ -30,6 +30,9 @@ pub struct Summary {
     pub dataset: String,
     pub model: String,
     pub world_size: usize,
+    /// Distinct hosts the ranks ran on, and the cores of rank 0's host.
+    pub nodes: usize,
+    pub cores_per_node: usize,
     pub stages: usize,
     pub replicas: usize,
     pub threads_per_rank: usize,

@@ -283,7 +283,8 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, comm:
     if let Some(ck) = &resume {
         let steps = Sampler::new(data.train.len(), global_batch, replicas, cfg.run.seed).steps_per_epoch();
         let p = ck.position;
-        let finished = p.epoch > cfg.train.epochs || (p.epoch == cfg.train.epochs && p.step_in_epoch == steps);
+        let finished =
+            p.epoch > cfg.train.epochs || (p.epoch == cfg.train.epochs && p.step_in_epoch == steps);
         if finished || cfg.train.max_steps.is_some_and(|m| p.global_step >= m) {
             bail!(
                 "--resume: the checkpoint in {} already covers train.epochs = {} (epoch {}, step {}): raise train.epochs to continue",
@@ -637,12 +638,18 @@ fn train(
         Engine::Whole(_) => 0.0,
     });
     let named = gather_named_weights(&engine, &specs, &stage_ranges, world, topo)?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut hosts = world.all_gather_u64(crate::util::fnv1a(host.trim().as_bytes()));
+    hosts.sort();
+    hosts.dedup();
     let summary = Summary {
         status: "completed".into(),
         strategy: strategy.as_str().into(),
         dataset: data.name.as_str().into(),
         model: cfg.model.preset.as_str().into(),
         world_size: world.size(),
+        nodes: hosts.len(),
+        cores_per_node: std::thread::available_parallelism().map_or(1, |n| n.get()),
         stages: topo.stages,
         replicas,
         threads_per_rank: tch::get_num_threads() as usize,

@@ -268,7 +268,19 @@ fn resume_errors() {
     let o = out.to_str().unwrap();
     let cfg = config("base.yaml");
     let dir = format!("data.dir={}", mnist_dir().display());
-    let base = ["serial", "--config", &cfg, "--set", &dir, "--set", "data.train_limit=640", "--set", "data.test_limit=100", "--out", o];
+    let base = [
+        "serial",
+        "--config",
+        &cfg,
+        "--set",
+        &dir,
+        "--set",
+        "data.train_limit=640",
+        "--set",
+        "data.test_limit=100",
+        "--out",
+        o,
+    ];
     // Nothing to resume.
     let mut args = base.to_vec();
     args.extend(["--set", "train.epochs=1", "--resume"]);
@@ -279,18 +291,26 @@ fn resume_errors() {
     assert_ok(&partrain(&args));
     let before = std::fs::read(out.join("model.safetensors")).unwrap();
     let mut cmd = std::process::Command::new(bin());
-    cmd.args(base).args(["--set", "train.epochs=2", "--set", "train.lr=0.05", "--resume"]).current_dir(root());
+    cmd.args(base)
+        .args(["--set", "train.epochs=2", "--set", "train.lr=0.05", "--resume"])
+        .current_dir(root());
     let (r, _) = run_with_limit(cmd, Duration::from_secs(60));
     assert!(!r.status.success());
     assert!(text(&r).contains("config differs"), "{}", text(&r));
     assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
     // Resuming a finished run without raising train.epochs says so.
     let mut cmd = std::process::Command::new(bin());
-    cmd.args(base).args(["--set", "train.epochs=1", "--resume"]).current_dir(root());
+    cmd.args(base)
+        .args(["--set", "train.epochs=1", "--resume"])
+        .current_dir(root());
     let (r, _) = run_with_limit(cmd, Duration::from_secs(60));
     assert!(!r.status.success());
     assert!(text(&r).contains("already covers train.epochs"), "{}", text(&r));
-    assert_eq!(summary(&out)["status"], "completed", "a refused resume leaves the finished run alone");
+    assert_eq!(
+        summary(&out)["status"],
+        "completed",
+        "a refused resume leaves the finished run alone"
+    );
     // --resume and --overwrite together are a usage error.
     let mut cmd = std::process::Command::new(bin());
     cmd.args(base).args(["--resume", "--overwrite"]);

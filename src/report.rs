@@ -1,0 +1,552 @@
+//! `partrain report [--runs results/runs] [--out results]`: speedup / efficiency tables and plots
+//! from every finished run's `summary.json` and `metrics.csv` under a runs folder.
+//!
+//! Speedup of a run = its images/s over the images/s of its serial baseline (same data set and
+//! net, 1 thread, the same global batch for strong scaling or the same per-rank batch for weak
+//! scaling): for the same number of training images that is T_serial / T_run. Efficiency =
+//! speedup / total cores (ranks x threads per rank).
+
+use crate::metrics::{read_summary, Summary};
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub struct RunRecord {
+    /// Path of the run folder relative to the runs folder.
+    pub name: String,
+    pub summary: Summary,
+    /// (epoch, train loss) from metrics.csv.
+    pub losses: Vec<(usize, f64)>,
+}
+
+/// Every folder below `runs` with a completed `summary.json`; unfinished runs are listed in the
+/// second value and left out of the tables.
+pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    let mut stack = vec![runs.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .with_context(|| format!("runs folder {} cannot be read", dir.display()))?;
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+        let sp = dir.join("summary.json");
+        if !sp.exists() {
+            continue;
+        }
+        let name = dir.strip_prefix(runs).unwrap_or(&dir).display().to_string();
+        match read_summary(&sp) {
+            Ok(summary) if summary.status == "completed" => {
+                let losses = read_losses(&dir.join("metrics.csv"))?;
+                found.push(RunRecord {
+                    name,
+                    summary,
+                    losses,
+                });
+            }
+            _ => skipped.push(name),
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    skipped.sort();
+    Ok((found, skipped))
+}
+
+fn read_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
+    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for row in rdr.deserialize::<crate::metrics::EpochRow>() {
+        let row = row.with_context(|| format!("{}: malformed row", path.display()))?;
+        out.push((row.epoch, row.train_loss));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub run: String,
+    pub strategy: String,
+    pub dataset: String,
+    /// `baseline` (serial), `strong` (fixed global batch) or `weak` (fixed batch per replica).
+    pub scaling: String,
+    pub ranks: usize,
+    pub threads_per_rank: usize,
+    pub stages: usize,
+    pub replicas: usize,
+    pub total_cores: usize,
+    /// More ranks x threads than the nodes' cores: the timing is not a scaling measurement.
+    pub oversubscribed: bool,
+    pub global_batch: usize,
+    pub epochs: usize,
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    pub baseline: String,
+    pub speedup: Option<f64>,
+    pub efficiency: Option<f64>,
+    pub final_test_accuracy: f64,
+    pub peak_rss_mb_max: f64,
+    pub peak_rss_mb_per_rank: String,
+    pub allreduce_share: f64,
+    pub bubble_share: f64,
+}
+
+fn scaling(s: &Summary) -> &'static str {
+    if s.strategy == "serial" {
+        "baseline"
+    } else if s.batch_scope == "global" {
+        "strong"
+    } else {
+        "weak"
+    }
+}
+
+/// The serial run `s` is measured against (see the module comment).
+fn baseline<'a>(s: &Summary, records: &'a [RunRecord]) -> Option<&'a RunRecord> {
+    let serials: Vec<&RunRecord> = records
+        .iter()
+        .filter(|r| {
+            r.summary.strategy == "serial" && r.summary.dataset == s.dataset && r.summary.model == s.model
+        })
+        .collect();
+    let want_batch = match scaling(s) {
+        "weak" => s.global_batch / s.replicas.max(1),
+        _ => s.global_batch,
+    };
+    let score = |r: &&RunRecord| {
+        (
+            r.summary.threads_per_rank != 1,
+            r.summary.global_batch != want_batch,
+        )
+    };
+    serials.into_iter().min_by_key(score)
+}
+
+pub fn rows(records: &[RunRecord]) -> Vec<Row> {
+    records
+        .iter()
+        .map(|r| {
+            let s = &r.summary;
+            let base = baseline(s, records);
+            let speedup = base.map(|b| s.samples_per_second / b.summary.samples_per_second);
+            let total_cores = s.world_size * s.threads_per_rank;
+            let bubble = s
+                .pipeline
+                .as_ref()
+                .map(|p| {
+                    p.bubble_fraction_per_rank.iter().sum::<f64>()
+                        / p.bubble_fraction_per_rank.len().max(1) as f64
+                })
+                .unwrap_or(0.0);
+            Row {
+                run: r.name.clone(),
+                strategy: s.strategy.clone(),
+                dataset: s.dataset.clone(),
+                scaling: scaling(s).into(),
+                ranks: s.world_size,
+                threads_per_rank: s.threads_per_rank,
+                stages: s.stages,
+                replicas: s.replicas,
+                total_cores,
+                oversubscribed: total_cores > s.nodes.max(1) * s.cores_per_node,
+                global_batch: s.global_batch,
+                epochs: s.epochs,
+                train_seconds: s.train_seconds,
+                samples_per_second: s.samples_per_second,
+                baseline: base.map(|b| b.name.clone()).unwrap_or_default(),
+                speedup,
+                efficiency: speedup.map(|x| x / total_cores as f64),
+                final_test_accuracy: s.final_test_accuracy,
+                peak_rss_mb_max: s.peak_rss_mb.iter().cloned().fold(0.0, f64::max),
+                peak_rss_mb_per_rank: s
+                    .peak_rss_mb
+                    .iter()
+                    .map(|m| format!("{m:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                allreduce_share: s.allreduce_seconds / s.train_seconds,
+                bubble_share: bubble,
+            }
+        })
+        .collect()
+}
+
+fn write_csv(path: &Path, rows: &[&Row]) -> Result<()> {
+    let mut w = csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
+    for r in rows {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+pub fn markdown(rows: &[&Row]) -> String {
+    let mut md = String::from(
+        "| run | strategy | scaling | ranks x threads | stages x replicas | global batch | train s | images/s | speedup | efficiency | accuracy % | peak RSS MB/rank | all-reduce | bubble |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        md += &format!(
+            "| {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0} | {} | {} | {:.2} | {} | {:.1}% | {:.1}% |\n",
+            r.run,
+            r.strategy,
+            r.scaling,
+            r.ranks,
+            r.threads_per_rank,
+            if r.oversubscribed { " (oversubscribed)" } else { "" },
+            r.stages,
+            r.replicas,
+            r.global_batch,
+            r.train_seconds,
+            r.samples_per_second,
+            opt(r.speedup, 2),
+            opt(r.efficiency, 3),
+            r.final_test_accuracy,
+            r.peak_rss_mb_per_rank.replace(';', " / "),
+            100.0 * r.allreduce_share,
+            100.0 * r.bubble_share
+        );
+    }
+    md
+}
+
+/// Writes the tables to `out/metrics/` and the plots to `out/plots/`; returns the files written.
+pub fn write(records: &[RunRecord], out: &Path) -> Result<Vec<PathBuf>> {
+    let metrics = out.join("metrics");
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&metrics)?;
+    std::fs::create_dir_all(&plots)?;
+    let all = rows(records);
+    let refs: Vec<&Row> = all.iter().collect();
+    let mut written = Vec::new();
+    let mut emit = |name: &str, rows: &[&Row]| -> Result<()> {
+        let csv = metrics.join(format!("{name}.csv"));
+        write_csv(&csv, rows)?;
+        let md = metrics.join(format!("{name}.md"));
+        std::fs::write(&md, markdown(rows))?;
+        written.extend([csv, md]);
+        Ok(())
+    };
+    emit("speedup_table", &refs)?;
+    for kind in ["strong", "weak"] {
+        let sel: Vec<&Row> = all
+            .iter()
+            .filter(|r| r.scaling == kind || r.scaling == "baseline")
+            .collect();
+        emit(&format!("{kind}_scaling"), &sel)?;
+    }
+    let p = plots.join("speedup.png");
+    scaling_plot(
+        &all,
+        &p,
+        "Speedup vs serial (1 thread)",
+        "speedup (x)",
+        |r| r.speedup,
+        |c| c,
+    )?;
+    written.push(p);
+    let p = plots.join("efficiency.png");
+    scaling_plot(
+        &all,
+        &p,
+        "Parallel efficiency",
+        "efficiency (speedup / cores)",
+        |r| r.efficiency,
+        |_| 1.0,
+    )?;
+    written.push(p);
+    let p = plots.join("loss_curves.png");
+    loss_plot(records, &p)?;
+    written.push(p);
+    let p = plots.join("training_comparison.png");
+    comparison_plot(&all, &p)?;
+    written.push(p);
+    let p = plots.join("time_breakdown.png");
+    breakdown_plot(records, &p)?;
+    written.push(p);
+    Ok(written)
+}
+
+type PlotResult = Result<()>;
+
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {e}")
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// Measured value per total cores, one line per (strategy, scaling, threads), with the ideal.
+fn scaling_plot(
+    rows: &[Row],
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    value: impl Fn(&Row) -> Option<f64>,
+    ideal: impl Fn(f64) -> f64,
+) -> PlotResult {
+    let pts: Vec<(&Row, f64)> = rows.iter().filter_map(|r| value(r).map(|v| (r, v))).collect();
+    let max_cores = pts.iter().map(|(r, _)| r.total_cores).max().unwrap_or(1).max(2) as f64;
+    let max_y = pts.iter().map(|(_, v)| *v).fold(ideal(max_cores), f64::max) * 1.15;
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 26))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.5f64..max_cores + 0.5, 0f64..max_y)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("total cores (ranks x threads per rank)")
+        .y_desc(y_label)
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            (1..=max_cores as usize).map(|c| (c as f64, ideal(c as f64))),
+            BLACK.stroke_width(1),
+        ))
+        .map_err(err)?
+        .label("ideal")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    let mut groups: Vec<String> = pts
+        .iter()
+        .map(|(r, _)| format!("{} {} ({} thr/rank)", r.strategy, r.scaling, r.threads_per_rank))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    for (i, g) in groups.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut series: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|(r, _)| &format!("{} {} ({} thr/rank)", r.strategy, r.scaling, r.threads_per_rank) == g)
+            .map(|(r, v)| (r.total_cores as f64, *v))
+            .collect();
+        series.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
+            .map_err(err)?;
+        chart
+            .draw_series(series.iter().map(|p| Circle::new(*p, 5, color.filled())))
+            .map_err(err)?
+            .label(g.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn loss_plot(records: &[RunRecord], path: &Path) -> PlotResult {
+    let max_epoch = records
+        .iter()
+        .flat_map(|r| r.losses.iter().map(|l| l.0))
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let max_loss = records
+        .iter()
+        .flat_map(|r| r.losses.iter().map(|l| l.1))
+        .fold(0.1, f64::max)
+        * 1.1;
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Training loss per epoch", ("sans-serif", 26))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.8f64..max_epoch as f64 + 0.2, 0f64..max_loss)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("mean training loss (cross-entropy)")
+        .draw()
+        .map_err(err)?;
+    for (i, r) in records.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = r.losses.iter().map(|(e, l)| (*e as f64, *l)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(r.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Horizontal bars, one per run, in one panel.
+fn bar_panel(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    names: &[String],
+    values: &[f64],
+    title: &str,
+    x_desc: &str,
+    color: RGBColor,
+) -> PlotResult {
+    let n = names.len();
+    let max = values.iter().cloned().fold(0.0, f64::max).max(1e-9) * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(if names.is_empty() { 10 } else { 150 })
+        .build_cartesian_2d(0f64..max, (0..n).into_segmented())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc(x_desc)
+        .disable_y_mesh()
+        .y_labels(n.max(1))
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(values.iter().enumerate().map(|(i, v)| {
+            Rectangle::new(
+                [(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))],
+                color.mix(0.8).filled(),
+            )
+        }))
+        .map_err(err)?;
+    Ok(())
+}
+
+fn comparison_plot(rows: &[Row], path: &Path) -> PlotResult {
+    let names: Vec<String> = rows.iter().map(|r| r.run.clone()).collect();
+    let root = BitMapBackend::new(path, (1500, 120 + 40 * rows.len().max(4) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((1, 3));
+    let series: [(&str, &str, Vec<f64>, RGBColor); 3] = [
+        (
+            "Training time",
+            "seconds",
+            rows.iter().map(|r| r.train_seconds).collect(),
+            COLORS[0],
+        ),
+        (
+            "Test accuracy",
+            "percent",
+            rows.iter().map(|r| r.final_test_accuracy).collect(),
+            COLORS[2],
+        ),
+        (
+            "Throughput",
+            "images / second",
+            rows.iter().map(|r| r.samples_per_second).collect(),
+            COLORS[1],
+        ),
+    ];
+    for (panel, (title, unit, values, color)) in panels.iter().zip(series) {
+        bar_panel(panel, &names, &values, title, unit, color)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Stacked bars per run of rank 0's compute, all-reduce and pipeline-wait seconds.
+fn breakdown_plot(records: &[RunRecord], path: &Path) -> PlotResult {
+    let n = records.len();
+    let root = BitMapBackend::new(path, (1000, 140 + 40 * n.max(4) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let max = records
+        .iter()
+        .map(|r| r.summary.compute_seconds + r.summary.allreduce_seconds + r.summary.pipeline_wait_seconds)
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Where rank 0's training time goes", ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(170)
+        .build_cartesian_2d(0f64..max, (0..n).into_segmented())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("seconds")
+        .disable_y_mesh()
+        .y_labels(n.max(1))
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(err)?;
+    let parts: [(&str, RGBColor, fn(&Summary) -> f64); 3] = [
+        ("compute", COLORS[0], |s| s.compute_seconds),
+        ("all-reduce", COLORS[1], |s| s.allreduce_seconds),
+        ("pipeline wait", COLORS[3], |s| s.pipeline_wait_seconds),
+    ];
+    let mut offsets = vec![0.0; n];
+    for (label, color, get) in parts {
+        let bars: Vec<Rectangle<(f64, SegmentValue<usize>)>> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (a, b) = (offsets[i], offsets[i] + get(&r.summary));
+                offsets[i] = b;
+                Rectangle::new(
+                    [(a, SegmentValue::Exact(i)), (b, SegmentValue::Exact(i + 1))],
+                    color.filled(),
+                )
+            })
+            .collect();
+        chart
+            .draw_series(bars)
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
