@@ -275,6 +275,7 @@ pub fn write(records: &[RunRecord], out: &Path) -> Result<Vec<PathBuf>> {
 }
 
 type PlotResult = Result<()>;
+type SummaryField = fn(&Summary) -> f64;
 
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e}")
@@ -515,7 +516,7 @@ fn breakdown_plot(records: &[RunRecord], path: &Path) -> PlotResult {
         })
         .draw()
         .map_err(err)?;
-    let parts: [(&str, RGBColor, fn(&Summary) -> f64); 3] = [
+    let parts: [(&str, RGBColor, SummaryField); 3] = [
         ("compute", COLORS[0], |s| s.compute_seconds),
         ("all-reduce", COLORS[1], |s| s.allreduce_seconds),
         ("pipeline wait", COLORS[3], |s| s.pipeline_wait_seconds),
