@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod comm;
 pub mod config;
+pub mod conv_bench;
 pub mod data;
 pub mod grads;
 pub mod metrics;

@@ -71,6 +71,32 @@ enum Command {
         #[arg(long, default_value = "results")]
         out: PathBuf,
     },
+    /// Seed 003's convolution benchmark: `mpirun -np N partrain conv-bench --mode strong|weak ...`.
+    ConvBench {
+        /// Name of the case (output file names): e.g. large, small.
+        #[arg(long, default_value = "large")]
+        case: String,
+        /// strong (batch split across ranks) or weak (batch per rank).
+        #[arg(long, default_value = "strong")]
+        mode: String,
+        #[arg(long, default_value_t = 80)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        channels: i64,
+        #[arg(long, default_value_t = 3)]
+        out_channels: i64,
+        /// Image height and width.
+        #[arg(long, default_value_t = 1024)]
+        size: i64,
+        #[arg(long, default_value_t = 3)]
+        kernel: i64,
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        #[arg(long, default_value = "results/conv_bench")]
+        out: PathBuf,
+    },
     /// Data set management.
     Data {
         #[command(subcommand)]
@@ -224,6 +250,11 @@ fn run_mpi(strategy: Strategy, args: &RunArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Dp(args) => return run_mpi(Strategy::DataParallel, &args),
@@ -231,6 +262,56 @@ fn main() -> ExitCode {
         Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
         Command::Inspect { config, set } => inspect(&config, &set),
         Command::Report { runs, out } => report(&runs, &out),
+        Command::ConvBench {
+            case,
+            mode,
+            batch,
+            channels,
+            out_channels,
+            size,
+            kernel,
+            repeats,
+            threads,
+            out,
+        } => {
+            tch::set_num_threads(threads);
+            let bench = partrain::conv_bench::ConvBench {
+                case,
+                mode,
+                batch,
+                channels,
+                out_channels,
+                size,
+                kernel,
+                repeats,
+            };
+            let comm = match Comm::init_mpi() {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            match bench.run(&comm, &out) {
+                Ok(row) => {
+                    if comm.is_root() {
+                        println!(
+                            "{} ranks, {}: {:.3} s (max over ranks), memory per rank [{}] MB, output {}",
+                            row.processes,
+                            row.mode,
+                            row.seconds_max,
+                            row.memory_mb_per_rank,
+                            row.output_shape
+                        );
+                    }
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => {
+                    eprintln!("partrain rank {}/{}: error: {e:#}", comm.rank(), comm.size());
+                    if comm.size() > 1 {
+                        comm.abort(1);
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         Command::Data {
             command:
                 DataCommand::Fetch {
