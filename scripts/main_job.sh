@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README's first quick-start command: install everything (idempotent), then the main job on MNIST:
 # the serial baseline, data parallelism on 2 ranks and the hybrid pipeline (2 stages x 2 replicas),
-# each with seed 001's settings.
+# each with seed 001's settings, then the speedup report (results/metrics, results/plots).
 #
 #   bash scripts/main_job.sh                       # 10 epochs each
 #   EPOCHS=3 bash scripts/main_job.sh              # shorter
@@ -20,4 +20,6 @@ mpirun -np "$NP" $(over "$NP") --bind-to none partrain dp --config configs/data_
   --set train.epochs="$EPOCHS" --overwrite
 mpirun -np "$NP_HYBRID" $(over "$NP_HYBRID") --bind-to none partrain hybrid --config configs/hybrid_pipeline.yaml \
   --set train.epochs="$EPOCHS" --overwrite
-echo "results: results/runs/{serial_mnist,dp_mnist,hybrid_mnist}/ (metrics.csv, summary.json, model.safetensors)"
+# The speedup table and plots of these runs (and any others under results/runs).
+partrain report --runs results/runs --out results
+echo "runs: results/runs/{serial_mnist,dp_mnist,hybrid_mnist}/; table: results/metrics/speedup_table.md; plots: results/plots/"
