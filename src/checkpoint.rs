@@ -63,7 +63,7 @@ impl Checkpoint {
         let mut all: Vec<(String, Tensor)> = self
             .tensors
             .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .map(|(n, t)| (n.clone(), t.contiguous()))
             .collect();
         all.push(("meta.ints".into(), ints));
         all.push(("meta.floats".into(), floats));

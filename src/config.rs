@@ -160,6 +160,17 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Log line every N steps when stdout is not a terminal.
     pub log_every: usize,
+    /// `fp32`, or `bf16` mixed precision (fp32 master weights and optimizer state).
+    pub precision: Precision,
+    /// Channels-last (NHWC) activations and conv weights: faster oneDNN convolutions.
+    pub channels_last: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Fp32,
+    Bf16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -242,6 +253,8 @@ impl Default for TrainConfig {
             max_steps: None,
             eval_batch_size: 100,
             log_every: 100,
+            precision: Precision::Fp32,
+            channels_last: false,
         }
     }
 }
@@ -376,6 +389,12 @@ impl Config {
         }
         if self.checkpoint.every_steps == Some(0) {
             bail!("checkpoint.every_steps: must be at least 1 (or null), got 0");
+        }
+        if self.train.precision == Precision::Bf16 && !crate::util::cpu_has_bf16() {
+            bail!(
+                "train.precision: bf16 needs a CPU with AVX512-BF16 or AMX-BF16 instructions and this one has \
+                 neither (emulated bf16 would be slower than fp32); use fp32"
+            );
         }
         self.validate_pipeline()?;
         if self.run.name.is_empty() || self.run.name.contains('/') {

@@ -53,7 +53,7 @@ impl GradientBuffer {
     pub fn gather_grads(&mut self, params: &[&Tensor]) {
         tch::no_grad(|| {
             for (p, &(off, n)) in params.iter().zip(&self.spans) {
-                self.local.narrow(0, off, n).copy_(&p.grad().view([-1]));
+                self.local.narrow(0, off, n).copy_(&p.grad().reshape([-1]));
             }
         })
     }
@@ -62,7 +62,7 @@ impl GradientBuffer {
     pub fn gather_values(&mut self, params: &[&Tensor]) {
         tch::no_grad(|| {
             for (p, &(off, n)) in params.iter().zip(&self.spans) {
-                self.local.narrow(0, off, n).copy_(&p.view([-1]));
+                self.local.narrow(0, off, n).copy_(&p.reshape([-1]));
             }
         })
     }

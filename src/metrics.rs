@@ -54,6 +54,10 @@ pub struct Summary {
     pub compute_seconds: f64,
     pub allreduce_seconds: f64,
     pub pipeline_wait_seconds: f64,
+    /// Seconds from rank 0's process start to the end of its first optimizer step (start-up cost:
+    /// libraries, MPI, data loading, first kernels).
+    #[serde(default)]
+    pub first_step_seconds: f64,
     pub seed: u64,
     pub config_hash: String,
     /// Hybrid runs only.

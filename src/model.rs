@@ -156,6 +156,34 @@ pub struct Net {
     pub layers: Vec<Layer>,
     /// Index of `layers[0]` in the full net (0 for a whole net).
     pub first_layer: usize,
+    pub compute: Compute,
+}
+
+/// How the forward pass computes (the weights stay fp32 either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compute {
+    /// Activations and conv weights in channels-last (NHWC) strides, which oneDNN's CPU
+    /// convolutions run faster on. Same results within fp32 rounding.
+    pub channels_last: bool,
+    /// Mixed precision: inputs and conv/linear weights cast to bf16 inside the forward (the casts
+    /// are differentiable, so gradients reach the fp32 master weights); outputs back to fp32.
+    pub bf16: bool,
+}
+
+/// `t` with channels-last strides (same shape and values). tch has no memory-format argument, but
+/// a tensor permuted to NHWC, made contiguous and permuted back has exactly those strides.
+pub fn to_channels_last(t: &Tensor) -> Tensor {
+    // With one channel NCHW and NHWC hold the same bytes; libtorch then calls either layout
+    // contiguous, and a permuted copy would only carry strides that safetensors refuses.
+    if t.dim() != 4 || t.size()[1] == 1 || is_channels_last(t) {
+        return t.shallow_clone();
+    }
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+pub fn is_channels_last(t: &Tensor) -> bool {
+    let (st, sz) = (t.stride(), t.size());
+    t.dim() == 4 && st[1] == 1 && st[3] == sz[1] && st[2] == sz[1] * sz[3]
 }
 
 impl Net {
@@ -189,7 +217,11 @@ impl Net {
                 }
             })
             .collect();
-        Net { layers, first_layer }
+        Net {
+            layers,
+            first_layer,
+            compute: Compute::default(),
+        }
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -198,17 +230,28 @@ impl Net {
 
     /// Runs `range` of this net's layers (used to run backward in blocks).
     pub fn forward_layers(&self, x: &Tensor, train: bool, range: std::ops::Range<usize>) -> Tensor {
+        let Compute { channels_last, bf16 } = self.compute;
+        let cast = |t: &Tensor| {
+            if bf16 {
+                t.to_kind(Kind::BFloat16)
+            } else {
+                t.shallow_clone()
+            }
+        };
         let mut h = x.shallow_clone();
         for layer in &self.layers[range] {
             h = match layer.spec.kind {
-                LayerKind::Conv2d { pad, .. } => h.conv2d(
-                    &layer.params[0],
-                    Some(&layer.params[1]),
-                    [1, 1],
-                    [pad, pad],
-                    [1, 1],
-                    1,
-                ),
+                LayerKind::Conv2d { pad, .. } => {
+                    let input = if channels_last { to_channels_last(&h) } else { h };
+                    cast(&input).conv2d(
+                        &cast(&layer.params[0]),
+                        Some(&cast(&layer.params[1])),
+                        [1, 1],
+                        [pad, pad],
+                        [1, 1],
+                        1,
+                    )
+                }
                 LayerKind::Relu => h.relu(),
                 LayerKind::MaxPool2d { k } => h.max_pool2d([k, k], [k, k], [0, 0], [1, 1], false),
                 LayerKind::Flatten => h.flatten(1, -1),
@@ -219,10 +262,30 @@ impl Net {
                         h
                     }
                 }
-                LayerKind::Linear { .. } => h.linear(&layer.params[0], Some(&layer.params[1])),
+                LayerKind::Linear { .. } => {
+                    cast(&h).linear(&cast(&layer.params[0]), Some(&cast(&layer.params[1])))
+                }
             };
         }
+        if bf16 && h.kind() != Kind::Float {
+            h = h.to_kind(Kind::Float);
+        }
         h
+    }
+
+    /// Switches how the forward computes; with channels-last, conv weights get NHWC strides too.
+    pub fn set_compute(&mut self, compute: Compute) {
+        self.compute = compute;
+        if compute.channels_last {
+            for layer in &mut self.layers {
+                if let LayerKind::Conv2d { .. } = layer.spec.kind {
+                    let w = &layer.params[0];
+                    layer.params[0] = tch::no_grad(|| to_channels_last(w))
+                        .detach()
+                        .set_requires_grad(true);
+                }
+            }
+        }
     }
 
     /// Parameters in a fixed order with their state_dict names.
@@ -265,7 +328,10 @@ impl Net {
 
     pub fn save_safetensors(&self, path: &std::path::Path) -> anyhow::Result<()> {
         let named = self.named_parameters();
-        let pairs: Vec<(String, Tensor)> = named.into_iter().map(|(n, t)| (n, t.detach())).collect();
+        let pairs: Vec<(String, Tensor)> = named
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().contiguous()))
+            .collect();
         Tensor::write_safetensors(&pairs, path)?;
         Ok(())
     }

@@ -9,7 +9,7 @@
 use crate::checkpoint::{Checkpoint, Position};
 use crate::comm::Comm;
 use crate::config::StageBoundaries;
-use crate::config::{BatchScope, Config, SyncMode};
+use crate::config::{BatchScope, Config, Precision, SyncMode};
 use crate::data::sampler::Sampler;
 use crate::data::{self, Split};
 use crate::grads::GradientBuffer;
@@ -181,6 +181,12 @@ impl Engine {
         match self {
             Engine::Whole(n) => n,
             Engine::Stage(rt) => &rt.net,
+        }
+    }
+    fn net_mut(&mut self) -> &mut Net {
+        match self {
+            Engine::Whole(n) => n,
+            Engine::Stage(rt) => &mut rt.net,
         }
     }
 }
@@ -358,6 +364,10 @@ fn train(
     } else {
         Engine::Whole(Net::build(&specs, 0..specs.len(), cfg.run.seed))
     };
+    engine.net_mut().set_compute(model::Compute {
+        channels_last: cfg.train.channels_last,
+        bf16: cfg.train.precision == Precision::Bf16,
+    });
     let net_params: Vec<Tensor> = engine
         .net()
         .parameters()
@@ -428,6 +438,7 @@ fn train(
     let mut trained_samples = position.map_or(0, |p| p.trained_samples);
     let mut last: Option<EpochRow> = None;
     let mut epochs_done = 0;
+    let mut first_step_seconds: Option<f64> = None;
     let first_epoch = match position {
         Some(p) if p.step_in_epoch == steps_per_epoch => p.epoch + 1,
         Some(p) => p.epoch,
@@ -506,6 +517,9 @@ fn train(
                 });
             }
             compute.time(|| sgd.step(&params));
+            if first_step_seconds.is_none() {
+                first_step_seconds = Some(crate::util::seconds_since_process_start());
+            }
             global_step += 1;
             if replicas > 1
                 && cfg.sync.mode == SyncMode::Weights
@@ -670,6 +684,7 @@ fn train(
         compute_seconds: compute_total,
         allreduce_seconds: allreduce.seconds,
         pipeline_wait_seconds: wait_total,
+        first_step_seconds: first_step_seconds.unwrap_or(0.0),
         seed: cfg.run.seed,
         config_hash: format!("{:016x}", cfg.hash()),
         pipeline: (strategy == Strategy::Hybrid).then(|| PipelineSummary {
@@ -820,7 +835,7 @@ fn gather_named_weights(
         .net()
         .named_parameters()
         .into_iter()
-        .map(|(n, t)| (n, t.detach()))
+        .map(|(n, t)| (n, t.detach().contiguous()))
         .collect();
     gather_named(own, "", engine, specs, ranges, world, topo)
 }

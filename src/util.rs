@@ -49,6 +49,34 @@ pub fn mix_seed(parts: &[u64]) -> u64 {
     acc
 }
 
+/// True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), which oneDNN uses for
+/// bf16 convolutions and matrix multiplies.
+pub fn cpu_has_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.split_whitespace()
+                .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+        })
+        .unwrap_or(false)
+}
+
+/// Seconds since this process started (from /proc: start time in clock ticks since boot).
+pub fn seconds_since_process_start() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(0.0);
+    // Field 22 (starttime) counted after the `(comm)` field, which may contain spaces.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let start_ticks: f64 = after
+        .split_whitespace()
+        .nth(19)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0.0);
+    (uptime - start_ticks / 100.0).max(0.0)
+}
+
 /// Peak resident set size of this process in MiB (VmHWM), 0 where /proc is unavailable.
 pub fn peak_rss_mb() -> f64 {
     read_status_kb("VmHWM:")
