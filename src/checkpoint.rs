@@ -63,7 +63,7 @@ impl Checkpoint {
         let mut all: Vec<(String, Tensor)> = self
             .tensors
             .iter()
-            .map(|(n, t)| (n.clone(), t.contiguous()))
+            .map(|(n, t)| (n.clone(), crate::model::dense(t)))
             .collect();
         all.push(("meta.ints".into(), ints));
         all.push(("meta.floats".into(), floats));

@@ -78,11 +78,11 @@ pub struct PipelineSummary {
     pub bubble_fraction_per_rank: Vec<f64>,
     /// The GPipe formula (S-1)/(M+S-1) for comparison.
     pub bubble_formula: f64,
-    /// The bubble predicted from the measured stage compute times: a step lasts about
-    /// (M + S - 1) x the slowest stage's time per micro-batch, so rank r idles
-    /// 1 - compute_r / (steps x that).
+    /// The bubble predicted from the measured stage compute times (first replica's stages): a step
+    /// lasts at least (M - 1) x the slowest stage's time per micro-batch + the sum of all stages'
+    /// times per micro-batch, so rank r idles 1 - compute_r / (steps x that).
     pub predicted_bubble_fraction_per_rank: Vec<f64>,
-    /// Images/s bound from the slowest stage: global batch / ((M + S - 1) x its time per micro-batch).
+    /// Images/s bound: global batch / that step time.
     pub predicted_samples_per_second: f64,
     /// Activations held at once: micro-batches in flight x their layers' output sizes, per rank.
     pub peak_activation_mb_per_rank: Vec<f64>,

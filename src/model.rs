@@ -173,12 +173,18 @@ pub struct Compute {
 /// `t` with channels-last strides (same shape and values). tch has no memory-format argument, but
 /// a tensor permuted to NHWC, made contiguous and permuted back has exactly those strides.
 pub fn to_channels_last(t: &Tensor) -> Tensor {
-    // With one channel NCHW and NHWC hold the same bytes; libtorch then calls either layout
-    // contiguous, and a permuted copy would only carry strides that safetensors refuses.
-    if t.dim() != 4 || t.size()[1] == 1 || is_channels_last(t) {
+    if t.dim() != 4 || is_channels_last(t) {
         return t.shallow_clone();
     }
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// A copy of `t` with plain row-major strides. `contiguous()` is not enough for files: with a
+/// single channel libtorch calls NHWC strides contiguous and keeps them, and safetensors refuses them.
+pub fn dense(t: &Tensor) -> Tensor {
+    let out = Tensor::empty(t.size(), (t.kind(), t.device()));
+    tch::no_grad(|| out.shallow_clone().copy_(t));
+    out
 }
 
 pub fn is_channels_last(t: &Tensor) -> bool {

@@ -642,11 +642,18 @@ fn train(
     let peak = world.all_gather_f64(peak_rss_mb());
     let wait_per_rank = world.all_gather_f64(wait_total);
     let compute_per_rank = world.all_gather_f64(compute_total);
-    // Pipeline bound from measured stage times (steps taken in this process, not before a resume).
+    // Pipeline bound from measured stage times (steps taken in this process, not before a resume):
+    // with uniform micro-batches a step lasts at least (M - 1) x the slowest stage's time per
+    // micro-batch + the sum of all stages' times per micro-batch (fill and drain).
     let global_step_in_run = (global_step - position.map_or(0, |p| p.global_step)).max(1);
     let micro = cfg.parallel.micro_batches.max(1) as f64;
-    let slowest = compute_per_rank.iter().cloned().fold(0.0, f64::max) / (global_step_in_run as f64 * micro);
-    let predicted_step = (micro + topo.stages as f64 - 1.0) * slowest;
+    let per_micro: Vec<f64> = compute_per_rank
+        .iter()
+        .take(topo.stages)
+        .map(|c| c / (global_step_in_run as f64 * micro))
+        .collect();
+    let slowest = per_micro.iter().cloned().fold(0.0, f64::max);
+    let predicted_step = (micro - 1.0) * slowest + per_micro.iter().sum::<f64>();
     let activation_mb = world.all_gather_f64(match &engine {
         Engine::Stage(rt) => rt.peak_activation_bytes as f64 / (1024.0 * 1024.0),
         Engine::Whole(_) => 0.0,
@@ -835,7 +842,7 @@ fn gather_named_weights(
         .net()
         .named_parameters()
         .into_iter()
-        .map(|(n, t)| (n, t.detach().contiguous()))
+        .map(|(n, t)| (n, model::dense(t)))
         .collect();
     gather_named(own, "", engine, specs, ranges, world, topo)
 }
