@@ -41,10 +41,11 @@ if ! .venv/bin/python -c "import torch,sys; sys.exit(torch.__version__.split('+'
 else
   log "torch $TORCH_VERSION present in .venv"
 fi
-# Python packages for the PyTorch cross-check test (safetensors loader) and the references.
-if ! .venv/bin/python -c "import safetensors, numpy" 2>/dev/null; then
-  log "installing safetensors and numpy into .venv"
-  .venv/bin/pip install -q safetensors numpy
+# Python packages for the PyTorch cross-check test (safetensors loader) and the PyTorch
+# references of bench/ (mpi4py for the seed-000 all-reduce reference).
+if ! .venv/bin/python -c "import safetensors, numpy, mpi4py" 2>/dev/null; then
+  log "installing safetensors, numpy and mpi4py into .venv"
+  .venv/bin/pip install -q safetensors numpy mpi4py
 fi
 
 # 3. Release build; build.rs bakes torch/lib into the rpath (no LD_LIBRARY_PATH at run time).
