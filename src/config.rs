@@ -184,7 +184,8 @@ pub struct ParallelConfig {
     pub micro_batches: usize,
     /// `gpipe` or `1f1b` (hybrid).
     pub schedule: String,
-    /// `auto` (balanced by measured per-layer time) or the layer indices where stages 1.. start.
+    /// `auto` (balanced by measured per-layer time, falling back to multiply-adds), `macs`
+    /// (balanced by multiply-adds), or the layer indices where stages 1.. start.
     pub stage_boundaries: StageBoundaries,
     /// Seconds any MPI wait may last before the job is aborted (a lost or stalled rank).
     pub timeout_s: f64,
@@ -427,9 +428,11 @@ impl Config {
             .parse::<crate::pipeline::schedule::ScheduleKind>()
             .map_err(|e| anyhow::anyhow!("parallel.schedule: {e}"))?;
         match &p.stage_boundaries {
-            StageBoundaries::Named(n) if n == "auto" => {}
+            StageBoundaries::Named(n) if n == "auto" || n == "macs" => {}
             StageBoundaries::Named(n) => {
-                bail!("parallel.stage_boundaries: `{n}` is neither `auto` nor a list of layer indices")
+                bail!(
+                    "parallel.stage_boundaries: `{n}` is neither `auto`, `macs` nor a list of layer indices"
+                )
             }
             StageBoundaries::List(b) => {
                 if b.len() != p.stages - 1 {

@@ -13,7 +13,7 @@ use partrain::comm::Comm;
 use partrain::config::StageBoundaries;
 use partrain::config::{self, Config, DatasetName};
 use partrain::data::fetch::{self, Source};
-use partrain::model::{balance, describe, measure_layer_seconds, preset_layers, stage_ranges};
+use partrain::model::{balance, describe, layer_costs, measure_layer_seconds, preset_layers, stage_ranges};
 use partrain::pipeline::schedule::PipelineSchedule;
 use partrain::train::{self, Start, Strategy};
 use std::path::PathBuf;
@@ -178,14 +178,14 @@ fn inspect(config: &std::path::Path, set: &[String]) -> Result<()> {
     let stages = cfg.parallel.stages;
     if stages > 1 {
         let secs = measure_layer_seconds(&specs, cfg.model.preset.input_shape(), 16, 5);
-        let bounds = match &cfg.parallel.stage_boundaries {
-            StageBoundaries::List(b) => b.clone(),
-            StageBoundaries::Named(_) => balance(&secs, stages),
+        let (bounds, source) = match &cfg.parallel.stage_boundaries {
+            StageBoundaries::List(b) => (b.clone(), "explicit boundaries"),
+            StageBoundaries::Named(how) => {
+                let (costs, source) = layer_costs(&specs, cfg.model.preset.input_shape(), how);
+                (balance(&costs, stages), source)
+            }
         };
-        println!(
-            "\npipeline split ({:?}; forward+backward time measured here on 16 images):",
-            cfg.parallel.stage_boundaries
-        );
+        println!("\npipeline split ({source}; forward+backward time measured here on 16 images):");
         for (s, r) in stage_ranges(specs.len(), &bounds).into_iter().enumerate() {
             let params: i64 = rows[r.clone()].iter().map(|x| x.parameters).sum();
             let macs: i64 = rows[r.clone()].iter().map(|x| x.macs).sum();
@@ -230,17 +230,14 @@ fn report(runs: &std::path::Path, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// dp and hybrid: every rank runs this; a failing rank takes the others down with MPI_Abort
+/// Runs `f` on every rank of an MPI job; a failing rank takes the others down with MPI_Abort
 /// (they may be waiting in a collective that would otherwise never return).
-fn run_mpi(strategy: Strategy, args: &RunArgs) -> ExitCode {
+fn with_mpi(f: impl FnOnce(&Comm) -> Result<()>) -> ExitCode {
     let comm = match Comm::init_mpi() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
-    if let Err(e) = run_training(strategy, args, &comm) {
+    if let Err(e) = f(&comm) {
         eprintln!("partrain rank {}/{}: error: {e:#}", comm.rank(), comm.size());
         if comm.size() > 1 {
             comm.abort(1);
@@ -257,8 +254,8 @@ fn fail(e: anyhow::Error) -> ExitCode {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Dp(args) => return run_mpi(Strategy::DataParallel, &args),
-        Command::Hybrid(args) => return run_mpi(Strategy::Hybrid, &args),
+        Command::Dp(args) => return with_mpi(|comm| run_training(Strategy::DataParallel, &args, comm)),
+        Command::Hybrid(args) => return with_mpi(|comm| run_training(Strategy::Hybrid, &args, comm)),
         Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
         Command::Inspect { config, set } => inspect(&config, &set),
         Command::Report { runs, out } => report(&runs, &out),
@@ -285,32 +282,16 @@ fn main() -> ExitCode {
                 kernel,
                 repeats,
             };
-            let comm = match Comm::init_mpi() {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            match bench.run(&comm, &out) {
-                Ok(row) => {
-                    if comm.is_root() {
-                        println!(
-                            "{} ranks, {}: {:.3} s (max over ranks), memory per rank [{}] MB, output {}",
-                            row.processes,
-                            row.mode,
-                            row.seconds_max,
-                            row.memory_mb_per_rank,
-                            row.output_shape
-                        );
-                    }
-                    return ExitCode::SUCCESS;
+            return with_mpi(|comm| {
+                let row = bench.run(comm, &out)?;
+                if comm.is_root() {
+                    println!(
+                        "{} ranks, {}: {:.3} s (max over ranks), memory per rank [{}] MB, output {}",
+                        row.processes, row.mode, row.seconds_max, row.memory_mb_per_rank, row.output_shape
+                    );
                 }
-                Err(e) => {
-                    eprintln!("partrain rank {}/{}: error: {e:#}", comm.rank(), comm.size());
-                    if comm.size() > 1 {
-                        comm.abort(1);
-                    }
-                    return ExitCode::FAILURE;
-                }
-            }
+                Ok(())
+            });
         }
         Command::Data {
             command:

@@ -377,6 +377,24 @@ pub fn balance(costs: &[f64], stages: usize) -> Vec<usize> {
     bounds
 }
 
+/// Per-layer costs for balancing pipeline stages: `auto` measures forward+backward seconds on this
+/// machine and falls back to multiply-adds when a measurement is unusable; `macs` uses
+/// multiply-adds directly (element-wise layers count one operation per output element).
+/// Returns the costs and which of the two they are.
+pub fn layer_costs(specs: &[LayerSpec], input: [i64; 3], how: &str) -> (Vec<f64>, &'static str) {
+    if how == "auto" {
+        let secs = measure_layer_seconds(specs, input, 16, 5);
+        if secs.iter().all(|s| s.is_finite() && *s >= 0.0) && secs.iter().any(|s| *s > 0.0) {
+            return (secs, "measured forward+backward seconds");
+        }
+    }
+    let macs = describe(specs, input)
+        .iter()
+        .map(|l| l.macs.max(l.output_shape.iter().product::<i64>()) as f64)
+        .collect();
+    (macs, "multiply-adds")
+}
+
 /// Ranges of layer indices per stage, from boundaries.
 pub fn stage_ranges(num_layers: usize, bounds: &[usize]) -> Vec<std::ops::Range<usize>> {
     let starts: Vec<usize> = std::iter::once(0).chain(bounds.iter().copied()).collect();

@@ -91,7 +91,11 @@ pub struct Row {
     pub peak_rss_mb_max: f64,
     pub peak_rss_mb_per_rank: String,
     pub allreduce_share: f64,
+    /// Pipeline wait / training time, mean over ranks (hybrid).
     pub bubble_share: f64,
+    /// The GPipe formula (S-1)/(M+S-1) and the bubble predicted from measured stage times.
+    pub bubble_formula: Option<f64>,
+    pub bubble_predicted: Option<f64>,
 }
 
 fn scaling(s: &Summary) -> &'static str {
@@ -169,6 +173,11 @@ pub fn rows(records: &[RunRecord]) -> Vec<Row> {
                     .join(";"),
                 allreduce_share: s.allreduce_seconds / s.train_seconds,
                 bubble_share: bubble,
+                bubble_formula: s.pipeline.as_ref().map(|p| p.bubble_formula),
+                bubble_predicted: s.pipeline.as_ref().map(|p| {
+                    let v = &p.predicted_bubble_fraction_per_rank;
+                    v.iter().sum::<f64>() / v.len().max(1) as f64
+                }),
             }
         })
         .collect()
@@ -189,12 +198,12 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 pub fn markdown(rows: &[&Row]) -> String {
     let mut md = String::from(
-        "| run | strategy | scaling | ranks x threads | stages x replicas | global batch | train s | images/s | speedup | efficiency | accuracy % | peak RSS MB/rank | all-reduce | bubble |\n\
+        "| run | strategy | scaling | ranks x threads | stages x replicas | global batch | train s | images/s | speedup | efficiency | accuracy % | peak RSS MB/rank | all-reduce | bubble (formula / predicted) |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         md += &format!(
-            "| {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0} | {} | {} | {:.2} | {} | {:.1}% | {:.1}% |\n",
+            "| {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0} | {} | {} | {:.2} | {} | {:.1}% | {:.1}%{} |\n",
             r.run,
             r.strategy,
             r.scaling,
@@ -211,7 +220,11 @@ pub fn markdown(rows: &[&Row]) -> String {
             r.final_test_accuracy,
             r.peak_rss_mb_per_rank.replace(';', " / "),
             100.0 * r.allreduce_share,
-            100.0 * r.bubble_share
+            100.0 * r.bubble_share,
+            match (r.bubble_formula, r.bubble_predicted) {
+                (Some(f), Some(p)) => format!(" ({:.1}% / {:.1}%)", 100.0 * f, 100.0 * p),
+                _ => String::new(),
+            }
         );
     }
     md

@@ -198,12 +198,13 @@ fn pipeline_plan(cfg: &Config, world: &Comm) -> Result<(usize, Vec<usize>, Sched
     let kind: ScheduleKind = p.schedule.parse()?;
     let bounds = match &p.stage_boundaries {
         StageBoundaries::List(b) => b.clone(),
-        StageBoundaries::Named(_) => {
-            // `auto`: rank 0 measures, everyone uses rank 0's split (ranks must agree exactly).
+        StageBoundaries::Named(how) => {
+            // Rank 0 decides, everyone uses rank 0's split (measured times differ between ranks,
+            // and the ranks must agree exactly).
             let mut encoded = vec![0f32; p.stages - 1];
             if world.is_root() {
-                let secs = model::measure_layer_seconds(&specs, cfg.model.preset.input_shape(), 16, 5);
-                for (e, b) in encoded.iter_mut().zip(model::balance(&secs, p.stages)) {
+                let (costs, _) = model::layer_costs(&specs, cfg.model.preset.input_shape(), how);
+                for (e, b) in encoded.iter_mut().zip(model::balance(&costs, p.stages)) {
                     *e = b as f32;
                 }
             }

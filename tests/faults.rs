@@ -83,22 +83,7 @@ fn dp_resume_mid_epoch_after_a_rank_dies_is_bit_identical() {
     let mut args = vec!["dp".to_string()];
     args.extend(slice_args("data_parallel.yaml", &part, &extra));
     // Rank 1 dies at global step 15 (epoch 2 of 10-step epochs); the last checkpoint is step 14.
-    let mut cmd = Command::new("mpirun");
-    cmd.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-        "-x",
-        "PARTRAIN_FAULT",
-        "-np",
-        "2",
-        bin(),
-    ])
-    .args(&args)
-    .current_dir(root())
-    .env("PARTRAIN_FAULT", "exit:1:15");
-    let (o, took) = run_with_limit(cmd, Duration::from_secs(60));
+    let (o, took) = mpirun_with_fault(2, &refs(&args), "exit:1:15");
     assert!(!o.status.success(), "{}", text(&o));
     assert!(took < Duration::from_secs(30));
     args.push("--resume".into());
@@ -126,22 +111,7 @@ fn hybrid_resume_is_bit_identical() {
     assert_ok(&mpirun(2, &refs(&args)).0);
     let mut args = vec!["hybrid".to_string()];
     args.extend(slice_args("hybrid_pipeline.yaml", &part, &extra));
-    let mut cmd = Command::new("mpirun");
-    cmd.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-        "-x",
-        "PARTRAIN_FAULT",
-        "-np",
-        "2",
-        bin(),
-    ])
-    .args(&args)
-    .current_dir(root())
-    .env("PARTRAIN_FAULT", "exit-after-epoch:0:1");
-    let (o, _) = run_with_limit(cmd, Duration::from_secs(60));
+    let (o, _) = mpirun_with_fault(2, &refs(&args), "exit-after-epoch:0:1");
     assert!(!o.status.success());
     args.push("--resume".into());
     assert_ok(&mpirun(2, &refs(&args)).0);
@@ -162,22 +132,7 @@ fn stalled_rank_is_caught_by_the_watchdog() {
         &out,
         &["--set", "parallel.timeout_s=3"],
     ));
-    let mut cmd = Command::new("mpirun");
-    cmd.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-        "-x",
-        "PARTRAIN_FAULT",
-        "-np",
-        "2",
-        bin(),
-    ])
-    .args(&args)
-    .current_dir(root())
-    .env("PARTRAIN_FAULT", "stall:1:5");
-    let (o, took) = run_with_limit(cmd, Duration::from_secs(60));
+    let (o, took) = mpirun_with_fault(2, &refs(&args), "stall:1:5");
     let msg = text(&o);
     assert!(!o.status.success(), "{msg}");
     assert!(took < Duration::from_secs(30), "took {took:?}");

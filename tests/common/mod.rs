@@ -93,6 +93,24 @@ pub fn mpirun_cmd(np: usize, args: &[&str]) -> Command {
     cmd
 }
 
+/// `mpirun` with the test-only fault injection `PARTRAIN_FAULT=fault` exported to every rank.
+pub fn mpirun_with_fault(np: usize, args: &[&str], fault: &str) -> (Output, Duration) {
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        "-x",
+        "PARTRAIN_FAULT",
+    ])
+    .args(["-np", &np.to_string(), bin()])
+    .args(args)
+    .current_dir(root())
+    .env("PARTRAIN_FAULT", fault);
+    run_with_limit(cmd, Duration::from_secs(60))
+}
+
 pub fn mpirun(np: usize, args: &[&str]) -> (Output, Duration) {
     run_with_limit(mpirun_cmd(np, args), Duration::from_secs(300))
 }
