@@ -263,6 +263,7 @@ pub fn write(records: &[RunRecord], out: &Path) -> Result<Vec<PathBuf>> {
         "speedup (x)",
         |r| r.speedup,
         |c| c,
+        SeriesLabelPosition::UpperLeft,
     )?;
     written.push(p);
     let p = plots.join("efficiency.png");
@@ -273,6 +274,7 @@ pub fn write(records: &[RunRecord], out: &Path) -> Result<Vec<PathBuf>> {
         "efficiency (speedup / cores)",
         |r| r.efficiency,
         |_| 1.0,
+        SeriesLabelPosition::UpperRight,
     )?;
     written.push(p);
     let p = plots.join("loss_curves.png");
@@ -313,6 +315,7 @@ fn scaling_plot(
     y_label: &str,
     value: impl Fn(&Row) -> Option<f64>,
     ideal: impl Fn(f64) -> f64,
+    legend: SeriesLabelPosition,
 ) -> PlotResult {
     let pts: Vec<(&Row, f64)> = rows.iter().filter_map(|r| value(r).map(|v| (r, v))).collect();
     let max_cores = pts.iter().map(|(r, _)| r.total_cores).max().unwrap_or(1).max(2) as f64;
@@ -368,7 +371,7 @@ fn scaling_plot(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(legend)
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;
