@@ -28,15 +28,33 @@ pub struct ConvBenchRow {
     pub output_shape: String,
 }
 
+/// The command line of `partrain conv-bench`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ConvBench {
+    /// Name of the case (output file names): e.g. large, small.
+    #[arg(long, default_value = "large")]
     pub case: String,
+    /// strong (batch split across ranks) or weak (batch per rank).
+    #[arg(long, default_value = "strong")]
     pub mode: String,
+    #[arg(long, default_value_t = 80)]
     pub batch: usize,
+    #[arg(long, default_value_t = 3)]
     pub channels: i64,
+    #[arg(long, default_value_t = 3)]
     pub out_channels: i64,
+    /// Image height and width.
+    #[arg(long, default_value_t = 1024)]
     pub size: i64,
+    #[arg(long, default_value_t = 3)]
     pub kernel: i64,
+    #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+    /// libtorch threads per rank.
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
+    #[arg(long, default_value = "results/conv_bench")]
+    pub out: std::path::PathBuf,
 }
 
 /// This rank's share of `batch` images: strong scaling splits it (the first `batch % size` ranks
@@ -50,7 +68,9 @@ pub fn local_batch(mode: &str, batch: usize, rank: usize, size: usize) -> usize 
 }
 
 impl ConvBench {
-    pub fn run(&self, comm: &Comm, out: &Path) -> Result<ConvBenchRow> {
+    pub fn run(&self, comm: &Comm) -> Result<ConvBenchRow> {
+        tch::set_num_threads(self.threads);
+        let out = self.out.as_path();
         if self.mode != "strong" && self.mode != "weak" {
             bail!("--mode: expected strong or weak, got `{}`", self.mode);
         }

@@ -72,31 +72,7 @@ enum Command {
         out: PathBuf,
     },
     /// Seed 003's convolution benchmark: `mpirun -np N partrain conv-bench --mode strong|weak ...`.
-    ConvBench {
-        /// Name of the case (output file names): e.g. large, small.
-        #[arg(long, default_value = "large")]
-        case: String,
-        /// strong (batch split across ranks) or weak (batch per rank).
-        #[arg(long, default_value = "strong")]
-        mode: String,
-        #[arg(long, default_value_t = 80)]
-        batch: usize,
-        #[arg(long, default_value_t = 3)]
-        channels: i64,
-        #[arg(long, default_value_t = 3)]
-        out_channels: i64,
-        /// Image height and width.
-        #[arg(long, default_value_t = 1024)]
-        size: i64,
-        #[arg(long, default_value_t = 3)]
-        kernel: i64,
-        #[arg(long, default_value_t = 1)]
-        repeats: usize,
-        #[arg(long, default_value_t = 1)]
-        threads: i32,
-        #[arg(long, default_value = "results/conv_bench")]
-        out: PathBuf,
-    },
+    ConvBench(partrain::conv_bench::ConvBench),
     /// Data set management.
     Data {
         #[command(subcommand)]
@@ -259,31 +235,9 @@ fn main() -> ExitCode {
         Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
         Command::Inspect { config, set } => inspect(&config, &set),
         Command::Report { runs, out } => report(&runs, &out),
-        Command::ConvBench {
-            case,
-            mode,
-            batch,
-            channels,
-            out_channels,
-            size,
-            kernel,
-            repeats,
-            threads,
-            out,
-        } => {
-            tch::set_num_threads(threads);
-            let bench = partrain::conv_bench::ConvBench {
-                case,
-                mode,
-                batch,
-                channels,
-                out_channels,
-                size,
-                kernel,
-                repeats,
-            };
+        Command::ConvBench(bench) => {
             return with_mpi(|comm| {
-                let row = bench.run(comm, &out)?;
+                let row = bench.run(comm)?;
                 if comm.is_root() {
                     println!(
                         "{} ranks, {}: {:.3} s (max over ranks), memory per rank [{}] MB, output {}",

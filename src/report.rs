@@ -108,25 +108,30 @@ fn scaling(s: &Summary) -> &'static str {
     }
 }
 
-/// The serial run `s` is measured against (see the module comment).
-fn baseline<'a>(s: &Summary, records: &'a [RunRecord]) -> Option<&'a RunRecord> {
-    let serials: Vec<&RunRecord> = records
-        .iter()
-        .filter(|r| {
-            r.summary.strategy == "serial" && r.summary.dataset == s.dataset && r.summary.model == s.model
-        })
-        .collect();
+/// The serial run `r` is measured against (see the module comment). Preference, in order: the
+/// same folder (the same sweep), 1 thread, the matching batch, the same training set size; a
+/// serial run that qualifies is its own baseline.
+fn baseline<'a>(r: &RunRecord, records: &'a [RunRecord]) -> Option<&'a RunRecord> {
+    let s = &r.summary;
+    let folder = |name: &str| Path::new(name).parent().map(Path::to_path_buf);
     let want_batch = match scaling(s) {
         "weak" => s.global_batch / s.replicas.max(1),
         _ => s.global_batch,
     };
-    let score = |r: &&RunRecord| {
-        (
-            r.summary.threads_per_rank != 1,
-            r.summary.global_batch != want_batch,
-        )
-    };
-    serials.into_iter().min_by_key(score)
+    records
+        .iter()
+        .filter(|b| {
+            b.summary.strategy == "serial" && b.summary.dataset == s.dataset && b.summary.model == s.model
+        })
+        .min_by_key(|b| {
+            (
+                folder(&b.name) != folder(&r.name),
+                b.summary.threads_per_rank != 1,
+                b.summary.global_batch != want_batch,
+                b.summary.train_samples != s.train_samples,
+                b.name != r.name,
+            )
+        })
 }
 
 pub fn rows(records: &[RunRecord]) -> Vec<Row> {
@@ -134,7 +139,7 @@ pub fn rows(records: &[RunRecord]) -> Vec<Row> {
         .iter()
         .map(|r| {
             let s = &r.summary;
-            let base = baseline(s, records);
+            let base = baseline(r, records);
             let speedup = base.map(|b| s.samples_per_second / b.summary.samples_per_second);
             let total_cores = s.world_size * s.threads_per_rank;
             let bubble = s
@@ -290,6 +295,20 @@ pub fn write(records: &[RunRecord], out: &Path) -> Result<Vec<PathBuf>> {
 }
 
 type PlotResult = Result<()>;
+
+/// The legend box every chart uses.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> PlotResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+        .map_err(err)
+}
 type SummaryField = fn(&Summary) -> f64;
 
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
@@ -367,13 +386,7 @@ fn scaling_plot(
             .label(g.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(legend)
-        .draw()
-        .map_err(err)?;
+    draw_legend(&mut chart, legend)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -417,13 +430,7 @@ fn loss_plot(records: &[RunRecord], path: &Path) -> PlotResult {
             .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -557,13 +564,7 @@ fn breakdown_plot(records: &[RunRecord], path: &Path) -> PlotResult {
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(err)?;
     Ok(())
 }
