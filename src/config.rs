@@ -212,6 +212,9 @@ pub enum SyncMode {
 pub struct SyncConfig {
     pub mode: SyncMode,
     pub average_every: usize,
+    /// dp with gradient averaging: all-reduce each finished block of layers' gradients on a
+    /// communication thread while the backward of earlier blocks goes on.
+    pub overlap: bool,
 }
 
 impl Default for RunConfig {
@@ -278,6 +281,7 @@ impl Default for SyncConfig {
         SyncConfig {
             mode: SyncMode::Gradients,
             average_every: 1,
+            overlap: false,
         }
     }
 }

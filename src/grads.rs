@@ -67,6 +67,40 @@ impl GradientBuffer {
         })
     }
 
+    /// Copies the gradients of `params[range]` into their span of the local buffer and returns
+    /// that span as (send, recv, len) pointers for an all-reduce of just those parameters.
+    pub fn gather_grads_span(
+        &mut self,
+        params: &[&Tensor],
+        range: std::ops::Range<usize>,
+    ) -> (*const f32, *mut f32, usize) {
+        tch::no_grad(|| {
+            for i in range.clone() {
+                let (off, n) = self.spans[i];
+                self.local
+                    .narrow(0, off, n)
+                    .copy_(&params[i].grad().reshape([-1]));
+            }
+        });
+        let start = self.spans[range.start].0 as usize;
+        let end = range
+            .end
+            .checked_sub(1)
+            .map_or(start, |last| (self.spans[last].0 + self.spans[last].1) as usize);
+        // SAFETY: offsets within the two buffers, which `self` owns for the whole run.
+        unsafe {
+            let send = (self.local.data_ptr() as *const f32).add(start);
+            let recv = (self.reduced.data_ptr() as *mut f32).add(start);
+            (send, recv, end - start)
+        }
+    }
+
+    /// After all spans were reduced: the mean over `ranks`, written back into the gradients.
+    pub fn finish_mean_into_grads(&mut self, params: &[&Tensor], ranks: usize) {
+        let _ = self.reduced.g_div_scalar_(ranks as f64);
+        self.scatter_grads(params);
+    }
+
     /// The gathered local values.
     pub fn local_values(&self) -> &[f32] {
         // SAFETY: contiguous f32 tensor of `numel` elements owned by `self`.

@@ -151,6 +151,13 @@ pub struct Layer {
     pub params: Vec<Tensor>,
 }
 
+/// A run of layers whose parameter gradients complete together in backward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamBlock {
+    pub layers: std::ops::Range<usize>,
+    pub params: std::ops::Range<usize>,
+}
+
 /// An ordered list of layers: a whole net or one pipeline stage's slice of it.
 pub struct Net {
     pub layers: Vec<Layer>,
@@ -292,6 +299,26 @@ impl Net {
                 }
             }
         }
+    }
+
+    /// The net cut before each layer with parameters: every block holds one such layer and the
+    /// parameter-free layers after it; `params` indexes `parameters()`. Backward can run block by
+    /// block, and a block's gradients are final once its backward has run.
+    pub fn param_blocks(&self) -> Vec<ParamBlock> {
+        let mut blocks: Vec<ParamBlock> = Vec::new();
+        let mut p = 0;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let n = layer.params.len();
+            match blocks.last_mut() {
+                Some(last) if n == 0 => last.layers.end = i + 1,
+                _ => blocks.push(ParamBlock {
+                    layers: i..i + 1,
+                    params: p..p + n,
+                }),
+            }
+            p += n;
+        }
+        blocks
     }
 
     /// Parameters in a fixed order with their state_dict names.
@@ -515,6 +542,15 @@ mod tests {
                 "fc2.weight",
                 "fc2.bias"
             ]
+        );
+        let blocks: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = net
+            .param_blocks()
+            .into_iter()
+            .map(|b| (b.layers, b.params))
+            .collect();
+        assert_eq!(
+            blocks,
+            vec![(0..3, 0..2), (3..7, 2..4), (7..10, 4..6), (10..11, 6..8)]
         );
         let tail = Net::build(&specs, 7..specs.len(), 5);
         assert!(tail.layers[0].params[0].equal(&net.layers[7].params[0]));

@@ -385,6 +385,15 @@ fn train(
         buffer.scatter_values(&params);
     }
     let mut sgd = Sgd::new(&params, cfg.train.lr, cfg.train.momentum);
+    // Overlap (dp, gradient averaging): backward runs block by block and each finished block's
+    // gradients are all-reduced on a communication thread while earlier blocks are in backward.
+    let overlap = match &engine {
+        Engine::Whole(_) if replicas > 1 && cfg.sync.mode == SyncMode::Gradients && cfg.sync.overlap => {
+            sync.reduce_worker()
+        }
+        _ => None,
+    };
+    let blocks = engine.net().param_blocks();
     let named: Vec<String> = engine
         .net()
         .named_parameters()
@@ -489,9 +498,16 @@ fn train(
                             x *= f64::NAN;
                         }
                         let y = data.train.labels.index_select(0, &idx);
-                        let loss = net.forward(&x, true).cross_entropy_for_logits(&y);
-                        loss.backward();
-                        loss.double_value(&[])
+                        match &overlap {
+                            Some(worker) => {
+                                overlapped_step(net, &x, &y, &blocks, &params, &mut buffer, worker)
+                            }
+                            None => {
+                                let loss = net.forward(&x, true).cross_entropy_for_logits(&y);
+                                loss.backward();
+                                loss.double_value(&[])
+                            }
+                        }
                     }))
                 }
                 Engine::Stage(rt) => {
@@ -511,10 +527,17 @@ fn train(
                 loss_count += 1;
             }
             if replicas > 1 && cfg.sync.mode == SyncMode::Gradients {
-                allreduce.time(|| {
-                    buffer.gather_grads(&params);
-                    buffer.all_reduce_mean(&sync);
-                    buffer.scatter_grads(&params);
+                allreduce.time(|| match &overlap {
+                    // Only the part of the overlapped all-reduces that outlasted the backward.
+                    Some(worker) => {
+                        worker.wait(blocks.len());
+                        buffer.finish_mean_into_grads(&params, replicas);
+                    }
+                    None => {
+                        buffer.gather_grads(&params);
+                        buffer.all_reduce_mean(&sync);
+                        buffer.scatter_grads(&params);
+                    }
                 });
             }
             compute.time(|| sgd.step(&params));
@@ -902,6 +925,46 @@ fn gather_named(
 /// The name a config enum value has in YAML (`per_rank`, `gradients`).
 fn yaml_name<T: serde::Serialize>(v: &T) -> String {
     serde_yaml::to_string(v).unwrap_or_default().trim().to_string()
+}
+
+/// Forward by layer blocks, then backward block by block from the loss: as soon as a block's
+/// parameter gradients are complete they go to the all-reduce thread, while the backward of the
+/// blocks before it continues. Same gradients as one backward (the block boundary passes the
+/// incoming gradient g through d/dx sum(out * g)). Returns the loss.
+fn overlapped_step(
+    net: &Net,
+    x: &Tensor,
+    y: &Tensor,
+    blocks: &[model::ParamBlock],
+    params: &[&Tensor],
+    buffer: &mut GradientBuffer,
+    worker: &crate::comm::ReduceWorker,
+) -> f64 {
+    let mut inputs = Vec::with_capacity(blocks.len());
+    let mut outputs = Vec::with_capacity(blocks.len());
+    let mut h = x.shallow_clone();
+    for (b, block) in blocks.iter().enumerate() {
+        let input = if b == 0 {
+            h
+        } else {
+            h.detach().set_requires_grad(true)
+        };
+        h = net.forward_layers(&input, true, block.layers.clone());
+        inputs.push(input);
+        outputs.push(h.shallow_clone());
+    }
+    let loss = h.cross_entropy_for_logits(y);
+    for b in (0..blocks.len()).rev() {
+        if b + 1 == blocks.len() {
+            loss.backward();
+        } else {
+            (&outputs[b] * inputs[b + 1].grad()).sum(Kind::Float).backward();
+        }
+        let (send, recv, len) = buffer.gather_grads_span(params, blocks[b].params.clone());
+        // SAFETY: the spans stay allocated in `buffer` and untouched until `worker.wait`.
+        unsafe { worker.submit(send, recv, len) };
+    }
+    loss.double_value(&[])
 }
 
 /// Model averaging (seed 004): every replica's weights replaced by the mean over replicas.

@@ -38,6 +38,24 @@ fn dp_on_2_and_4_ranks_matches_serial() {
     }
 }
 
+/// Overlapping the all-reduce with the backward (sync.overlap) changes when the sums happen, not
+/// what they are: the weights are bit-identical to plain dp.
+#[test]
+fn overlapped_all_reduce_gives_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = format!("data.dir={}", mnist_dir().display());
+    let mut outs = Vec::new();
+    for overlap in [false, true] {
+        let out = tmp.path().join(format!("overlap_{overlap}"));
+        let mut args = vec!["dp".to_string()];
+        args.extend(equivalence_args(&out, &dir));
+        args.extend(["--set".to_string(), format!("sync.overlap={overlap}")]);
+        assert_ok(&mpirun(2, &args.iter().map(String::as_str).collect::<Vec<_>>()).0);
+        outs.push(out);
+    }
+    assert_eq!(max_abs_diff(&outs[0], &outs[1]), 0.0);
+}
+
 #[test]
 fn model_averaging_runs_and_replicas_agree() {
     let tmp = tempfile::tempdir().unwrap();
