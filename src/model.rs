@@ -255,15 +255,26 @@ impl Net {
         for layer in &self.layers[range] {
             h = match layer.spec.kind {
                 LayerKind::Conv2d { pad, .. } => {
-                    let input = if channels_last { to_channels_last(&h) } else { h };
-                    cast(&input).conv2d(
+                    let input = if channels_last && h.size()[1] > 1 {
+                        to_channels_last(&h)
+                    } else {
+                        h
+                    };
+                    let out = cast(&input).conv2d(
                         &cast(&layer.params[0]),
                         Some(&cast(&layer.params[1])),
                         [1, 1],
                         [pad, pad],
                         [1, 1],
                         1,
-                    )
+                    );
+                    // With one input channel libtorch cannot tell NHWC from NCHW and returns NCHW;
+                    // keep the layers after it (ReLU, max-pool) in channels-last too.
+                    if channels_last {
+                        to_channels_last(&out)
+                    } else {
+                        out
+                    }
                 }
                 LayerKind::Relu => h.relu(),
                 LayerKind::MaxPool2d { k } => h.max_pool2d([k, k], [k, k], [0, 0], [1, 1], false),
@@ -291,7 +302,12 @@ impl Net {
         self.compute = compute;
         if compute.channels_last {
             for layer in &mut self.layers {
-                if let LayerKind::Conv2d { .. } = layer.spec.kind {
+                // A one-channel input stays NCHW (the layouts are the same bytes, and libtorch's
+                // kernels take slow paths for the ambiguous strides); its output is converted.
+                if let LayerKind::Conv2d { cin, .. } = layer.spec.kind {
+                    if cin == 1 {
+                        continue;
+                    }
                     let w = &layer.params[0];
                     layer.params[0] = tch::no_grad(|| to_channels_last(w))
                         .detach()

@@ -34,7 +34,9 @@ fn channels_last_matches_nchw() {
         "--set",
         "data.test_limit=1000",
     ];
-    serial(&a, &steps);
+    let mut nchw = steps.to_vec();
+    nchw.extend(["--set", "train.channels_last=false"]);
+    serial(&a, &nchw);
     let mut cl = steps.to_vec();
     cl.extend(["--set", "train.channels_last=true"]);
     serial(&b, &cl);
@@ -66,7 +68,9 @@ fn bf16_reaches_fp32_accuracy() {
         "--set",
         "data.test_limit=2000",
     ];
-    serial(&a, &run);
+    let mut fp32 = run.to_vec();
+    fp32.extend(["--set", "train.channels_last=false"]);
+    serial(&a, &fp32);
     let mut bf = run.to_vec();
     bf.extend([
         "--set",
