@@ -5,7 +5,8 @@
 #   bash bench/run.sh                          # ROUNDS=3 TRAIN_LIMIT=12800, MNIST + CIFAR-shaped
 #   ROUNDS=5 DATASETS=mnist bash bench/run.sh
 #
-# Configurations: serial at 1 and 2 threads (partrain fp32 NCHW / channels-last / bf16 vs PyTorch
+# Configurations (partrain-fp32 = NCHW, -cl = channels-last, -bf16-cl = bf16 + channels-last):
+# serial at 1 and 2 threads (partrain fp32 NCHW / channels-last / bf16 vs PyTorch
 # eager / channels-last / bf16 autocast + channels-last), dp 2 ranks x 1 thread (partrain vs
 # PyTorch DDP gloo and PyTorch + mpi4py all-reduce), hybrid 2 stages x 1 replica (partrain vs the
 # bound predicted from its own stage times). CIFAR-shaped: the cifar_cnn net on random
@@ -61,18 +62,18 @@ for r in $(seq 1 "$ROUNDS"); do
     else dir=$cifar_dir; base=configs/cifar10.yaml; dp=configs/data_parallel_cifar10.yaml; hy=configs/hybrid_pipeline_cifar10.yaml; fi
     d=(--set data.dir="$dir")
     for t in 1 2; do
-      pr "${ds}_serial_t${t}_partrain-fp32_r$r" 1 "$t" serial "$base" "${d[@]}"
+      pr "${ds}_serial_t${t}_partrain-fp32_r$r" 1 "$t" serial "$base" "${d[@]}" --set train.channels_last=false
       pt "${ds}_serial_t${t}_pytorch-eager_r$r" 1 "$t" eager "$ds" "$dir"
       pr "${ds}_serial_t${t}_partrain-fp32-cl_r$r" 1 "$t" serial "$base" "${d[@]}" --set train.channels_last=true
       pt "${ds}_serial_t${t}_pytorch-channels_last_r$r" 1 "$t" channels_last "$ds" "$dir"
       pr "${ds}_serial_t${t}_partrain-bf16-cl_r$r" 1 "$t" serial "$base" "${d[@]}" --set train.precision=bf16 --set train.channels_last=true
       pt "${ds}_serial_t${t}_pytorch-bf16_cl_r$r" 1 "$t" bf16_cl "$ds" "$dir"
     done
-    pr "${ds}_dp2x1_t1_partrain-fp32_r$r" 2 1 dp "$dp" "${d[@]}"
+    pr "${ds}_dp2x1_t1_partrain-fp32_r$r" 2 1 dp "$dp" "${d[@]}" --set train.channels_last=false
     pt "${ds}_dp2x1_t1_pytorch-mpi4py_r$r" 2 1 mpi4py "$ds" "$dir"
     pr "${ds}_dp2x1_t1_partrain-fp32-cl_r$r" 2 1 dp "$dp" "${d[@]}" --set train.channels_last=true
     pt "${ds}_dp2x1_t1_pytorch-ddp_r$r" 2 1 ddp "$ds" "$dir"
-    pr "${ds}_hybrid2x1_t1_partrain-fp32_r$r" 2 1 hybrid "$hy" "${d[@]}"
+    pr "${ds}_hybrid2x1_t1_partrain-fp32-cl_r$r" 2 1 hybrid "$hy" "${d[@]}" --set train.channels_last=true
   done
   echo "round $r done"
 done
