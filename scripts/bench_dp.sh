@@ -16,29 +16,30 @@ OUT=results/bench/dp
 mkdir -p "$OUT"
 common=(--set data.train_limit="$TRAIN_LIMIT" --set data.test_limit=1000 --set train.epochs=1
         --set parallel.threads_per_rank=1 --set train.batch_size=64 --set train.batch_scope=per_rank --overwrite)
+# Both tensor layouts: channels-last (the configs' default) makes each rank faster, which leaves
+# the all-reduce and the two ranks' contention for memory bandwidth a larger share.
 for r in $(seq 1 "$ROUNDS"); do
-  partrain serial --config configs/base.yaml "${common[@]}" --out "$OUT/serial_$r" > /dev/null
-  mpirun -np "$NP" --bind-to none partrain dp --config configs/data_parallel.yaml "${common[@]}" --out "$OUT/dp${NP}_$r" > /dev/null
+  for cl in false true; do
+    partrain serial --config configs/base.yaml "${common[@]}" --set train.channels_last=$cl --out "$OUT/serial_cl${cl}_$r" > /dev/null
+    mpirun -np "$NP" --bind-to none partrain dp --config configs/data_parallel.yaml "${common[@]}" \
+      --set train.channels_last=$cl --out "$OUT/dp${NP}_cl${cl}_$r" > /dev/null
+  done
   echo "round $r done"
 done
 python3 - "$OUT" "$ROUNDS" "$NP" <<'PY'
 import json, statistics, sys
 out, rounds, np_ = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 load = lambda n: json.load(open(f"{out}/{n}/summary.json"))
-s = [load(f"serial_{r}")["samples_per_second"] for r in range(1, rounds + 1)]
-d = [load(f"dp{np_}_{r}") for r in range(1, rounds + 1)]
-dips = [x["samples_per_second"] for x in d]
-eff = [dv / (np_ * sv) for sv, dv in zip(s, dips)]
-ar = [x["allreduce_seconds"] / x["train_seconds"] for x in d]
-rows = [
-    ("serial 1x1 images/s (median)", f"{statistics.median(s):.0f}"),
-    (f"dp {np_}x1 images/s (median)", f"{statistics.median(dips):.0f}"),
-    ("speedup", f"{statistics.median(dips) / statistics.median(s):.2f}"),
-    ("parallel efficiency (median of per-round ratios)", f"{statistics.median(eff):.3f}"),
-    ("all-reduce share of dp training time", f"{statistics.median(ar):.3f}"),
-]
-with open(f"{out}/dp_efficiency.md", "w") as f:
-    f.write("| measure | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows))
-    f.write(f"\nper round: serial {[round(x) for x in s]}, dp {[round(x) for x in dips]}, efficiency {[round(e, 3) for e in eff]}\n")
-print(open(f"{out}/dp_efficiency.md").read())
+md = "| layout | serial 1x1 images/s | dp %dx1 images/s | speedup | parallel efficiency | all-reduce share | efficiency per round |\n|---|---|---|---|---|---|---|\n" % np_
+for cl, name in (("false", "NCHW"), ("true", "channels-last")):
+    s = [load(f"serial_cl{cl}_{r}")["samples_per_second"] for r in range(1, rounds + 1)]
+    d = [load(f"dp{np_}_cl{cl}_{r}") for r in range(1, rounds + 1)]
+    dips = [x["samples_per_second"] for x in d]
+    eff = [dv / (np_ * sv) for sv, dv in zip(s, dips)]
+    ar = statistics.median(x["allreduce_seconds"] / x["train_seconds"] for x in d)
+    md += (f"| {name} | {statistics.median(s):.0f} | {statistics.median(dips):.0f} | "
+           f"{statistics.median(dips) / statistics.median(s):.2f} | {statistics.median(eff):.3f} | {ar:.3f} | "
+           f"{' '.join(f'{e:.3f}' for e in eff)} |\n")
+open(f"{out}/dp_efficiency.md", "w").write(md)
+print(md)
 PY
