@@ -435,6 +435,31 @@ fn loss_plot(records: &[RunRecord], path: &Path) -> PlotResult {
     Ok(())
 }
 
+type RunBars<'a> = ChartContext<
+    'a,
+    BitMapBackend<'a>,
+    Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize>,
+    >,
+>;
+
+/// Axes of a horizontal bar chart with one bar per run, labelled with the run names.
+fn label_runs(chart: &mut RunBars<'_>, names: &[String], x_desc: &str) -> PlotResult {
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc(x_desc)
+        .disable_y_mesh()
+        .y_labels(names.len().max(1))
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(err)
+}
+
 /// Horizontal bars, one per run, in one panel.
 fn bar_panel(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
@@ -453,18 +478,7 @@ fn bar_panel(
         .y_label_area_size(if names.is_empty() { 10 } else { 150 })
         .build_cartesian_2d(0f64..max, (0..n).into_segmented())
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE)
-        .x_desc(x_desc)
-        .disable_y_mesh()
-        .y_labels(n.max(1))
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()
-        .map_err(err)?;
+    label_runs(&mut chart, names, x_desc)?;
     chart
         .draw_series(values.iter().enumerate().map(|(i, v)| {
             Rectangle::new(
@@ -527,18 +541,7 @@ fn breakdown_plot(records: &[RunRecord], path: &Path) -> PlotResult {
         .y_label_area_size(170)
         .build_cartesian_2d(0f64..max, (0..n).into_segmented())
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE)
-        .x_desc("seconds")
-        .disable_y_mesh()
-        .y_labels(n.max(1))
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()
-        .map_err(err)?;
+    label_runs(&mut chart, &names, "seconds")?;
     let parts: [(&str, RGBColor, SummaryField); 3] = [
         ("compute", COLORS[0], |s| s.compute_seconds),
         ("all-reduce", COLORS[1], |s| s.allreduce_seconds),
