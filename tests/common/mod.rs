@@ -75,39 +75,29 @@ pub fn partrain(args: &[&str]) -> Output {
     run_with_limit(cmd, Duration::from_secs(300)).0
 }
 
-/// `mpirun -np N partrain ARGS` on this one machine (oversubscribed, unbound, allowed as root).
-pub fn mpirun_cmd(np: usize, args: &[&str]) -> Command {
+/// `mpirun -np N partrain ARGS` on this one machine (oversubscribed, unbound, allowed as root),
+/// exporting the environment variables named in `export` to every rank.
+fn mpirun_base(np: usize, args: &[&str], export: &[&str]) -> Command {
     let mut cmd = Command::new("mpirun");
-    cmd.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-        "-np",
-        &np.to_string(),
-        bin(),
-    ])
-    .args(args)
-    .current_dir(root())
-    .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]);
+    for var in export {
+        cmd.args(["-x", var]);
+    }
+    cmd.args(["-np", &np.to_string(), bin()])
+        .args(args)
+        .current_dir(root())
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
     cmd
+}
+
+pub fn mpirun_cmd(np: usize, args: &[&str]) -> Command {
+    mpirun_base(np, args, &[])
 }
 
 /// `mpirun` with the test-only fault injection `PARTRAIN_FAULT=fault` exported to every rank.
 pub fn mpirun_with_fault(np: usize, args: &[&str], fault: &str) -> (Output, Duration) {
-    let mut cmd = Command::new("mpirun");
-    cmd.args([
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-        "-x",
-        "PARTRAIN_FAULT",
-    ])
-    .args(["-np", &np.to_string(), bin()])
-    .args(args)
-    .current_dir(root())
-    .env("PARTRAIN_FAULT", fault);
+    let mut cmd = mpirun_base(np, args, &["PARTRAIN_FAULT"]);
+    cmd.env("PARTRAIN_FAULT", fault);
     run_with_limit(cmd, Duration::from_secs(60))
 }
 
@@ -184,3 +174,26 @@ pub fn equivalence_args(out: &Path, dir: &str) -> Vec<String> {
 /// PyTorch on this machine the reordering of the sums costs ~4e-7 (RECIPES.md); a wrong average,
 /// stale gradient or wrong shard shows up orders of magnitude above 1e-4.
 pub const TOLERANCE: f64 = 1e-4;
+
+/// The equivalence check of the parallel strategies: `run`'s weights within TOLERANCE of
+/// `serial`'s, and its (sharded or pipelined) evaluation within 0.2 points of serial's.
+#[track_caller]
+pub fn assert_matches_serial(serial: &Path, run: &Path, label: &str) {
+    let diff = max_abs_diff(serial, run);
+    println!("{label} vs serial: max |dw| = {diff:e}");
+    assert!(diff < TOLERANCE, "{label} differs from serial by {diff}");
+    let (a, b) = (
+        summary(run)["final_test_accuracy"].as_f64().unwrap(),
+        summary(serial)["final_test_accuracy"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() <= 0.2, "{label}: accuracy {a} vs serial {b}");
+}
+
+/// The serial run every equivalence test compares against (`equivalence_args`), in `dir/serial`.
+pub fn serial_reference(dir: &Path, data_dir_set: &str) -> PathBuf {
+    let serial = dir.join("serial");
+    let mut args = vec!["serial".to_string()];
+    args.extend(equivalence_args(&serial, data_dir_set));
+    assert_ok(&partrain(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    serial
+}
