@@ -1,12 +1,21 @@
-//! One flat f32 buffer for all of a net's parameter gradients (or values): gather, one all-reduce,
-//! scatter back. The buffers are allocated once per run; every step reuses them.
+//! One flat f32 buffer for all of a net's parameter values and one for their gradients. Every
+//! parameter, and every parameter's `.grad`, is re-pointed at its span of those buffers (as
+//! PyTorch DDP's `gradient_as_bucket_view` does), so backward accumulates straight into the flat
+//! gradient buffer, the all-reduce reads it with no gather copy, and the optimizer updates all
+//! weights in a handful of whole-buffer operations. The buffers are allocated once per run.
 
 use crate::comm::Comm;
 use tch::{Kind, Tensor};
 
+/// Spans start on 64-byte boundaries, as libtorch's own allocations do, so vectorised kernels
+/// see the same alignment they would on separately allocated weights.
+const ALIGN_F32: i64 = 16;
+
 pub struct GradientBuffer {
-    /// Gathered local values, contiguous f32.
-    local: Tensor,
+    /// Parameter values; each parameter is a view into it.
+    values: Tensor,
+    /// Parameter gradients; each parameter's `.grad` is a view into it.
+    grads: Tensor,
     /// The all-reduce result (MPI has no safe in-place all-reduce, so a second buffer).
     reduced: Tensor,
     /// (offset, numel) of each parameter inside the flat buffers.
@@ -24,22 +33,42 @@ unsafe fn as_mut_slice(t: &Tensor, n: usize) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n)
 }
 
+/// The span `[off, off + numel)` of `flat` seen with `like`'s shape and strides (`like` is dense:
+/// row-major or channels-last), so kernels get the memory format they got before.
+fn view_like(flat: &Tensor, off: i64, like: &Tensor) -> Tensor {
+    flat.as_strided(like.size(), like.stride(), off)
+}
+
 impl GradientBuffer {
-    pub fn new(params: &[&Tensor]) -> Self {
+    /// Moves every parameter's values and gradient (zeroed) into the flat buffers. The tensors
+    /// keep their identity: the net, checkpoints and evaluation see the same parameters.
+    pub fn bind(params: &[&Tensor]) -> Self {
         let mut spans = Vec::with_capacity(params.len());
         let mut off = 0i64;
         for p in params {
             let n = p.numel() as i64;
             spans.push((off, n));
-            off += n;
+            off = (off + n + ALIGN_F32 - 1) / ALIGN_F32 * ALIGN_F32;
         }
         let opts = (Kind::Float, tch::Device::Cpu);
-        GradientBuffer {
-            local: Tensor::zeros([off], opts),
+        let buffer = GradientBuffer {
+            values: Tensor::zeros([off], opts),
+            grads: Tensor::zeros([off], opts),
             reduced: Tensor::zeros([off], opts),
             spans,
             numel: off as usize,
+        };
+        for (p, &(off, _)) in params.iter().zip(&buffer.spans) {
+            let value = view_like(&buffer.values, off, p);
+            tch::no_grad(|| value.shallow_clone().copy_(p));
+            p.shallow_clone().set_data(&value);
+            // libtorch has no setter for `.grad`: one backward creates it, then it is re-pointed.
+            if !p.grad().defined() {
+                p.sum(Kind::Float).backward();
+            }
+            p.grad().set_data(&view_like(&buffer.grads, off, p));
         }
+        buffer
     }
 
     pub fn len(&self) -> usize {
@@ -49,39 +78,40 @@ impl GradientBuffer {
         self.numel == 0
     }
 
-    /// Copies every parameter's gradient into the local buffer.
-    pub fn gather_grads(&mut self, params: &[&Tensor]) {
-        tch::no_grad(|| {
-            for (p, &(off, n)) in params.iter().zip(&self.spans) {
-                self.local.narrow(0, off, n).copy_(&p.grad().reshape([-1]));
-            }
-        })
+    /// All parameter values, flat (with the alignment gaps, which stay zero).
+    pub fn values(&self) -> &Tensor {
+        &self.values
     }
 
-    /// Copies every parameter's value into the local buffer.
-    pub fn gather_values(&mut self, params: &[&Tensor]) {
-        tch::no_grad(|| {
-            for (p, &(off, n)) in params.iter().zip(&self.spans) {
-                self.local.narrow(0, off, n).copy_(&p.reshape([-1]));
-            }
-        })
+    /// All parameter gradients as backward accumulated them on this rank.
+    pub fn grads(&self) -> &Tensor {
+        &self.grads
     }
 
-    /// Copies the gradients of `params[range]` into their span of the local buffer and returns
-    /// that span as (send, recv, len) pointers for an all-reduce of just those parameters.
-    pub fn gather_grads_span(
-        &mut self,
-        params: &[&Tensor],
-        range: std::ops::Range<usize>,
-    ) -> (*const f32, *mut f32, usize) {
-        tch::no_grad(|| {
-            for i in range.clone() {
-                let (off, n) = self.spans[i];
-                self.local
-                    .narrow(0, off, n)
-                    .copy_(&params[i].grad().reshape([-1]));
-            }
-        });
+    /// The result of the last `all_reduce_mean_grads` / `finish_mean`.
+    pub fn reduced(&self) -> &Tensor {
+        &self.reduced
+    }
+
+    /// A zeros-filled flat buffer laid out like the values, and each parameter's view into it
+    /// (optimizer state that checkpoints save per parameter).
+    pub fn state_like(&self, params: &[&Tensor]) -> (Tensor, Vec<Tensor>) {
+        let flat = self.values.zeros_like();
+        let views = params
+            .iter()
+            .zip(&self.spans)
+            .map(|(p, &(off, _))| view_like(&flat, off, p))
+            .collect();
+        (flat, views)
+    }
+
+    pub fn zero_grads(&mut self) {
+        let _ = self.grads.zero_();
+    }
+
+    /// The gradient span of `params[range]` as (send, recv, len) pointers for an all-reduce of
+    /// just those parameters (their gradients must be final).
+    pub fn grad_span(&self, range: std::ops::Range<usize>) -> (*const f32, *mut f32, usize) {
         let start = self.spans[range.start].0 as usize;
         let end = range
             .end
@@ -89,70 +119,89 @@ impl GradientBuffer {
             .map_or(start, |last| (self.spans[last].0 + self.spans[last].1) as usize);
         // SAFETY: offsets within the two buffers, which `self` owns for the whole run.
         unsafe {
-            let send = (self.local.data_ptr() as *const f32).add(start);
+            let send = (self.grads.data_ptr() as *const f32).add(start);
             let recv = (self.reduced.data_ptr() as *mut f32).add(start);
             (send, recv, end - start)
         }
     }
 
-    /// After all spans were reduced: the mean over `ranks`, written back into the gradients.
-    pub fn finish_mean_into_grads(&mut self, params: &[&Tensor], ranks: usize) {
+    /// After every span was reduced into `reduced`: the mean over `ranks`.
+    pub fn finish_mean(&mut self, ranks: usize) -> &Tensor {
         let _ = self.reduced.g_div_scalar_(ranks as f64);
-        self.scatter_grads(params);
+        &self.reduced
     }
 
-    /// The gathered local values.
-    pub fn local_values(&self) -> &[f32] {
-        // SAFETY: contiguous f32 tensor of `numel` elements owned by `self`.
-        unsafe { as_slice(&self.local, self.numel) }
+    /// The mean of every rank's gradients, in `reduced`.
+    pub fn all_reduce_mean_grads(&mut self, comm: &Comm) -> &Tensor {
+        Self::all_reduce(&self.grads, &self.reduced, self.numel, comm);
+        self.finish_mean(comm.size())
     }
 
-    /// Sums the local buffers of all ranks and divides by the rank count (the mean).
-    pub fn all_reduce_mean(&mut self, comm: &Comm) {
-        // SAFETY: both buffers are contiguous f32 tensors of `numel` elements owned by `self`.
-        let (send, recv) = unsafe {
-            (
-                as_slice(&self.local, self.numel),
-                as_mut_slice(&self.reduced, self.numel),
-            )
-        };
-        comm.all_reduce_sum_f32(send, recv);
+    /// Model averaging: every rank's values replaced by the mean over the ranks.
+    pub fn average_values(&mut self, comm: &Comm) {
+        Self::all_reduce(&self.values, &self.reduced, self.numel, comm);
         let _ = self.reduced.g_div_scalar_(comm.size() as f64);
+        tch::no_grad(|| self.values.copy_(&self.reduced));
     }
 
-    /// Broadcasts the local buffer of `root` into every rank's reduced buffer.
-    pub fn broadcast(&mut self, comm: &Comm, root: usize) {
-        tch::no_grad(|| self.reduced.copy_(&self.local));
+    fn all_reduce(send: &Tensor, recv: &Tensor, n: usize, comm: &Comm) {
+        // SAFETY: both are distinct contiguous f32 buffers of `n` elements owned by the caller.
+        let (send, recv) = unsafe { (as_slice(send, n), as_mut_slice(recv, n)) };
+        comm.all_reduce_sum_f32(send, recv);
+    }
+
+    /// Every rank's values replaced by those of `root`.
+    pub fn broadcast_values(&mut self, comm: &Comm, root: usize) {
         // SAFETY: as above.
-        let buf = unsafe { as_mut_slice(&self.reduced, self.numel) };
+        let buf = unsafe { as_mut_slice(&self.values, self.numel) };
         comm.broadcast_f32(buf, root);
     }
 
-    /// Writes the reduced buffer back into the parameters' gradients.
-    pub fn scatter_grads(&self, params: &[&Tensor]) {
-        tch::no_grad(|| {
-            for (p, &(off, n)) in params.iter().zip(&self.spans) {
-                p.grad().copy_(&self.reduced.narrow(0, off, n).view_as(p));
-            }
-        })
-    }
-
-    /// Writes the reduced buffer back into the parameters' values.
-    pub fn scatter_values(&self, params: &[&Tensor]) {
-        tch::no_grad(|| {
-            for (p, &(off, n)) in params.iter().zip(&self.spans) {
-                p.shallow_clone()
-                    .copy_(&self.reduced.narrow(0, off, n).view_as(p));
-            }
-        })
-    }
-
-    /// FNV-1a over the parameters' bytes: replicas that hold the same weights hash the same.
-    pub fn checksum_values(&mut self, params: &[&Tensor]) -> u64 {
-        self.gather_values(params);
+    /// FNV-1a over the values' bytes: replicas that hold the same weights hash the same.
+    pub fn checksum_values(&self) -> u64 {
         // SAFETY: as above.
-        let floats = unsafe { as_slice(&self.local, self.numel) };
+        let floats = unsafe { as_slice(&self.values, self.numel) };
         let bytes = unsafe { std::slice::from_raw_parts(floats.as_ptr() as *const u8, floats.len() * 4) };
         crate::util::fnv1a(bytes)
+    }
+}
+
+/// The tensors' values in their logical (row-major) order, one after another.
+pub fn flatten_values(tensors: &[&Tensor]) -> Vec<f32> {
+    let parts: Vec<Tensor> = tensors.iter().map(|t| t.detach().reshape([-1])).collect();
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    Vec::<f32>::try_from(Tensor::cat(&parts, 0)).expect("f32 tensors")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_parameters_share_the_flat_buffers_and_keep_their_values_and_layouts() {
+        let a = Tensor::randn([3, 5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let w = crate::model::to_channels_last(&Tensor::randn([4, 3, 2, 2], (Kind::Float, tch::Device::Cpu)))
+            .set_requires_grad(true);
+        let (a0, w0) = (a.detach().copy(), w.detach().copy());
+        let buffer = GradientBuffer::bind(&[&a, &w]);
+        assert_eq!(a.detach(), a0);
+        assert_eq!(w.detach(), w0);
+        assert!(
+            crate::model::is_channels_last(&w),
+            "the weight keeps channels-last strides"
+        );
+        assert_eq!(buffer.len(), 16 + 48);
+        // Backward accumulates into the flat gradient buffer, at each parameter's span.
+        ((&a * 2.0).sum(Kind::Float) + (&w * 3.0).sum(Kind::Float)).backward();
+        let g = Vec::<f32>::try_from(buffer.grads().shallow_clone()).unwrap();
+        assert!(g[..15].iter().all(|&v| v == 2.0));
+        assert_eq!(g[15], 0.0, "the alignment gap stays zero");
+        assert!(g[16..].iter().all(|&v| v == 3.0));
+        // Writing the flat values writes the parameters.
+        let _ = tch::no_grad(|| buffer.values().shallow_clone().fill_(1.0));
+        assert!(bool::try_from(w.detach().eq(1.0).all()).unwrap());
+        assert_eq!(flatten_values(&[&a]).len(), 15);
     }
 }

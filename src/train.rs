@@ -86,27 +86,29 @@ pub fn prepare_out_dir(dir: &Path, overwrite: bool) -> Result<()> {
 pub struct Sgd {
     pub lr: f64,
     pub momentum: f64,
+    /// Flat momentum, laid out like the `GradientBuffer`'s values.
+    velocity: Tensor,
+    /// Each parameter's view into `velocity` (what checkpoints save and restore).
     pub buffers: Vec<Tensor>,
 }
 
 impl Sgd {
-    pub fn new(params: &[&Tensor], lr: f64, momentum: f64) -> Self {
-        let buffers = params.iter().map(|p| p.zeros_like()).collect();
+    pub fn new(buffer: &GradientBuffer, params: &[&Tensor], lr: f64, momentum: f64) -> Self {
+        let (velocity, buffers) = buffer.state_like(params);
         Sgd {
             lr,
             momentum,
+            velocity,
             buffers,
         }
     }
 
-    pub fn step(&mut self, params: &[&Tensor]) {
+    /// One step on every weight at once, over the flat buffers (element by element the same
+    /// arithmetic as a per-parameter loop, in 3 kernels instead of 3 per parameter).
+    pub fn step(&mut self, values: &Tensor, grads: &Tensor) {
         tch::no_grad(|| {
-            for (p, buf) in params.iter().zip(self.buffers.iter_mut()) {
-                let mut g = p.grad();
-                let _ = buf.g_mul_scalar_(self.momentum).g_add_(&g);
-                let _ = p.shallow_clone().g_sub_(&(&*buf * self.lr));
-                let _ = g.zero_();
-            }
+            let _ = self.velocity.g_mul_scalar_(self.momentum).g_add_(grads);
+            let _ = values.shallow_clone().g_sub_(&(&self.velocity * self.lr));
         })
     }
 }
@@ -376,15 +378,13 @@ fn train(
         .map(|t| t.shallow_clone())
         .collect();
     let params: Vec<&Tensor> = net_params.iter().collect();
-    let mut buffer = GradientBuffer::new(&params);
+    let mut buffer = GradientBuffer::bind(&params);
     if replicas > 1 {
         // Every replica starts from the first replica's weights (they are built from the same
         // seed anyway; the broadcast makes that a guarantee rather than an assumption).
-        buffer.gather_values(&params);
-        buffer.broadcast(&sync, 0);
-        buffer.scatter_values(&params);
+        buffer.broadcast_values(&sync, 0);
     }
-    let mut sgd = Sgd::new(&params, cfg.train.lr, cfg.train.momentum);
+    let mut sgd = Sgd::new(&buffer, &params, cfg.train.lr, cfg.train.momentum);
     // Overlap (dp, gradient averaging): backward runs block by block and each finished block's
     // gradients are all-reduced on a communication thread while earlier blocks are in backward.
     let overlap = match &engine {
@@ -499,9 +499,7 @@ fn train(
                         }
                         let y = data.train.labels.index_select(0, &idx);
                         match &overlap {
-                            Some(worker) => {
-                                overlapped_step(net, &x, &y, &blocks, &params, &mut buffer, worker)
-                            }
+                            Some(worker) => overlapped_step(net, &x, &y, &blocks, &buffer, worker),
                             None => {
                                 let loss = net.forward(&x, true).cross_entropy_for_logits(&y);
                                 loss.backward();
@@ -526,21 +524,28 @@ fn train(
                 loss_sum += loss;
                 loss_count += 1;
             }
-            if replicas > 1 && cfg.sync.mode == SyncMode::Gradients {
+            let averaged = replicas > 1 && cfg.sync.mode == SyncMode::Gradients;
+            if averaged {
                 allreduce.time(|| match &overlap {
                     // Only the part of the overlapped all-reduces that outlasted the backward.
                     Some(worker) => {
                         worker.wait(blocks.len());
-                        buffer.finish_mean_into_grads(&params, replicas);
+                        buffer.finish_mean(replicas);
                     }
                     None => {
-                        buffer.gather_grads(&params);
-                        buffer.all_reduce_mean(&sync);
-                        buffer.scatter_grads(&params);
+                        buffer.all_reduce_mean_grads(&sync);
                     }
                 });
             }
-            compute.time(|| sgd.step(&params));
+            compute.time(|| {
+                let grads = if averaged {
+                    buffer.reduced()
+                } else {
+                    buffer.grads()
+                };
+                sgd.step(buffer.values(), grads);
+                buffer.zero_grads();
+            });
             if first_step_seconds.is_none() {
                 first_step_seconds = Some(crate::util::seconds_since_process_start());
             }
@@ -549,7 +554,7 @@ fn train(
                 && cfg.sync.mode == SyncMode::Weights
                 && global_step.is_multiple_of(cfg.sync.average_every)
             {
-                allreduce.time(|| average_weights(&mut buffer, &params, &sync));
+                allreduce.time(|| buffer.average_values(&sync));
             }
             steps += 1;
             samples += shard.len() * replicas;
@@ -589,7 +594,7 @@ fn train(
             }
         }
         if replicas > 1 && cfg.sync.mode == SyncMode::Weights {
-            allreduce.time(|| average_weights(&mut buffer, &params, &sync));
+            allreduce.time(|| buffer.average_values(&sync));
         }
         let epoch_seconds = prior_seconds + t0.elapsed().as_secs_f64();
         if let Some(b) = bar {
@@ -598,7 +603,7 @@ fn train(
         train_seconds += epoch_seconds;
         trained_samples += samples;
         if replicas > 1 {
-            let sum = buffer.checksum_values(&params);
+            let sum = buffer.checksum_values();
             check_agreement(&sync, &format!("replica weights after epoch {epoch}"), sum)
                 .context("replicas drifted apart: gradients were not averaged identically")?;
         }
@@ -694,7 +699,8 @@ fn train(
         model: cfg.model.preset.as_str().into(),
         world_size: world.size(),
         nodes: hosts.len(),
-        cores_per_node: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // The node's online CPUs, not this process's affinity mask (one core under --bind-to core).
+        cores_per_node: crate::util::node_cores(),
         stages: topo.stages,
         replicas,
         threads_per_rank: tch::get_num_threads() as usize,
@@ -887,9 +893,7 @@ fn gather_named(
     }
     if topo.replica == 0 && topo.stage > 0 {
         let tensors: Vec<&Tensor> = own.iter().map(|(_, t)| t).collect();
-        let mut buf = GradientBuffer::new(&tensors);
-        buf.gather_values(&tensors);
-        world.send_f32(0, GATHER_TAG, buf.local_values());
+        world.send_f32(0, GATHER_TAG, &crate::grads::flatten_values(&tensors));
     }
     if !world.is_root() {
         return Ok(Vec::new());
@@ -936,8 +940,7 @@ fn overlapped_step(
     x: &Tensor,
     y: &Tensor,
     blocks: &[model::ParamBlock],
-    params: &[&Tensor],
-    buffer: &mut GradientBuffer,
+    buffer: &GradientBuffer,
     worker: &crate::comm::ReduceWorker,
 ) -> f64 {
     let mut inputs = Vec::with_capacity(blocks.len());
@@ -960,16 +963,9 @@ fn overlapped_step(
         } else {
             (&outputs[b] * inputs[b + 1].grad()).sum(Kind::Float).backward();
         }
-        let (send, recv, len) = buffer.gather_grads_span(params, blocks[b].params.clone());
+        let (send, recv, len) = buffer.grad_span(blocks[b].params.clone());
         // SAFETY: the spans stay allocated in `buffer` and untouched until `worker.wait`.
         unsafe { worker.submit(send, recv, len) };
     }
     loss.double_value(&[])
-}
-
-/// Model averaging (seed 004): every replica's weights replaced by the mean over replicas.
-fn average_weights(buffer: &mut GradientBuffer, params: &[&Tensor], comm: &Comm) {
-    buffer.gather_values(params);
-    buffer.all_reduce_mean(comm);
-    buffer.scatter_values(params);
 }

@@ -102,6 +102,17 @@ fn read_status_kb(field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Online CPUs of this node (sysconf), whatever this process is bound to.
+pub fn node_cores() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
