@@ -40,7 +40,7 @@ pt() { # pt NAME NP THREADS MODE DATASET DIR: a PyTorch reference
     $PY bench/reference.py --mode "$mode" --threads "$t" --dataset "$ds" --data "$dir" --train-limit "$TRAIN_LIMIT" \
       --out "$work/$name.json" > "$work/$name.log" 2>&1
   else
-    mpirun -np "$np" --bind-to none $PY bench/reference.py --mode "$mode" --threads "$t" --dataset "$ds" --data "$dir" \
+    mpirun -np "$np" $(partrain_binding "$np" "$t") $PY bench/reference.py --mode "$mode" --threads "$t" --dataset "$ds" --data "$dir" \
       --train-limit "$TRAIN_LIMIT" --out "$work/$name.json" > "$work/$name.log" 2>&1
   fi || { echo "FAILED: $name (log: $work/$name.log)"; tail -n 20 "$work/$name.log"; exit 1; }
 }
@@ -51,7 +51,7 @@ pr() { # pr NAME NP THREADS COMMAND CONFIG [SETS...]: partrain
   if [ "$cmd" = serial ]; then
     partrain serial --config "$cfg" "${sets[@]}" --out "$work/$name" > "$work/$name.log" 2>&1
   else
-    mpirun -np "$np" --bind-to none partrain "$cmd" --config "$cfg" "${sets[@]}" --out "$work/$name" > "$work/$name.log" 2>&1
+    mpirun -np "$np" $(partrain_binding "$np" "$t") partrain "$cmd" --config "$cfg" "${sets[@]}" --out "$work/$name" > "$work/$name.log" 2>&1
   fi || { echo "FAILED: $name (log: $work/$name.log)"; tail -n 20 "$work/$name.log"; exit 1; }
 }
 

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PARTRAIN_RANKS_PER_NODE=${PARTRAIN_RANKS_PER_NODE:-2} source env.sh
 NPS=${NPS:-"1 2 4"}
 OUT=${OUT:-results/conv_bench}
-cores=$(nproc)
+cores=$(partrain_cores)
 # case: name, strong total batch, weak batch per rank, channels, size
 cases=("large 80 20 3 1024" "small 160000 40000 1 32")
 for c in "${cases[@]}"; do

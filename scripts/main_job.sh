@@ -13,12 +13,11 @@ PARTRAIN_RANKS_PER_NODE=${PARTRAIN_RANKS_PER_NODE:-2} source env.sh
 EPOCHS=${EPOCHS:-10}
 NP=${NP:-2}
 NP_HYBRID=${NP_HYBRID:-4}
-# More ranks than cores needs --oversubscribe (e.g. the 4-rank hybrid on a 2-core machine).
-over() { [ "$1" -gt "$(nproc)" ] && echo --oversubscribe || true; }
 partrain serial --config configs/base.yaml --set train.epochs="$EPOCHS" --overwrite
-mpirun -np "$NP" $(over "$NP") --bind-to none partrain dp --config configs/data_parallel.yaml \
+# One core per rank when they fit, else oversubscribed (the 4-rank hybrid on 2 cores): env.sh.
+mpirun -np "$NP" $(partrain_binding "$NP" 1) partrain dp --config configs/data_parallel.yaml \
   --set train.epochs="$EPOCHS" --overwrite
-mpirun -np "$NP_HYBRID" $(over "$NP_HYBRID") --bind-to none partrain hybrid --config configs/hybrid_pipeline.yaml \
+mpirun -np "$NP_HYBRID" $(partrain_binding "$NP_HYBRID" 1) partrain hybrid --config configs/hybrid_pipeline.yaml \
   --set train.epochs="$EPOCHS" --overwrite
 # The speedup table and plots of these runs (and any others under results/runs).
 partrain report --runs results/runs --out results

@@ -19,14 +19,12 @@ TEST_LIMIT=${TEST_LIMIT-2000}
 RUNS=${RUNS:-results/runs/scaling}
 OUT=${OUT:-results}
 BIN=${PARTRAIN:-partrain}
-cores=$(nproc)
 common=(--set train.epochs="$EPOCHS" --overwrite)
 [ -n "$TRAIN_LIMIT" ] && common+=(--set data.train_limit="$TRAIN_LIMIT")
 [ -n "$TEST_LIMIT" ] && common+=(--set data.test_limit="$TEST_LIMIT")
-mpi() { # mpi NP ARGS...: mpirun, oversubscribing when NP exceeds the cores
-  local np=$1; shift
-  local extra=(); [ "$np" -gt "$cores" ] && extra=(--oversubscribe)
-  mpirun -np "$np" "${extra[@]}" --bind-to none "$BIN" "$@"
+mpi() { # mpi NP THREADS ARGS...: mpirun with env.sh's placement (oversubscribed past the cores)
+  local np=$1 threads=$2; shift 2
+  mpirun -np "$np" $(partrain_binding "$np" "$threads") "$BIN" "$@"
 }
 run() { echo "== $*"; "$@" > /dev/null; }
 
@@ -37,17 +35,17 @@ run "$BIN" serial --config configs/base.yaml "${common[@]}" --set train.batch_si
 # Strong scaling: global batch 128 whatever the rank count.
 strong=(--set train.batch_scope=global --set train.batch_size=128)
 for np in 1 2 4; do
-  run mpi "$np" dp --config configs/data_parallel.yaml "${common[@]}" "${strong[@]}" --out "$RUNS/strong_dp_${np}x1"
+  run mpi "$np" 1 dp --config configs/data_parallel.yaml "${common[@]}" "${strong[@]}" --out "$RUNS/strong_dp_${np}x1"
 done
-run mpi 2 hybrid --config configs/hybrid_pipeline.yaml "${common[@]}" "${strong[@]}" --out "$RUNS/strong_hybrid_2x1"
-run mpi 4 hybrid --config configs/hybrid_pipeline.yaml "${common[@]}" "${strong[@]}" --out "$RUNS/strong_hybrid_2x2"
+run mpi 2 1 hybrid --config configs/hybrid_pipeline.yaml "${common[@]}" "${strong[@]}" --out "$RUNS/strong_hybrid_2x1"
+run mpi 4 1 hybrid --config configs/hybrid_pipeline.yaml "${common[@]}" "${strong[@]}" --out "$RUNS/strong_hybrid_2x2"
 # Weak scaling: 64 images per replica.
 for np in 1 2 4; do
-  run mpi "$np" dp --config configs/data_parallel.yaml "${common[@]}" --out "$RUNS/weak_dp_${np}x1"
+  run mpi "$np" 1 dp --config configs/data_parallel.yaml "${common[@]}" --out "$RUNS/weak_dp_${np}x1"
 done
-run mpi 4 hybrid --config configs/hybrid_pipeline.yaml "${common[@]}" --out "$RUNS/weak_hybrid_2x2"
+run mpi 4 1 hybrid --config configs/hybrid_pipeline.yaml "${common[@]}" --out "$RUNS/weak_hybrid_2x2"
 # Seed 002's threads-per-rank layouts (Hybrid-2Px2T, Hybrid-2Px4T in its table).
 for t in 2 4; do
-  run mpi 2 dp --config configs/data_parallel.yaml "${common[@]}" --set parallel.threads_per_rank="$t" --out "$RUNS/weak_dp_2x${t}"
+  run mpi 2 "$t" dp --config configs/data_parallel.yaml "${common[@]}" --set parallel.threads_per_rank="$t" --out "$RUNS/weak_dp_2x${t}"
 done
 "$BIN" report --runs "$RUNS" --out "$OUT"
