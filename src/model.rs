@@ -258,7 +258,8 @@ impl Net {
             }
         };
         let mut h = x.shallow_clone();
-        for layer in &self.layers[range] {
+        let mut layers = self.layers[range].iter().peekable();
+        while let Some(layer) = layers.next() {
             h = match layer.spec.kind {
                 LayerKind::Conv2d { pad, .. } => {
                     let input = if channels_last && h.size()[1] > 1 {
@@ -282,7 +283,16 @@ impl Net {
                         out
                     }
                 }
-                LayerKind::Relu => h.relu(),
+                // ReLU then max-pool is max-pool then ReLU (ReLU is monotonic), bit for bit in
+                // values and gradients, and the ReLU and its backward then touch a quarter of the
+                // elements: MNIST serial step 15.6 -> 14.2 ms in libtorch alone.
+                LayerKind::Relu => match layers.peek().map(|l| &l.spec.kind) {
+                    Some(&LayerKind::MaxPool2d { k }) => {
+                        layers.next();
+                        h.max_pool2d([k, k], [k, k], [0, 0], [1, 1], false).relu()
+                    }
+                    _ => h.relu(),
+                },
                 LayerKind::MaxPool2d { k } => h.max_pool2d([k, k], [k, k], [0, 0], [1, 1], false),
                 LayerKind::Flatten => h.flatten(1, -1),
                 LayerKind::Dropout { p } => {
