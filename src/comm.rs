@@ -146,6 +146,15 @@ impl Comm {
         format!("all {} ranks of a collective", self.size)
     }
 
+    /// How many ranks of this communicator share this node (MPI_Comm_split_type SHARED).
+    /// Collective.
+    pub fn node_local_size(&self) -> usize {
+        match &self.inner {
+            Inner::Solo => 1,
+            Inner::Mpi { comm, .. } => comm.split_shared(self.rank as i32).size() as usize,
+        }
+    }
+
     pub fn rank(&self) -> usize {
         self.rank
     }
