@@ -383,3 +383,177 @@ impl<'a, 's> AsyncSends<'a, 's> {
             .receive_into_with_tag(buf, tag);
     }
 }
+
+/// Gradient averaging through node-shared memory, for replicas that all sit on one node. Each
+/// rank's gradient buffer is its segment of an MPI-3 shared window (`MPI_Win_allocate_shared`),
+/// so backward writes straight into memory the other ranks can read. After a barrier every rank
+/// sums its own slice of all segments into a shared mean buffer; after a second barrier every rank
+/// reads the whole mean. No copies into or out of MPI and no kernel page pinning: on the 2-core
+/// test machine ~0.06 ms per step against ~0.40 ms for MPI_Allreduce + division (1.7 MB).
+pub struct SharedMean {
+    comm: SimpleCommunicator,
+    grads_win: mpi::ffi::MPI_Win,
+    mean_win: mpi::ffi::MPI_Win,
+    /// Every rank's gradient segment (`n` f32 each).
+    segments: Vec<*mut f32>,
+    /// The mean (`n` f32), shared by all ranks.
+    mean: *mut f32,
+    n: usize,
+    rank: usize,
+}
+
+/// One shared window: `n` f32 from this rank (maybe 0), and the base address of every rank's part.
+fn shared_window(comm: &SimpleCommunicator, n: usize) -> (mpi::ffi::MPI_Win, Vec<*mut f32>) {
+    let raw = mpi::raw::AsRaw::as_raw(comm);
+    // SAFETY: reading a predefined handle.
+    let mut win: mpi::ffi::MPI_Win = unsafe { mpi::ffi::RSMPI_WIN_NULL };
+    let mut base: *mut f32 = std::ptr::null_mut();
+    // SAFETY: plain MPI-3 calls on a valid communicator; `base` and `win` are out-parameters.
+    unsafe {
+        mpi::ffi::MPI_Win_allocate_shared(
+            (n * 4) as mpi::ffi::MPI_Aint,
+            4,
+            mpi::ffi::RSMPI_INFO_NULL,
+            raw,
+            &mut base as *mut *mut f32 as *mut std::ffi::c_void,
+            &mut win,
+        );
+        // A passive-target epoch for the window's lifetime: MPI_Win_sync then orders the plain
+        // loads and stores around the barriers (MPI's unified memory model).
+        mpi::ffi::MPI_Win_lock_all(mpi::ffi::MPI_MODE_NOCHECK as i32, win);
+    }
+    let bases = (0..comm.size())
+        .map(|r| {
+            let (mut size, mut unit, mut ptr) = (0 as mpi::ffi::MPI_Aint, 0i32, std::ptr::null_mut::<f32>());
+            // SAFETY: query of a rank of this window's group.
+            unsafe {
+                mpi::ffi::MPI_Win_shared_query(
+                    win,
+                    r,
+                    &mut size,
+                    &mut unit,
+                    &mut ptr as *mut *mut f32 as *mut std::ffi::c_void,
+                )
+            };
+            ptr
+        })
+        .collect();
+    (win, bases)
+}
+
+impl Comm {
+    /// Shared-memory gradient averaging over this communicator, with `n` f32 per rank, when all
+    /// of its ranks share one node (`None` otherwise, or on one rank). Collective.
+    pub fn shared_mean(&self, n: usize) -> Option<SharedMean> {
+        let Inner::Mpi { comm, .. } = &self.inner else {
+            return None;
+        };
+        let node = comm.split_shared(self.rank as i32);
+        let all_local = self
+            .all_gather_u64(u64::from(node.size() as usize == self.size))
+            .iter()
+            .all(|&v| v == 1);
+        if !all_local || self.size < 2 {
+            return None;
+        }
+        let (grads_win, segments) = shared_window(&node, n);
+        let (mean_win, mean) = shared_window(&node, if self.rank == 0 { n } else { 0 });
+        Some(SharedMean {
+            comm: node,
+            grads_win,
+            mean_win,
+            segments,
+            mean: mean[0],
+            n,
+            rank: self.rank,
+        })
+    }
+}
+
+impl SharedMean {
+    /// This rank's gradient segment (`len()` f32, zero-initialised).
+    pub fn local_segment(&self) -> *mut f32 {
+        self.segments[self.rank]
+    }
+
+    /// The shared mean buffer (`len()` f32).
+    pub fn mean_buffer(&self) -> *mut f32 {
+        self.mean
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn barrier(&self) {
+        let _w = waiting("gradient all-reduce (node-shared memory)", || {
+            format!("all {} ranks on this node", self.segments.len())
+        });
+        // SAFETY: valid windows and communicator; the syncs order this rank's memory accesses.
+        unsafe {
+            mpi::ffi::MPI_Win_sync(self.grads_win);
+            mpi::ffi::MPI_Win_sync(self.mean_win);
+        }
+        self.comm.barrier();
+        unsafe {
+            mpi::ffi::MPI_Win_sync(self.grads_win);
+            mpi::ffi::MPI_Win_sync(self.mean_win);
+        }
+    }
+
+    /// The mean of all ranks' segments into the mean buffer. Every rank computes its slice (on
+    /// 16-float boundaries), summing the ranks in order, then waits for the others.
+    pub fn mean(&self) {
+        self.barrier();
+        let size = self.segments.len();
+        let cut = |r: usize| (self.n * r / size) / 16 * 16;
+        let (lo, hi) = (
+            cut(self.rank),
+            if self.rank + 1 == size {
+                self.n
+            } else {
+                cut(self.rank + 1)
+            },
+        );
+        let len = hi - lo;
+        // SAFETY: between the two barriers nobody writes the segments, and only this rank writes
+        // [lo, hi) of the mean.
+        unsafe {
+            let seg = |r: usize| std::slice::from_raw_parts(self.segments[r].add(lo), len);
+            let out = std::slice::from_raw_parts_mut(self.mean.add(lo), len);
+            let ranks = size as f32;
+            if size == 2 {
+                for ((o, a), b) in out.iter_mut().zip(seg(0)).zip(seg(1)) {
+                    *o = (a + b) / ranks;
+                }
+            } else {
+                out.copy_from_slice(seg(0));
+                for r in 1..size {
+                    for (o, g) in out.iter_mut().zip(seg(r)) {
+                        *o += g;
+                    }
+                }
+                for o in out.iter_mut() {
+                    *o /= ranks;
+                }
+            }
+        }
+        self.barrier();
+    }
+}
+
+impl Drop for SharedMean {
+    fn drop(&mut self) {
+        // SAFETY: every rank frees its windows at the same point (end of training). Collective.
+        unsafe {
+            mpi::ffi::MPI_Win_unlock_all(self.grads_win);
+            mpi::ffi::MPI_Win_unlock_all(self.mean_win);
+            mpi::ffi::MPI_Win_free(&mut self.grads_win);
+            mpi::ffi::MPI_Win_free(&mut self.mean_win);
+        }
+    }
+}

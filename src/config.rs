@@ -215,6 +215,9 @@ pub struct SyncConfig {
     /// dp with gradient averaging: all-reduce each finished block of layers' gradients on a
     /// communication thread while the backward of earlier blocks goes on.
     pub overlap: bool,
+    /// Gradient averaging: when all replicas share one node, through MPI-3 shared memory
+    /// instead of MPI_Allreduce (same sums; ranks on several nodes always use MPI_Allreduce).
+    pub shared_memory: bool,
 }
 
 impl Default for RunConfig {
@@ -282,6 +285,7 @@ impl Default for SyncConfig {
             mode: SyncMode::Gradients,
             average_every: 1,
             overlap: false,
+            shared_memory: true,
         }
     }
 }

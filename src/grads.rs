@@ -4,7 +4,7 @@
 //! gradient buffer, the all-reduce reads it with no gather copy, and the optimizer updates all
 //! weights in a handful of whole-buffer operations. The buffers are allocated once per run.
 
-use crate::comm::Comm;
+use crate::comm::{Comm, SharedMean};
 use tch::{Kind, Tensor};
 
 /// Spans start on 64-byte boundaries, as libtorch's own allocations do, so vectorised kernels
@@ -21,6 +21,9 @@ pub struct GradientBuffer {
     /// (offset, numel) of each parameter inside the flat buffers.
     spans: Vec<(i64, i64)>,
     numel: usize,
+    /// When all replicas share this node: `grads` and `reduced` live in its shared windows.
+    /// Declared after the tensors, so they are dropped before the memory they view.
+    shared: Option<SharedMean>,
 }
 
 /// A tensor's storage as a slice. Safety: `t` is a contiguous CPU f32 tensor of `n` elements that
@@ -42,7 +45,9 @@ fn view_like(flat: &Tensor, off: i64, like: &Tensor) -> Tensor {
 impl GradientBuffer {
     /// Moves every parameter's values and gradient (zeroed) into the flat buffers. The tensors
     /// keep their identity: the net, checkpoints and evaluation see the same parameters.
-    pub fn bind(params: &[&Tensor]) -> Self {
+    /// With `shared_over`, gradients are averaged over that communicator through node-shared
+    /// memory when all its ranks share this node (collective), else with MPI_Allreduce.
+    pub fn bind(params: &[&Tensor], shared_over: Option<&Comm>) -> Self {
         let mut spans = Vec::with_capacity(params.len());
         let mut off = 0i64;
         for p in params {
@@ -51,12 +56,24 @@ impl GradientBuffer {
             off = (off + n + ALIGN_F32 - 1) / ALIGN_F32 * ALIGN_F32;
         }
         let opts = (Kind::Float, tch::Device::Cpu);
+        let shared = shared_over.and_then(|c| c.shared_mean(off as usize));
+        let (grads, reduced) = match &shared {
+            // SAFETY: both windows hold `off` f32 and outlive the tensors (field order).
+            Some(s) => unsafe {
+                let view = |p: *mut f32| {
+                    Tensor::from_blob(p as *const u8, &[off], &[1], Kind::Float, tch::Device::Cpu)
+                };
+                (view(s.local_segment()), view(s.mean_buffer()))
+            },
+            None => (Tensor::zeros([off], opts), Tensor::zeros([off], opts)),
+        };
         let buffer = GradientBuffer {
             values: Tensor::zeros([off], opts),
-            grads: Tensor::zeros([off], opts),
-            reduced: Tensor::zeros([off], opts),
+            grads,
+            reduced,
             spans,
             numel: off as usize,
+            shared,
         };
         for (p, &(off, _)) in params.iter().zip(&buffer.spans) {
             let value = view_like(&buffer.values, off, p);
@@ -133,8 +150,17 @@ impl GradientBuffer {
 
     /// The mean of every rank's gradients, in `reduced`.
     pub fn all_reduce_mean_grads(&mut self, comm: &Comm) -> &Tensor {
+        if let Some(shared) = &self.shared {
+            shared.mean();
+            return &self.reduced;
+        }
         Self::all_reduce(&self.grads, &self.reduced, self.numel, comm);
         self.finish_mean(comm.size())
+    }
+
+    /// Whether gradients are averaged through node-shared memory.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Model averaging: every rank's values replaced by the mean over the ranks.
@@ -185,7 +211,7 @@ mod tests {
         let w = crate::model::to_channels_last(&Tensor::randn([4, 3, 2, 2], (Kind::Float, tch::Device::Cpu)))
             .set_requires_grad(true);
         let (a0, w0) = (a.detach().copy(), w.detach().copy());
-        let buffer = GradientBuffer::bind(&[&a, &w]);
+        let buffer = GradientBuffer::bind(&[&a, &w], None);
         assert_eq!(a.detach(), a0);
         assert_eq!(w.detach(), w0);
         assert!(

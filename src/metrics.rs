@@ -41,6 +41,9 @@ pub struct Summary {
     pub global_batch: usize,
     pub batch_scope: String,
     pub sync_mode: String,
+    /// How gradients were averaged: `none` (one replica or model averaging), `shared_memory`,
+    /// `mpi_allreduce` or `mpi_allreduce_overlapped`.
+    pub gradient_averaging: String,
     pub parameters: i64,
     pub train_samples: usize,
     pub test_samples: usize,

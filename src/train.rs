@@ -378,7 +378,12 @@ fn train(
         .map(|t| t.shallow_clone())
         .collect();
     let params: Vec<&Tensor> = net_params.iter().collect();
-    let mut buffer = GradientBuffer::bind(&params);
+    let shared_over = (replicas > 1
+        && cfg.sync.mode == SyncMode::Gradients
+        && cfg.sync.shared_memory
+        && !(cfg.sync.overlap && matches!(engine, Engine::Whole(_))))
+    .then_some(&sync);
+    let mut buffer = GradientBuffer::bind(&params, shared_over);
     if replicas > 1 {
         // Every replica starts from the first replica's weights (they are built from the same
         // seed anyway; the broadcast makes that a guarantee rather than an assumption).
@@ -709,6 +714,16 @@ fn train(
         global_batch,
         batch_scope: yaml_name(&cfg.train.batch_scope),
         sync_mode: yaml_name(&cfg.sync.mode),
+        gradient_averaging: if replicas < 2 || cfg.sync.mode != SyncMode::Gradients {
+            "none"
+        } else if buffer.is_shared() {
+            "shared_memory"
+        } else if overlap.is_some() {
+            "mpi_allreduce_overlapped"
+        } else {
+            "mpi_allreduce"
+        }
+        .to_string(),
         parameters: total_params,
         train_samples: n_train,
         test_samples: data.test.len(),

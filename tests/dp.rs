@@ -28,22 +28,31 @@ fn dp_on_2_and_4_ranks_matches_serial() {
     }
 }
 
-/// Overlapping the all-reduce with the backward (sync.overlap) changes when the sums happen, not
-/// what they are: the weights are bit-identical to plain dp.
+/// The three ways of averaging gradients change where and when the sums happen, not what they
+/// are: node-shared memory (the default on one node), MPI_Allreduce (ranks on several nodes, or
+/// `sync.shared_memory=false`) and MPI_Allreduce overlapped with the backward (`sync.overlap`)
+/// give bit-identical weights.
 #[test]
-fn overlapped_all_reduce_gives_the_same_weights() {
+fn every_gradient_averaging_path_gives_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = format!("data.dir={}", mnist_dir().display());
     let mut outs = Vec::new();
-    for overlap in [false, true] {
-        let out = tmp.path().join(format!("overlap_{overlap}"));
+    for (shared, overlap, path) in [
+        (true, false, "shared_memory"),
+        (false, false, "mpi_allreduce"),
+        (true, true, "mpi_allreduce_overlapped"),
+    ] {
+        let out = tmp.path().join(path);
         let mut args = vec!["dp".to_string()];
         args.extend(equivalence_args(&out, &dir));
+        args.extend(["--set".to_string(), format!("sync.shared_memory={shared}")]);
         args.extend(["--set".to_string(), format!("sync.overlap={overlap}")]);
         assert_ok(&mpirun(2, &args.iter().map(String::as_str).collect::<Vec<_>>()).0);
+        assert_eq!(summary(&out)["gradient_averaging"], path);
         outs.push(out);
     }
     assert_eq!(max_abs_diff(&outs[0], &outs[1]), 0.0);
+    assert_eq!(max_abs_diff(&outs[0], &outs[2]), 0.0);
 }
 
 #[test]
