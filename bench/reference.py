@@ -3,7 +3,7 @@ partrain reproduces), data (resident normalised tensors), hyper-parameters (SGD 
 and batch as partrain, trained for one pass over the same images.
 
     python bench/reference.py --mode eager|channels_last|bf16_cl --threads T --out OUT.json
-    mpirun -np 2 python bench/reference.py --mode ddp|mpi4py --out OUT.json
+    mpirun -np 2 python bench/reference.py --mode ddp|mpi4py|ddp_cl|mpi4py_cl --out OUT.json
 
 Modes:
   eager          plain PyTorch eager, fp32, NCHW
@@ -11,6 +11,7 @@ Modes:
   bf16_cl        bf16 autocast (CPU) + channels-last
   ddp            DistributedDataParallel over gloo (seed 001), one rank per process
   mpi4py         gradients flattened into one buffer and MPI Allreduce'd with mpi4py (seed 000)
+  ddp_cl, mpi4py_cl  the same two with channels-last input and model (PyTorch at its best)
 
 Writes a JSON like partrain's summary: samples_per_second, peak_rss_mb (per rank),
 first_step_seconds (from process start), final_test_accuracy, train_seconds.
@@ -103,7 +104,7 @@ def load(dataset, data_dir, train_limit, test_limit):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", required=True, choices=["eager", "channels_last", "bf16_cl", "ddp", "mpi4py"])
+    p.add_argument("--mode", required=True, choices=["eager", "channels_last", "bf16_cl", "ddp", "mpi4py", "ddp_cl", "mpi4py_cl"])
     p.add_argument("--dataset", default="mnist", choices=["mnist", "cifar10"])
     p.add_argument("--data", default="data/mnist")
     p.add_argument("--threads", type=int, default=1)
@@ -118,12 +119,12 @@ def main():
     torch.manual_seed(a.seed)
 
     rank, world, comm = 0, 1, None
-    if a.mode == "mpi4py":
+    if a.mode.startswith("mpi4py"):
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
         rank, world = comm.Get_rank(), comm.Get_size()
-    elif a.mode == "ddp":
+    elif a.mode.startswith("ddp"):
         import torch.distributed as dist
 
         rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", 0))
@@ -134,18 +135,19 @@ def main():
 
     xs, ys, xt, yt = load(a.dataset, a.data, a.train_limit, a.test_limit)
     model = MnistCnn() if a.dataset == "mnist" else CifarCnn()
-    channels_last = a.mode in ("channels_last", "bf16_cl")
+    channels_last = a.mode in ("channels_last", "bf16_cl", "ddp_cl", "mpi4py_cl")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         xs = xs.contiguous(memory_format=torch.channels_last)
-    if a.mode == "ddp":
+    if a.mode.startswith("ddp"):
         model = nn.parallel.DistributedDataParallel(model)
     params = list(model.parameters())
     if comm is not None:
         # Rank 0's weights everywhere, as partrain broadcasts them.
         for prm in params:
-            buf = prm.data.numpy()
+            buf = prm.data.contiguous().numpy()  # a copy for channels-last weights
             comm.Bcast(buf, root=0)
+            prm.data.copy_(torch.from_numpy(buf).view_as(prm))
         flat = torch.zeros(sum(q.numel() for q in params))
         reduced = torch.zeros_like(flat)
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
@@ -179,7 +181,7 @@ def main():
                 off = 0
                 for q in params:
                     k = q.numel()
-                    flat[off : off + k].copy_(q.grad.view(-1))
+                    flat[off : off + k].copy_(q.grad.reshape(-1))
                     off += k
                 comm.Allreduce(flat.numpy(), reduced.numpy(), op=MPI.SUM)
                 reduced /= world
@@ -206,7 +208,7 @@ def main():
     if comm is not None:
         rss_all = comm.gather(rss, root=0)
         t_all = comm.gather(t_train, root=0)
-    elif a.mode == "ddp":
+    elif a.mode.startswith("ddp"):
         import torch.distributed as dist
 
         rss_all = [None] * world
@@ -231,7 +233,7 @@ def main():
             open(a.out, "w"),
             indent=1,
         )
-    if a.mode == "ddp":
+    if a.mode.startswith("ddp"):
         # Tearing down the gloo process group aborts here ("terminate called without an active
         # exception", torch 2.13); the results are written, so leave without the teardown.
         sys.stdout.flush()

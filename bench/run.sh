@@ -8,7 +8,7 @@
 # Configurations (partrain-fp32 = NCHW, -cl = channels-last, -bf16-cl = bf16 + channels-last):
 # serial at 1 and 2 threads (partrain fp32 NCHW / channels-last / bf16 vs PyTorch
 # eager / channels-last / bf16 autocast + channels-last), dp 2 ranks x 1 thread (partrain vs
-# PyTorch DDP gloo and PyTorch + mpi4py all-reduce), hybrid 2 stages x 1 replica (partrain vs the
+# PyTorch DDP gloo and PyTorch + mpi4py all-reduce, each also with channels-last), hybrid 2 stages x 1 replica (partrain vs the
 # bound predicted from its own stage times). CIFAR-shaped: the cifar_cnn net on random
 # 3 x 32 x 32 images written in the CIFAR-10 binary format (no registry ships CIFAR-10).
 set -euo pipefail
@@ -73,6 +73,8 @@ for r in $(seq 1 "$ROUNDS"); do
     pt "${ds}_dp2x1_t1_pytorch-mpi4py_r$r" 2 1 mpi4py "$ds" "$dir"
     pr "${ds}_dp2x1_t1_partrain-fp32-cl_r$r" 2 1 dp "$dp" "${d[@]}" --set train.channels_last=true
     pt "${ds}_dp2x1_t1_pytorch-ddp_r$r" 2 1 ddp "$ds" "$dir"
+    pt "${ds}_dp2x1_t1_pytorch-mpi4py_cl_r$r" 2 1 mpi4py_cl "$ds" "$dir"
+    pt "${ds}_dp2x1_t1_pytorch-ddp_cl_r$r" 2 1 ddp_cl "$ds" "$dir"
     pr "${ds}_hybrid2x1_t1_partrain-fp32-cl_r$r" 2 1 hybrid "$hy" "${d[@]}" --set train.channels_last=true
   done
   echo "round $r done"
