@@ -265,33 +265,24 @@ fn data_errors() {
 fn resume_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = out.to_str().unwrap();
-    let cfg = config("base.yaml");
-    let dir = format!("data.dir={}", mnist_dir().display());
-    let base = [
+    let base_args = run_args(
         "serial",
-        "--config",
-        &cfg,
-        "--set",
-        &dir,
-        "--set",
-        "data.train_limit=640",
-        "--set",
-        "data.test_limit=100",
-        "--out",
-        o,
-    ];
+        "base.yaml",
+        &out,
+        &["data.train_limit=640", "data.test_limit=100"],
+    );
+    let base = refs(&base_args);
     // Nothing to resume.
-    let mut args = base.to_vec();
+    let mut args = base.clone();
     args.extend(["--set", "train.epochs=1", "--resume"]);
     rejects(&args, &out, &["--resume", "no checkpoint"]);
     // A finished run resumed with another learning rate: refused, results untouched.
-    let mut args = base.to_vec();
+    let mut args = base.clone();
     args.extend(["--set", "train.epochs=1"]);
     assert_ok(&partrain(&args));
     let before = std::fs::read(out.join("model.safetensors")).unwrap();
     let mut cmd = std::process::Command::new(bin());
-    cmd.args(base)
+    cmd.args(&base)
         .args(["--set", "train.epochs=2", "--set", "train.lr=0.05", "--resume"])
         .current_dir(root());
     let (r, _) = run_with_limit(cmd, Duration::from_secs(60));
@@ -300,7 +291,7 @@ fn resume_errors() {
     assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
     // Resuming a finished run without raising train.epochs says so.
     let mut cmd = std::process::Command::new(bin());
-    cmd.args(base)
+    cmd.args(&base)
         .args(["--set", "train.epochs=1", "--resume"])
         .current_dir(root());
     let (r, _) = run_with_limit(cmd, Duration::from_secs(60));
@@ -313,7 +304,7 @@ fn resume_errors() {
     );
     // --resume and --overwrite together are a usage error.
     let mut cmd = std::process::Command::new(bin());
-    cmd.args(base).args(["--resume", "--overwrite"]);
+    cmd.args(&base).args(["--resume", "--overwrite"]);
     let (r, _) = run_with_limit(cmd, Duration::from_secs(30));
     assert_eq!(r.status.code(), Some(2));
 }

@@ -8,14 +8,11 @@ use std::time::Duration;
 #[test]
 fn dp_on_2_and_4_ranks_matches_serial() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = format!("data.dir={}", mnist_dir().display());
-    let serial = serial_reference(tmp.path(), &dir);
+    let serial = serial_reference(tmp.path());
     assert_eq!(summary(&serial)["steps"], 50);
     for np in [2, 4] {
         let out = tmp.path().join(format!("dp{np}"));
-        let mut args = vec!["dp".to_string()];
-        args.extend(equivalence_args(&out, &dir));
-        let (o, _) = mpirun(np, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let (o, _) = mpirun(np, &refs(&equivalence_args("dp", &out)));
         assert_ok(&o);
         let s = summary(&out);
         assert_eq!(s["world_size"], np);
@@ -35,7 +32,6 @@ fn dp_on_2_and_4_ranks_matches_serial() {
 #[test]
 fn every_gradient_averaging_path_gives_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = format!("data.dir={}", mnist_dir().display());
     let mut outs = Vec::new();
     for (shared, overlap, path) in [
         (true, false, "shared_memory"),
@@ -43,11 +39,10 @@ fn every_gradient_averaging_path_gives_the_same_weights() {
         (true, true, "mpi_allreduce_overlapped"),
     ] {
         let out = tmp.path().join(path);
-        let mut args = vec!["dp".to_string()];
-        args.extend(equivalence_args(&out, &dir));
+        let mut args = equivalence_args("dp", &out);
         args.extend(["--set".to_string(), format!("sync.shared_memory={shared}")]);
         args.extend(["--set".to_string(), format!("sync.overlap={overlap}")]);
-        assert_ok(&mpirun(2, &args.iter().map(String::as_str).collect::<Vec<_>>()).0);
+        assert_ok(&mpirun(2, &refs(&args)).0);
         assert_eq!(summary(&out)["gradient_averaging"], path);
         outs.push(out);
     }
@@ -59,29 +54,19 @@ fn every_gradient_averaging_path_gives_the_same_weights() {
 fn model_averaging_runs_and_replicas_agree() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("avg");
-    let dir = format!("data.dir={}", mnist_dir().display());
-    let (o, _) = mpirun(
-        2,
+    let args = run_args(
+        "dp",
+        "data_parallel.yaml",
+        &out,
         &[
-            "dp",
-            "--config",
-            &config("data_parallel.yaml"),
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            &dir,
-            "--set",
             "sync.mode=weights",
-            "--set",
             "sync.average_every=4",
-            "--set",
             "data.train_limit=1280",
-            "--set",
             "data.test_limit=500",
-            "--set",
             "train.epochs=2",
         ],
     );
+    let (o, _) = mpirun(2, &refs(&args));
     assert_ok(&o);
     let s = summary(&out);
     assert_eq!(s["sync_mode"], "weights");

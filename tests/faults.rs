@@ -5,28 +5,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn slice_args(cfg: &str, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "--config".into(),
-        config(cfg),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    for s in [
-        format!("data.dir={}", mnist_dir().display()),
-        "data.train_limit=1280".into(),
-        "data.test_limit=200".into(),
-        "train.epochs=3".into(),
-    ] {
-        v.push("--set".into());
-        v.push(s);
-    }
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+/// A 3-epoch run on the first 1,280 MNIST images, with `sets` on top.
+fn slice_args(cmd: &str, cfg: &str, out: &Path, sets: &[&str]) -> Vec<String> {
+    let mut all = vec!["data.train_limit=1280", "data.test_limit=200", "train.epochs=3"];
+    all.extend_from_slice(sets);
+    run_args(cmd, cfg, out, &all)
 }
 
 fn bytes(dir: &Path) -> Vec<u8> {
@@ -37,12 +20,10 @@ fn bytes(dir: &Path) -> Vec<u8> {
 fn serial_resume_after_a_crash_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
-    let mut args = vec!["serial".to_string()];
-    args.extend(slice_args("base.yaml", &full, &[]));
+    let args = slice_args("serial", "base.yaml", &full, &[]);
     assert_ok(&partrain(&refs(&args)));
     // Crash right after epoch 1's checkpoint, then resume.
-    let mut args = vec!["serial".to_string()];
-    args.extend(slice_args("base.yaml", &part, &[]));
+    let mut args = slice_args("serial", "base.yaml", &part, &[]);
     let mut cmd = Command::new(bin());
     cmd.args(&args)
         .current_dir(root())
@@ -76,12 +57,10 @@ fn serial_resume_after_a_crash_is_bit_identical() {
 fn dp_resume_mid_epoch_after_a_rank_dies_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
-    let extra = ["--set", "checkpoint.every_steps=7"];
-    let mut args = vec!["dp".to_string()];
-    args.extend(slice_args("data_parallel.yaml", &full, &extra));
+    let extra = ["checkpoint.every_steps=7"];
+    let args = slice_args("dp", "data_parallel.yaml", &full, &extra);
     assert_ok(&mpirun(2, &refs(&args)).0);
-    let mut args = vec!["dp".to_string()];
-    args.extend(slice_args("data_parallel.yaml", &part, &extra));
+    let mut args = slice_args("dp", "data_parallel.yaml", &part, &extra);
     // Rank 1 dies at global step 15 (epoch 2 of 10-step epochs); the last checkpoint is step 14.
     let (o, took) = mpirun_with_fault(2, &refs(&args), "exit:1:15");
     assert!(!o.status.success(), "{}", text(&o));
@@ -105,12 +84,10 @@ fn dp_resume_mid_epoch_after_a_rank_dies_is_bit_identical() {
 fn hybrid_resume_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
-    let extra = ["--set", "parallel.stage_boundaries=[4]"];
-    let mut args = vec!["hybrid".to_string()];
-    args.extend(slice_args("hybrid_pipeline.yaml", &full, &extra));
+    let extra = ["parallel.stage_boundaries=[4]"];
+    let args = slice_args("hybrid", "hybrid_pipeline.yaml", &full, &extra);
     assert_ok(&mpirun(2, &refs(&args)).0);
-    let mut args = vec!["hybrid".to_string()];
-    args.extend(slice_args("hybrid_pipeline.yaml", &part, &extra));
+    let mut args = slice_args("hybrid", "hybrid_pipeline.yaml", &part, &extra);
     let (o, _) = mpirun_with_fault(2, &refs(&args), "exit-after-epoch:0:1");
     assert!(!o.status.success());
     args.push("--resume".into());
@@ -126,12 +103,7 @@ fn hybrid_resume_is_bit_identical() {
 fn stalled_rank_is_caught_by_the_watchdog() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("stall");
-    let mut args = vec!["dp".to_string()];
-    args.extend(slice_args(
-        "data_parallel.yaml",
-        &out,
-        &["--set", "parallel.timeout_s=3"],
-    ));
+    let args = slice_args("dp", "data_parallel.yaml", &out, &["parallel.timeout_s=3"]);
     let (o, took) = mpirun_with_fault(2, &refs(&args), "stall:1:5");
     let msg = text(&o);
     assert!(!o.status.success(), "{msg}");
@@ -173,12 +145,12 @@ fn rank_pid(marker: &str, rank: usize) -> Option<u32> {
 fn kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("killed");
-    let mut args = vec!["dp".to_string()];
-    args.extend(slice_args(
+    let args = slice_args(
+        "dp",
         "data_parallel.yaml",
         &out,
-        &["--set", "train.epochs=400", "--set", "checkpoint.every_steps=5"],
-    ));
+        &["train.epochs=400", "checkpoint.every_steps=5"],
+    );
     let child = mpirun_cmd(2, &refs(&args))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -238,12 +210,7 @@ fn kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes() {
 fn nan_loss_stops_the_run_and_keeps_the_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("nan");
-    let mut args = vec!["serial".to_string()];
-    args.extend(slice_args(
-        "base.yaml",
-        &out,
-        &["--set", "checkpoint.every_steps=10"],
-    ));
+    let args = slice_args("serial", "base.yaml", &out, &["checkpoint.every_steps=10"]);
     let mut cmd = Command::new(bin());
     cmd.args(&args)
         .current_dir(root())

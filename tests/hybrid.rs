@@ -7,8 +7,7 @@ use std::time::Duration;
 #[test]
 fn hybrid_layouts_and_schedules_match_serial() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = format!("data.dir={}", mnist_dir().display());
-    let serial = serial_reference(tmp.path(), &dir);
+    let serial = serial_reference(tmp.path());
     // (ranks, stages, schedule, boundaries)
     let layouts = [
         (2, 2, "gpipe", "auto"),
@@ -19,8 +18,7 @@ fn hybrid_layouts_and_schedules_match_serial() {
     ];
     for (np, stages, schedule, bounds) in layouts {
         let out = tmp.path().join(format!("h{np}_{stages}_{schedule}"));
-        let mut args = vec!["hybrid".to_string()];
-        args.extend(equivalence_args(&out, &dir));
+        let mut args = equivalence_args("hybrid", &out);
         for s in [
             format!("parallel.stages={stages}"),
             "parallel.micro_batches=4".into(),
@@ -30,7 +28,7 @@ fn hybrid_layouts_and_schedules_match_serial() {
             args.push("--set".into());
             args.push(s);
         }
-        let (o, _) = mpirun(np, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let (o, _) = mpirun(np, &refs(&args));
         assert_ok(&o);
         let s = summary(&out);
         assert_eq!(s["stages"], stages);
@@ -48,32 +46,22 @@ fn hybrid_layouts_and_schedules_match_serial() {
 #[test]
 fn one_f_one_b_holds_fewer_activations_than_gpipe() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = format!("data.dir={}", mnist_dir().display());
     let mut peaks = Vec::new();
     for schedule in ["gpipe", "1f1b"] {
         let out = tmp.path().join(schedule);
-        let (o, _) = mpirun(
-            2,
+        let args = run_args(
+            "hybrid",
+            "hybrid_pipeline.yaml",
+            &out,
             &[
-                "hybrid",
-                "--config",
-                &config("hybrid_pipeline.yaml"),
-                "--out",
-                out.to_str().unwrap(),
-                "--set",
-                &dir,
-                "--set",
                 "data.train_limit=640",
-                "--set",
                 "data.test_limit=100",
-                "--set",
                 "train.epochs=1",
-                "--set",
                 "parallel.micro_batches=8",
-                "--set",
                 &format!("parallel.schedule={schedule}"),
             ],
         );
+        let (o, _) = mpirun(2, &refs(&args));
         assert_ok(&o);
         let p = summary(&out)["pipeline"]["peak_activation_mb_per_rank"][0]
             .as_f64()
@@ -91,7 +79,6 @@ fn one_f_one_b_holds_fewer_activations_than_gpipe() {
 fn bad_layouts_are_refused_on_every_rank() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let dir = format!("data.dir={}", mnist_dir().display());
     let cases: Vec<(usize, Vec<&str>, Vec<&str>)> = vec![
         (
             3,
@@ -132,22 +119,11 @@ fn bad_layouts_are_refused_on_every_rank() {
             vec!["parallel.schedule", "pipedream", "gpipe or 1f1b"],
         ),
     ];
-    let cfg = config("hybrid_pipeline.yaml");
     for (np, sets, expected) in cases {
-        let mut args = vec![
-            "hybrid",
-            "--config",
-            &cfg,
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            &dir,
-        ];
-        for s in &sets {
-            args.push("--set");
-            args.push(s);
-        }
-        let (o, took) = mpirun(np, &args);
+        let (o, took) = mpirun(
+            np,
+            &refs(&run_args("hybrid", "hybrid_pipeline.yaml", &out, &sets)),
+        );
         let msg = text(&o);
         assert!(!o.status.success(), "{sets:?} should fail: {msg}");
         assert!(took < Duration::from_secs(30), "{sets:?} took {took:?}");

@@ -2,21 +2,10 @@
 mod common;
 use common::*;
 
-fn serial(out: &std::path::Path, extra: &[&str]) {
-    let dir = format!("data.dir={}", mnist_dir().display());
-    let cfg = config("base.yaml");
-    let mut args = vec![
-        "serial",
-        "--config",
-        &cfg,
-        "--out",
-        out.to_str().unwrap(),
-        "--set",
-        &dir,
-    ];
-    args.extend(["--set", "model.dropout=0", "--set", "checkpoint.every_epochs=0"]);
-    args.extend_from_slice(extra);
-    assert_ok(&partrain(&args));
+fn serial(out: &std::path::Path, sets: &[&str]) {
+    let mut all = vec!["model.dropout=0", "checkpoint.every_epochs=0"];
+    all.extend_from_slice(sets);
+    assert_ok(&partrain(&refs(&run_args("serial", "base.yaml", out, &all))));
 }
 
 /// After 5 SGD steps the channels-last run's weights differ from NCHW's by float rounding only
@@ -27,18 +16,15 @@ fn channels_last_matches_nchw() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("nchw"), tmp.path().join("nhwc"));
     let steps = [
-        "--set",
         "train.max_steps=5",
-        "--set",
         "data.train_limit=640",
-        "--set",
         "data.test_limit=1000",
     ];
     let mut nchw = steps.to_vec();
-    nchw.extend(["--set", "train.channels_last=false"]);
+    nchw.extend(["train.channels_last=false"]);
     serial(&a, &nchw);
     let mut cl = steps.to_vec();
-    cl.extend(["--set", "train.channels_last=true"]);
+    cl.extend(["train.channels_last=true"]);
     serial(&b, &cl);
     let diff = max_abs_diff(&a, &b);
     println!("channels-last vs NCHW after 5 steps: max |dw| = {diff:e}");
@@ -60,24 +46,12 @@ fn bf16_reaches_fp32_accuracy() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("fp32"), tmp.path().join("bf16"));
-    let run = [
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "data.train_limit=12800",
-        "--set",
-        "data.test_limit=2000",
-    ];
+    let run = ["train.epochs=1", "data.train_limit=12800", "data.test_limit=2000"];
     let mut fp32 = run.to_vec();
-    fp32.extend(["--set", "train.channels_last=false"]);
+    fp32.extend(["train.channels_last=false"]);
     serial(&a, &fp32);
     let mut bf = run.to_vec();
-    bf.extend([
-        "--set",
-        "train.precision=bf16",
-        "--set",
-        "train.channels_last=true",
-    ]);
+    bf.extend(["train.precision=bf16", "train.channels_last=true"]);
     serial(&b, &bf);
     let (x, y) = (
         summary(&a)["final_test_accuracy"].as_f64().unwrap(),

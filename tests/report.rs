@@ -96,17 +96,7 @@ fn report_table_traces_back_to_summaries() {
     ] {
         assert!(results.join("metrics").join(f).exists(), "{f}");
     }
-    for p in [
-        "speedup.png",
-        "efficiency.png",
-        "loss_curves.png",
-        "training_comparison.png",
-        "time_breakdown.png",
-    ] {
-        let bytes = std::fs::read(results.join("plots").join(p)).unwrap();
-        assert_eq!(&bytes[1..4], b"PNG", "{p}");
-        assert!(bytes.len() > 5_000, "{p} is suspiciously small");
-    }
+    assert_plots(&results);
 }
 
 #[test]

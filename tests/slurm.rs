@@ -123,15 +123,7 @@ fn slurm_workflow_runs_and_reports() {
     let state = workflow(&cluster, &work, "1 2", "srun");
     assert_eq!(state, "COMPLETED", "report job: {state}\n{}", logs(&work));
     let results = work.join("results");
-    for p in [
-        "speedup.png",
-        "efficiency.png",
-        "loss_curves.png",
-        "training_comparison.png",
-        "time_breakdown.png",
-    ] {
-        assert!(results.join("plots").join(p).exists(), "{p} missing");
-    }
+    assert_plots(&results);
     let mut rdr = csv::Reader::from_path(results.join("metrics/speedup_table.csv")).unwrap();
     let rows: Vec<std::collections::HashMap<String, String>> =
         rdr.deserialize().map(|r| r.unwrap()).collect();

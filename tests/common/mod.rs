@@ -142,32 +142,60 @@ pub fn summary(run_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap()
 }
 
+/// `CMD --config configs/CFG --out OUT --set data.dir=<MNIST>`, then `--set S` for each of
+/// `sets`: the arguments every test run starts from.
+pub fn run_args<S: AsRef<str>>(cmd: &str, cfg: &str, out: &Path, sets: &[S]) -> Vec<String> {
+    let mut v = vec![
+        cmd.to_string(),
+        "--config".into(),
+        config(cfg),
+        "--out".into(),
+        out.display().to_string(),
+        "--set".into(),
+        format!("data.dir={}", mnist_dir().display()),
+    ];
+    for s in sets {
+        v.push("--set".into());
+        v.push(s.as_ref().to_string());
+    }
+    v
+}
+
+/// Every plot `partrain report` writes is in `results/plots` and is a real PNG image.
+#[track_caller]
+pub fn assert_plots(results: &Path) {
+    for p in [
+        "speedup.png",
+        "efficiency.png",
+        "loss_curves.png",
+        "training_comparison.png",
+        "time_breakdown.png",
+    ] {
+        let bytes = std::fs::read(results.join("plots").join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(&bytes[1..4], b"PNG", "{p}");
+        assert!(bytes.len() > 5_000, "{p} is suspiciously small");
+    }
+}
+
+pub fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// 50 SGD steps of global batch 64 on the first 3,200 MNIST images (one epoch), dropout off.
-pub fn equivalence_args(out: &Path, dir: &str) -> Vec<String> {
-    let cfg = config("data_parallel.yaml");
-    [
-        "--config",
-        &cfg,
-        "--out",
-        out.to_str().unwrap(),
-        "--set",
-        dir,
-        "--set",
-        "model.dropout=0",
-        "--set",
-        "train.batch_scope=global",
-        "--set",
-        "train.batch_size=64",
-        "--set",
-        "data.train_limit=3200",
-        "--set",
-        "data.test_limit=500",
-        "--set",
-        "train.max_steps=50",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+pub fn equivalence_args(cmd: &str, out: &Path) -> Vec<String> {
+    run_args(
+        cmd,
+        "data_parallel.yaml",
+        out,
+        &[
+            "model.dropout=0",
+            "train.batch_scope=global",
+            "train.batch_size=64",
+            "data.train_limit=3200",
+            "data.test_limit=500",
+            "train.max_steps=50",
+        ],
+    )
 }
 
 /// Equivalence tolerance: max |w_dp - w_serial| over all weights after 50 steps. Measured with
@@ -190,10 +218,8 @@ pub fn assert_matches_serial(serial: &Path, run: &Path, label: &str) {
 }
 
 /// The serial run every equivalence test compares against (`equivalence_args`), in `dir/serial`.
-pub fn serial_reference(dir: &Path, data_dir_set: &str) -> PathBuf {
+pub fn serial_reference(dir: &Path) -> PathBuf {
     let serial = dir.join("serial");
-    let mut args = vec!["serial".to_string()];
-    args.extend(equivalence_args(&serial, data_dir_set));
-    assert_ok(&partrain(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert_ok(&partrain(&refs(&equivalence_args("serial", &serial))));
     serial
 }
