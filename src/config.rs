@@ -4,6 +4,7 @@
 //! default filled in -> overrides applied (a key must already exist in that full tree) -> typed
 //! `Config` again -> `validate()`. Everything is checked before any data is read or any rank talks.
 
+use crate::schedule::ScheduleKind;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -48,7 +49,7 @@ pub struct RunConfig {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetName {
     Mnist,
@@ -69,20 +70,6 @@ impl DatasetName {
         match self {
             DatasetName::Mnist | DatasetName::FashionMnist => [1, 28, 28],
             DatasetName::Cifar10 => [3, 32, 32],
-        }
-    }
-}
-
-impl std::str::FromStr for DatasetName {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "mnist" => Ok(DatasetName::Mnist),
-            "fashion-mnist" => Ok(DatasetName::FashionMnist),
-            "cifar10" => Ok(DatasetName::Cifar10),
-            other => {
-                bail!("unknown data set `{other}`: expected one of mnist, fashion-mnist, cifar10")
-            }
         }
     }
 }
@@ -121,10 +108,11 @@ impl Preset {
             Preset::CifarCnn => "cifar_cnn",
         }
     }
-    pub fn input_shape(self) -> [i64; 3] {
+    /// The data set the preset's layer sizes are made for (its input is that set's image shape).
+    pub fn native_dataset(self) -> DatasetName {
         match self {
-            Preset::MnistCnn => [1, 28, 28],
-            Preset::CifarCnn => [3, 32, 32],
+            Preset::MnistCnn => DatasetName::Mnist,
+            Preset::CifarCnn => DatasetName::Cifar10,
         }
     }
 }
@@ -176,26 +164,69 @@ pub enum Precision {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParallelConfig {
-    /// libtorch intra-op (OpenMP) threads per rank; 0 = keep libtorch's default (all cores).
+    /// libtorch intra-op (OpenMP) threads per rank; 0 = keep libtorch's default (OMP_NUM_THREADS,
+    /// else all cores).
     pub threads_per_rank: usize,
     /// Pipeline stages per replica (`partrain hybrid`); serial and dp run 1.
     pub stages: usize,
-    /// Micro-batches each replica's batch is cut into (hybrid).
+    /// Micro-batches each replica's batch is cut into: a pipeline's units of work, and on one
+    /// stage gradient accumulation (the same step, computed in pieces).
     pub micro_batches: usize,
-    /// `gpipe` or `1f1b` (hybrid).
-    pub schedule: String,
-    /// `auto` (balanced by measured per-layer time, falling back to multiply-adds), `macs`
-    /// (balanced by multiply-adds), or the layer indices where stages 1.. start.
+    /// The order of a step's forward and backward micro-batch actions: `gpipe` or `1f1b`.
+    pub schedule: ScheduleKind,
+    /// Where the pipeline's stages are cut (see `StageBoundaries`).
     pub stage_boundaries: StageBoundaries,
     /// Seconds any MPI wait may last before the job is aborted (a lost or stalled rank).
     pub timeout_s: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
+/// Where a pipeline's stages are cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StageBoundaries {
-    Named(String),
+    /// Measured forward+backward time per layer, falling back to multiply-adds when a
+    /// measurement is unusable.
+    Auto,
+    /// Multiply-adds per layer (element-wise layers count one operation per output element).
+    Macs,
+    /// Measured forward+backward time per layer; an unusable measurement is an error.
+    Measured,
+    /// The first layer of stages 1.., e.g. `[4]`.
     List(Vec<usize>),
+}
+
+const BOUNDARIES_EXPECTED: &str = "`auto`, `macs`, `measured` or a list of layer indices such as [4]";
+
+impl Serialize for StageBoundaries {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            StageBoundaries::Auto => s.serialize_str("auto"),
+            StageBoundaries::Macs => s.serialize_str("macs"),
+            StageBoundaries::Measured => s.serialize_str("measured"),
+            StageBoundaries::List(b) => b.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StageBoundaries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::String(name) => match name.as_str() {
+                "auto" => Ok(StageBoundaries::Auto),
+                "macs" => Ok(StageBoundaries::Macs),
+                "measured" => Ok(StageBoundaries::Measured),
+                other => Err(D::Error::custom(format!(
+                    "unknown stage boundaries `{other}`: expected {BOUNDARIES_EXPECTED}"
+                ))),
+            },
+            list @ Value::Sequence(_) => serde_yaml::from_value(list)
+                .map(StageBoundaries::List)
+                .map_err(|e| D::Error::custom(format!("{e}: expected {BOUNDARIES_EXPECTED}"))),
+            other => Err(D::Error::custom(format!(
+                "got {other:?}: expected {BOUNDARIES_EXPECTED}"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -271,9 +302,9 @@ impl Default for ParallelConfig {
         ParallelConfig {
             threads_per_rank: 1,
             stages: 1,
-            micro_batches: 4,
-            schedule: "1f1b".into(),
-            stage_boundaries: StageBoundaries::Named("auto".into()),
+            micro_batches: 1,
+            schedule: ScheduleKind::OneFOneB,
+            stage_boundaries: StageBoundaries::Auto,
             timeout_s: 300.0,
         }
     }
@@ -289,6 +320,10 @@ impl Default for SyncConfig {
         }
     }
 }
+
+/// More threads than any node has cores: a typo, and libgomp would try to start them all (with
+/// 100,000 the process overflowed its stack).
+pub const MAX_THREADS_PER_RANK: usize = 4096;
 
 /// Reads `path`, applies `overrides` (`key.path=value`) and validates the result.
 pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
@@ -379,7 +414,7 @@ impl Config {
         if self.sync.average_every == 0 {
             bail!("sync.average_every: must be at least 1, got 0");
         }
-        let want = self.model.preset.input_shape();
+        let want = self.model.preset.native_dataset().image_shape();
         let have = self.data.dataset.image_shape();
         if want != have {
             bail!(
@@ -394,6 +429,13 @@ impl Config {
             bail!(
                 "parallel.timeout_s: must be a positive number of seconds, got {}",
                 self.parallel.timeout_s
+            );
+        }
+        if self.parallel.threads_per_rank > MAX_THREADS_PER_RANK {
+            bail!(
+                "parallel.threads_per_rank: {} is not a plausible thread count (at most {MAX_THREADS_PER_RANK}; \
+                 0 = OMP_NUM_THREADS or all cores)",
+                self.parallel.threads_per_rank
             );
         }
         if self.checkpoint.every_steps == Some(0) {
@@ -415,7 +457,6 @@ impl Config {
         Ok(())
     }
 
-    /// A stable hash of the resolved config, compared across ranks at start-up.
     fn validate_pipeline(&self) -> Result<()> {
         let p = &self.parallel;
         let layers = crate::model::preset_layers(self.model.preset, self.model.dropout).len();
@@ -432,16 +473,8 @@ impl Config {
         if p.micro_batches == 0 {
             bail!("parallel.micro_batches: must be at least 1, got 0");
         }
-        p.schedule
-            .parse::<crate::pipeline::schedule::ScheduleKind>()
-            .map_err(|e| anyhow::anyhow!("parallel.schedule: {e}"))?;
         match &p.stage_boundaries {
-            StageBoundaries::Named(n) if n == "auto" || n == "macs" => {}
-            StageBoundaries::Named(n) => {
-                bail!(
-                    "parallel.stage_boundaries: `{n}` is neither `auto`, `macs` nor a list of layer indices"
-                )
-            }
+            StageBoundaries::Auto | StageBoundaries::Macs | StageBoundaries::Measured => {}
             StageBoundaries::List(b) => {
                 if b.len() != p.stages - 1 {
                     bail!(
@@ -482,6 +515,7 @@ impl Config {
         c.hash()
     }
 
+    /// A stable hash of the resolved config, compared across ranks at start-up.
     /// `data.dir` is left out: nodes may mount the data at different paths; the data's content
     /// is compared separately (`Dataset::fingerprint`).
     pub fn hash(&self) -> u64 {

@@ -16,11 +16,30 @@ use std::path::Path;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
+/// Seed 003's two experiments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A fixed total batch, split across the ranks.
+    Strong,
+    /// The batch per rank fixed: the total grows with the ranks.
+    Weak,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Strong => "strong",
+            Mode::Weak => "weak",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConvBenchRow {
     pub processes: usize,
     pub threads_per_rank: usize,
-    pub mode: String,
+    pub mode: Mode,
     pub local_batch: String,
     pub seconds_max: f64,
     pub memory_mb_per_rank: String,
@@ -35,8 +54,8 @@ pub struct ConvBench {
     #[arg(long, default_value = "large")]
     pub case: String,
     /// strong (batch split across ranks) or weak (batch per rank).
-    #[arg(long, default_value = "strong")]
-    pub mode: String,
+    #[arg(long, value_enum, default_value = "strong")]
+    pub mode: Mode,
     #[arg(long, default_value_t = 80)]
     pub batch: usize,
     #[arg(long, default_value_t = 3)]
@@ -59,11 +78,10 @@ pub struct ConvBench {
 
 /// This rank's share of `batch` images: strong scaling splits it (the first `batch % size` ranks
 /// take one more), weak scaling gives every rank `batch`.
-pub fn local_batch(mode: &str, batch: usize, rank: usize, size: usize) -> usize {
-    if mode == "weak" {
-        batch
-    } else {
-        batch / size + usize::from(rank < batch % size)
+pub fn local_batch(mode: Mode, batch: usize, rank: usize, size: usize) -> usize {
+    match mode {
+        Mode::Weak => batch,
+        Mode::Strong => batch / size + usize::from(rank < batch % size),
     }
 }
 
@@ -71,9 +89,6 @@ impl ConvBench {
     pub fn run(&self, comm: &Comm) -> Result<ConvBenchRow> {
         tch::set_num_threads(self.threads);
         let out = self.out.as_path();
-        if self.mode != "strong" && self.mode != "weak" {
-            bail!("--mode: expected strong or weak, got `{}`", self.mode);
-        }
         if self.batch == 0
             || self.size < self.kernel
             || self.kernel < 1
@@ -85,7 +100,7 @@ impl ConvBench {
             );
         }
         let (rank, size) = (comm.rank(), comm.size());
-        let b = local_batch(&self.mode, self.batch, rank, size) as i64;
+        let b = local_batch(self.mode, self.batch, rank, size) as i64;
         let opts = (Kind::Float, tch::Device::Cpu);
         tch::manual_seed(rank as i64);
         let weight = (Tensor::randn([self.out_channels, self.channels, self.kernel, self.kernel], opts)
@@ -101,15 +116,15 @@ impl ConvBench {
             }
         }
         let mine = t.elapsed().as_secs_f64() / self.repeats.max(1) as f64;
-        let times = comm.all_gather_f64(mine);
-        let mem = comm.all_gather_f64(crate::util::peak_rss_mb());
-        let locals = comm.all_gather_u64(b as u64);
+        let times = comm.all_gather(mine);
+        let mem = comm.all_gather(crate::util::peak_rss_mb());
+        let locals = comm.all_gather(b as u64);
         let total_batch: u64 = locals.iter().sum();
         let o = self.size - self.kernel + 1;
         let row = ConvBenchRow {
             processes: size,
             threads_per_rank: tch::get_num_threads() as usize,
-            mode: self.mode.clone(),
+            mode: self.mode,
             local_batch: locals.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(";"),
             seconds_max: times.iter().cloned().fold(0.0, f64::max),
             memory_mb_per_rank: mem
@@ -128,7 +143,7 @@ impl ConvBench {
 
     fn append(&self, out: &Path, row: &ConvBenchRow) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        let stem = out.join(format!("conv_bench_{}_{}", self.case, self.mode));
+        let stem = out.join(format!("conv_bench_{}_{}", self.case, self.mode.name()));
         let csv_path = stem.with_extension("csv");
         let mut rows: Vec<ConvBenchRow> = if csv_path.exists() {
             csv::Reader::from_path(&csv_path)?
@@ -152,9 +167,9 @@ impl ConvBench {
             self.case,
             self.channels,
             self.out_channels,
-            self.mode,
+            self.mode.name(),
             self.batch,
-            if self.mode == "weak" { "per rank" } else { "in total" },
+            if self.mode == Mode::Weak { "per rank" } else { "in total" },
             self.size,
             self.size,
             k = self.kernel
@@ -182,9 +197,9 @@ mod tests {
 
     #[test]
     fn strong_splits_weak_repeats() {
-        let shares: Vec<usize> = (0..3).map(|r| local_batch("strong", 80, r, 3)).collect();
+        let shares: Vec<usize> = (0..3).map(|r| local_batch(Mode::Strong, 80, r, 3)).collect();
         assert_eq!(shares, vec![27, 27, 26]);
         assert_eq!(shares.iter().sum::<usize>(), 80);
-        assert_eq!(local_batch("weak", 10, 2, 4), 10);
+        assert_eq!(local_batch(Mode::Weak, 10, 2, 4), 10);
     }
 }

@@ -4,7 +4,8 @@
 //! gradient buffer, the all-reduce reads it with no gather copy, and the optimizer updates all
 //! weights in a handful of whole-buffer operations. The buffers are allocated once per run.
 
-use crate::comm::{Comm, SharedMean};
+use crate::comm::{Comm, NodeMean};
+use std::rc::Rc;
 use tch::{Kind, Tensor};
 
 /// Spans start on 64-byte boundaries, as libtorch's own allocations do, so vectorised kernels
@@ -12,6 +13,8 @@ use tch::{Kind, Tensor};
 const ALIGN_F32: i64 = 16;
 
 pub struct GradientBuffer {
+    /// The parameters bound to the buffers (shallow handles), re-pointed when the buffer goes.
+    params: Vec<Tensor>,
     /// Parameter values; each parameter is a view into it.
     values: Tensor,
     /// Parameter gradients; each parameter's `.grad` is a view into it.
@@ -21,9 +24,17 @@ pub struct GradientBuffer {
     /// (offset, numel) of each parameter inside the flat buffers.
     spans: Vec<(i64, i64)>,
     numel: usize,
-    /// When all replicas share this node: `grads` and `reduced` live in its shared windows.
-    /// Declared after the tensors, so they are dropped before the memory they view.
-    shared: Option<SharedMean>,
+    /// When the replicas average through node-shared memory: the owner of the windows that
+    /// `grads` and `reduced` (and every `.grad`) view. Declared after the tensors, so they are
+    /// dropped first; `Drop` re-points the `.grad` views before this goes.
+    _window_owner: Option<Rc<NodeMean>>,
+}
+
+/// Which gradient the optimizer steps with: this rank's own, or the replicas' mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradSource {
+    Local,
+    Mean,
 }
 
 /// A tensor's storage as a slice. Safety: `t` is a contiguous CPU f32 tensor of `n` elements that
@@ -42,24 +53,36 @@ fn view_like(flat: &Tensor, off: i64, like: &Tensor) -> Tensor {
     flat.as_strided(like.size(), like.stride(), off)
 }
 
+/// (offset, numel) of each parameter in the flat buffers, and the buffers' length.
+fn layout(params: &[&Tensor]) -> (Vec<(i64, i64)>, i64) {
+    let mut spans = Vec::with_capacity(params.len());
+    let mut off = 0i64;
+    for p in params {
+        let n = p.numel() as i64;
+        spans.push((off, n));
+        off = (off + n + ALIGN_F32 - 1) / ALIGN_F32 * ALIGN_F32;
+    }
+    (spans, off)
+}
+
 impl GradientBuffer {
+    /// Length in f32 of the flat buffers for `params` (alignment gaps included).
+    pub fn flat_len(params: &[&Tensor]) -> usize {
+        layout(params).1 as usize
+    }
+
     /// Moves every parameter's values and gradient (zeroed) into the flat buffers. The tensors
     /// keep their identity: the net, checkpoints and evaluation see the same parameters.
-    /// With `shared_over`, gradients are averaged over that communicator through node-shared
-    /// memory when all its ranks share this node (collective), else with MPI_Allreduce.
-    pub fn bind(params: &[&Tensor], shared_over: Option<&Comm>) -> Self {
-        let mut spans = Vec::with_capacity(params.len());
-        let mut off = 0i64;
-        for p in params {
-            let n = p.numel() as i64;
-            spans.push((off, n));
-            off = (off + n + ALIGN_F32 - 1) / ALIGN_F32 * ALIGN_F32;
-        }
+    /// With `shared`, the gradients and their mean live in that node-shared window (of
+    /// `flat_len(params)` f32 per rank).
+    pub fn bind(params: &[&Tensor], shared: Option<Rc<NodeMean>>) -> Self {
+        let (spans, off) = layout(params);
         let opts = (Kind::Float, tch::Device::Cpu);
-        let shared = shared_over.and_then(|c| c.shared_mean(off as usize));
         let (grads, reduced) = match &shared {
-            // SAFETY: both windows hold `off` f32 and outlive the tensors (field order).
+            // SAFETY: both windows hold `off` f32 (asserted) and `self.shared` keeps them alive
+            // longer than these views (field order, and `Drop` re-points the `.grad` views).
             Some(s) => unsafe {
+                assert_eq!(s.len(), off as usize, "shared window sized for these parameters");
                 let view = |p: *mut f32| {
                     Tensor::from_blob(p as *const u8, &[off], &[1], Kind::Float, tch::Device::Cpu)
                 };
@@ -68,12 +91,13 @@ impl GradientBuffer {
             None => (Tensor::zeros([off], opts), Tensor::zeros([off], opts)),
         };
         let buffer = GradientBuffer {
+            params: params.iter().map(|p| p.shallow_clone()).collect(),
             values: Tensor::zeros([off], opts),
             grads,
             reduced,
             spans,
             numel: off as usize,
-            shared,
+            _window_owner: shared,
         };
         for (p, &(off, _)) in params.iter().zip(&buffer.spans) {
             let value = view_like(&buffer.values, off, p);
@@ -105,9 +129,12 @@ impl GradientBuffer {
         &self.grads
     }
 
-    /// The result of the last `all_reduce_mean_grads` / `finish_mean`.
-    pub fn reduced(&self) -> &Tensor {
-        &self.reduced
+    /// The gradient an optimizer step uses: this rank's, or the mean the averaging left.
+    pub fn gradient(&self, source: GradSource) -> &Tensor {
+        match source {
+            GradSource::Local => &self.grads,
+            GradSource::Mean => &self.reduced,
+        }
     }
 
     /// A zeros-filled flat buffer laid out like the values, and each parameter's view into it
@@ -148,19 +175,10 @@ impl GradientBuffer {
         &self.reduced
     }
 
-    /// The mean of every rank's gradients, in `reduced`.
+    /// The mean of every rank's gradients, in `reduced`, through MPI_Allreduce.
     pub fn all_reduce_mean_grads(&mut self, comm: &Comm) -> &Tensor {
-        if let Some(shared) = &self.shared {
-            shared.mean();
-            return &self.reduced;
-        }
         Self::all_reduce(&self.grads, &self.reduced, self.numel, comm);
         self.finish_mean(comm.size())
-    }
-
-    /// Whether gradients are averaged through node-shared memory.
-    pub fn is_shared(&self) -> bool {
-        self.shared.is_some()
     }
 
     /// Model averaging: every rank's values replaced by the mean over the ranks.
@@ -173,14 +191,14 @@ impl GradientBuffer {
     fn all_reduce(send: &Tensor, recv: &Tensor, n: usize, comm: &Comm) {
         // SAFETY: both are distinct contiguous f32 buffers of `n` elements owned by the caller.
         let (send, recv) = unsafe { (as_slice(send, n), as_mut_slice(recv, n)) };
-        comm.all_reduce_sum_f32(send, recv);
+        comm.all_reduce_sum(send, recv);
     }
 
     /// Every rank's values replaced by those of `root`.
     pub fn broadcast_values(&mut self, comm: &Comm, root: usize) {
         // SAFETY: as above.
         let buf = unsafe { as_mut_slice(&self.values, self.numel) };
-        comm.broadcast_f32(buf, root);
+        comm.broadcast(buf, root);
     }
 
     /// FNV-1a over the values' bytes: replicas that hold the same weights hash the same.
@@ -189,6 +207,20 @@ impl GradientBuffer {
         let floats = unsafe { as_slice(&self.values, self.numel) };
         let bytes = unsafe { std::slice::from_raw_parts(floats.as_ptr() as *const u8, floats.len() * 4) };
         crate::util::fnv1a(bytes)
+    }
+}
+
+impl Drop for GradientBuffer {
+    /// Re-points every parameter's `.grad` at memory of its own, so no tensor that outlives the
+    /// buffer (the net's parameters) views the flat buffers, and none views a shared window
+    /// after its owner frees it.
+    fn drop(&mut self) {
+        for p in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                g.set_data(&Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)));
+            }
+        }
     }
 }
 

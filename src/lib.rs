@@ -1,16 +1,22 @@
 //! partrain: CNN training three ways (serial, MPI data parallelism, hybrid pipeline + data
-//! parallelism) on libtorch through `tch`. See README.md for the commands.
+//! parallelism) on libtorch through `tch`, all run by one engine over a `stages x replicas` grid.
+//! See README.md for the commands and docs/design.md for the module map.
 
 pub mod checkpoint;
 pub mod comm;
 pub mod config;
 pub mod conv_bench;
 pub mod data;
+pub mod engine;
+pub mod faults;
+pub mod grad_sync;
 pub mod grads;
 pub mod metrics;
 pub mod model;
-pub mod pipeline;
+pub mod plan;
 pub mod report;
-pub mod train;
+pub mod run_dir;
+pub mod schedule;
+pub mod trainer;
 pub mod util;
 pub mod watchdog;

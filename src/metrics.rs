@@ -1,6 +1,9 @@
 //! The one metrics writer shared by every strategy: per-epoch rows in `metrics.csv`, the run's
 //! `summary.json`, and the timers they are made from.
 
+use crate::config::{BatchScope, SyncMode};
+use crate::plan::Strategy;
+use crate::schedule::ScheduleKind;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -26,12 +29,15 @@ pub struct EpochRow {
 pub struct Summary {
     /// `completed` for a finished run; anything else is not a result.
     pub status: String,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub dataset: String,
     pub model: String,
     pub world_size: usize,
-    /// Distinct hosts the ranks ran on, and the cores of rank 0's host.
+    /// Distinct nodes the ranks ran on, the most ranks on one of them, and the cores of rank 0's
+    /// node.
     pub nodes: usize,
+    #[serde(default)]
+    pub ranks_per_node: usize,
     pub cores_per_node: usize,
     pub stages: usize,
     pub replicas: usize,
@@ -39,10 +45,14 @@ pub struct Summary {
     pub epochs: usize,
     pub steps: usize,
     pub global_batch: usize,
-    pub batch_scope: String,
-    pub sync_mode: String,
-    /// How gradients were averaged: `none` (one replica or model averaging), `shared_memory`,
-    /// `mpi_allreduce` or `mpi_allreduce_overlapped`.
+    /// Micro-batches per replica and step (pipeline stages' units of work; on one stage,
+    /// gradient accumulation).
+    #[serde(default)]
+    pub micro_batches: usize,
+    pub batch_scope: BatchScope,
+    pub sync_mode: SyncMode,
+    /// The plan's averaging path (`GradSync::name`): `none` (one replica), `shared_memory`,
+    /// `mpi_allreduce`, `mpi_allreduce_overlapped` or `weight_average`.
     pub gradient_averaging: String,
     pub parameters: i64,
     pub train_samples: usize,
@@ -70,9 +80,9 @@ pub struct Summary {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PipelineSummary {
-    pub schedule: String,
+    pub schedule: ScheduleKind,
     pub micro_batches: usize,
-    /// Layer ranges per stage, e.g. `stages [0..4, 4..11]`.
+    /// Layer ranges per stage, e.g. `[0..4, 4..11]`.
     pub stage_layers: String,
     pub compute_seconds_per_rank: Vec<f64>,
     /// Time blocked receiving activations or gradients (the bubble), per rank.
@@ -89,6 +99,45 @@ pub struct PipelineSummary {
     pub predicted_samples_per_second: f64,
     /// Activations held at once: micro-batches in flight x their layers' output sizes, per rank.
     pub peak_activation_mb_per_rank: Vec<f64>,
+}
+
+impl PipelineSummary {
+    /// The pipeline's figures from every rank's measured compute and wait seconds over the
+    /// `steps` steps taken in this process. With uniform micro-batches a step lasts at least
+    /// (M - 1) x the slowest stage's time per micro-batch + the sum of all stages' times per
+    /// micro-batch (fill and drain): the bound the bubble is predicted from.
+    pub fn from_measurements(
+        plan: &crate::plan::Plan,
+        steps: usize,
+        train_seconds: f64,
+        compute_per_rank: Vec<f64>,
+        wait_per_rank: Vec<f64>,
+        activation_mb: Vec<f64>,
+    ) -> PipelineSummary {
+        let (steps, micro) = (steps.max(1) as f64, plan.batches.micro_batches as f64);
+        let per_micro: Vec<f64> = compute_per_rank
+            .iter()
+            .take(plan.topology.stages)
+            .map(|c| c / (steps * micro))
+            .collect();
+        let slowest = per_micro.iter().cloned().fold(0.0, f64::max);
+        let predicted_step = (micro - 1.0) * slowest + per_micro.iter().sum::<f64>();
+        PipelineSummary {
+            schedule: plan.schedule.kind,
+            micro_batches: plan.batches.micro_batches,
+            stage_layers: format!("{:?}", plan.split.ranges),
+            bubble_fraction_per_rank: wait_per_rank.iter().map(|w| w / train_seconds).collect(),
+            bubble_formula: crate::schedule::bubble_formula(plan.topology.stages, plan.batches.micro_batches),
+            predicted_bubble_fraction_per_rank: compute_per_rank
+                .iter()
+                .map(|c| 1.0 - c / (steps * predicted_step))
+                .collect(),
+            predicted_samples_per_second: plan.batches.global as f64 / predicted_step,
+            compute_seconds_per_rank: compute_per_rank,
+            pipeline_wait_seconds_per_rank: wait_per_rank,
+            peak_activation_mb_per_rank: activation_mb,
+        }
+    }
 }
 
 /// Writes `metrics.csv` row by row (flushed after each epoch, so a killed run keeps its history).
@@ -168,6 +217,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn read_summary(path: &Path) -> Result<Summary> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a partrain summary", path.display()))
+}
+
+/// Where a rank's training time goes: forward, backward and optimizer (`compute`), averaging
+/// across replicas (`averaging`), and blocked on a neighbouring stage (`wait`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StepTimers {
+    pub compute: Timer,
+    pub averaging: Timer,
+    pub wait: Timer,
 }
 
 /// Accumulates the seconds spent in one kind of work.

@@ -161,8 +161,6 @@ pub struct ParamBlock {
 /// An ordered list of layers: a whole net or one pipeline stage's slice of it.
 pub struct Net {
     pub layers: Vec<Layer>,
-    /// Index of `layers[0]` in the full net (0 for a whole net).
-    pub first_layer: usize,
     pub compute: Compute,
 }
 
@@ -211,7 +209,6 @@ impl Net {
     /// Initialisation is PyTorch's default for Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     /// for weight (kaiming_uniform with a = sqrt(5)) and bias.
     pub fn build(specs: &[LayerSpec], range: std::ops::Range<usize>, seed: u64) -> Net {
-        let first_layer = range.start;
         let layers = specs[range.clone()]
             .iter()
             .zip(range)
@@ -238,7 +235,6 @@ impl Net {
             .collect();
         Net {
             layers,
-            first_layer,
             compute: Compute::default(),
         }
     }
@@ -369,35 +365,6 @@ impl Net {
     pub fn parameter_count(&self) -> i64 {
         self.parameters().iter().map(|p| p.numel() as i64).sum()
     }
-
-    /// Copies values from `(name, tensor)` pairs (a loaded safetensors file) into this net.
-    pub fn load_named(&self, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
-        for (name, p) in self.named_parameters() {
-            let (_, src) = tensors
-                .iter()
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| anyhow::anyhow!("tensor `{name}` missing"))?;
-            if src.size() != p.size() {
-                anyhow::bail!(
-                    "tensor `{name}` has shape {:?}, expected {:?}",
-                    src.size(),
-                    p.size()
-                );
-            }
-            tch::no_grad(|| p.shallow_clone().copy_(src));
-        }
-        Ok(())
-    }
-
-    pub fn save_safetensors(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        let named = self.named_parameters();
-        let pairs: Vec<(String, Tensor)> = named
-            .into_iter()
-            .map(|(n, t)| (n, t.detach().contiguous()))
-            .collect();
-        Tensor::write_safetensors(&pairs, path)?;
-        Ok(())
-    }
 }
 
 /// Contiguous split of layers with the given per-layer `costs` into `stages` non-empty stages
@@ -434,22 +401,13 @@ pub fn balance(costs: &[f64], stages: usize) -> Vec<usize> {
     bounds
 }
 
-/// Per-layer costs for balancing pipeline stages: `auto` measures forward+backward seconds on this
-/// machine and falls back to multiply-adds when a measurement is unusable; `macs` uses
-/// multiply-adds directly (element-wise layers count one operation per output element).
-/// Returns the costs and which of the two they are.
-pub fn layer_costs(specs: &[LayerSpec], input: [i64; 3], how: &str) -> (Vec<f64>, &'static str) {
-    if how == "auto" {
-        let secs = measure_layer_seconds(specs, input, 16, 5);
-        if secs.iter().all(|s| s.is_finite() && *s >= 0.0) && secs.iter().any(|s| *s > 0.0) {
-            return (secs, "measured forward+backward seconds");
-        }
-    }
-    let macs = describe(specs, input)
+/// Per-layer multiply-adds for balancing pipeline stages (element-wise layers count one
+/// operation per output element, so they are never free).
+pub fn macs_costs(specs: &[LayerSpec], input: [i64; 3]) -> Vec<f64> {
+    describe(specs, input)
         .iter()
         .map(|l| l.macs.max(l.output_shape.iter().product::<i64>()) as f64)
-        .collect();
-    (macs, "multiply-adds")
+        .collect()
 }
 
 /// Ranges of layer indices per stage, from boundaries.

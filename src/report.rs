@@ -6,7 +6,9 @@
 //! scaling): for the same number of training images that is T_serial / T_run. Efficiency =
 //! speedup / total cores (ranks x threads per rank).
 
+use crate::config::BatchScope;
 use crate::metrics::{read_summary, Summary};
+use crate::plan::Strategy;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use serde::Serialize;
@@ -99,12 +101,10 @@ pub struct Row {
 }
 
 fn scaling(s: &Summary) -> &'static str {
-    if s.strategy == "serial" {
-        "baseline"
-    } else if s.batch_scope == "global" {
-        "strong"
-    } else {
-        "weak"
+    match (s.strategy, s.batch_scope) {
+        (Strategy::Serial, _) => "baseline",
+        (_, BatchScope::Global) => "strong",
+        (_, BatchScope::PerRank) => "weak",
     }
 }
 
@@ -121,7 +121,9 @@ fn baseline<'a>(r: &RunRecord, records: &'a [RunRecord]) -> Option<&'a RunRecord
     records
         .iter()
         .filter(|b| {
-            b.summary.strategy == "serial" && b.summary.dataset == s.dataset && b.summary.model == s.model
+            b.summary.strategy == Strategy::Serial
+                && b.summary.dataset == s.dataset
+                && b.summary.model == s.model
         })
         .min_by_key(|b| {
             (
@@ -152,7 +154,7 @@ pub fn rows(records: &[RunRecord]) -> Vec<Row> {
                 .unwrap_or(0.0);
             Row {
                 run: r.name.clone(),
-                strategy: s.strategy.clone(),
+                strategy: s.strategy.name().into(),
                 dataset: s.dataset.clone(),
                 scaling: scaling(s).into(),
                 ranks: s.world_size,

@@ -309,14 +309,74 @@ fn resume_errors() {
     assert_eq!(r.status.code(), Some(2));
 }
 
+/// Thread counts and launchers a new user gets wrong: an absurd thread count is refused, more
+/// threads than cores is warned about with the figures, and `partrain serial` started as one of
+/// several MPI ranks is refused (they would all write one run folder) with a pointer to `dp`.
+#[test]
+fn threads_and_launcher_mistakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let cfg = config("base.yaml");
+    rejects(
+        &[
+            "serial",
+            "--config",
+            &cfg,
+            "--set",
+            "parallel.threads_per_rank=100000",
+            "--out",
+            o,
+        ],
+        &out,
+        &["parallel.threads_per_rank", "100000", "at most 4096"],
+    );
+    let slow = tmp.path().join("slow");
+    let cores = partrain::util::node_cores();
+    let many = (4 * cores).to_string();
+    let set_threads = format!("parallel.threads_per_rank={many}");
+    let run = partrain(&refs(&run_args(
+        "serial",
+        "base.yaml",
+        &slow,
+        &[
+            set_threads.as_str(),
+            "train.max_steps=2",
+            "data.train_limit=640",
+            "data.test_limit=100",
+        ],
+    )));
+    assert_ok(&run);
+    let msg = text(&run);
+    assert!(
+        msg.contains(&format!("warning: parallel.threads_per_rank = {many} x 1 rank on a node = {many} threads for its {cores} cores")),
+        "{msg}"
+    );
+    // `mpirun -np 2 partrain serial`: refused on both ranks, nothing written.
+    let (o2, took) = mpirun(2, &["serial", "--config", &cfg, "--out", o]);
+    let msg = text(&o2);
+    assert!(!o2.status.success(), "{msg}");
+    assert!(took < Duration::from_secs(30));
+    assert!(
+        msg.contains("one of 2 MPI ranks") && msg.contains("mpirun -np 2 partrain dp"),
+        "{msg}"
+    );
+    assert!(!out.exists(), "nothing written");
+}
+
 #[test]
 fn cli_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    rejects(
-        &["data", "fetch", "imagenet", "--dir", out.to_str().unwrap()],
-        &out,
-        &["unknown data set `imagenet`"],
+    // clap knows the data sets: a usage error (exit 2) that lists them.
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["data", "fetch", "imagenet", "--dir", out.to_str().unwrap()]);
+    let (o, _) = run_with_limit(cmd, Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("imagenet") && text(&o).contains("mnist, fashion-mnist, cifar10"),
+        "{}",
+        text(&o)
     );
     rejects(
         &[

@@ -53,7 +53,8 @@ fn strong_and_weak_tables_for_1_and_2_ranks() {
     let (o, _) = mpirun(2, &["conv-bench", "--mode", "sideways", "--out", out]);
     assert!(!o.status.success());
     assert!(
-        text(&o).contains("--mode: expected strong or weak"),
+        text(&o).contains("invalid value 'sideways' for '--mode <MODE>'")
+            && text(&o).contains("[possible values: strong, weak]"),
         "{}",
         text(&o)
     );

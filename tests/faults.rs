@@ -109,7 +109,7 @@ fn stalled_rank_is_caught_by_the_watchdog() {
     assert!(!o.status.success(), "{msg}");
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(
-        msg.contains("partrain rank 0") && msg.contains("no progress") && msg.contains("all-reduce"),
+        msg.contains("partrain rank 0") && msg.contains("no progress") && msg.contains("gradient averaging"),
         "{msg}"
     );
     assert!(
@@ -191,12 +191,12 @@ fn kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes() {
     assert!(err.contains("rank 1"), "mpirun names the lost rank:\n{err}");
     // The checkpoint is intact and resumable.
     let ck = partrain::checkpoint::Checkpoint::load(&out).unwrap();
-    assert!(ck.position.global_step >= 5);
+    assert!(ck.meta.position.global_step >= 5);
     // Resume and train to the end of the next epoch (train.epochs may change on resume).
     let mut resume = args.clone();
     for s in [
         "--set".to_string(),
-        format!("train.epochs={}", ck.position.epoch + 1),
+        format!("train.epochs={}", ck.meta.position.epoch + 1),
         "--resume".into(),
     ] {
         resume.push(s);
@@ -229,9 +229,120 @@ fn nan_loss_stops_the_run_and_keeps_the_good_checkpoint() {
     assert_eq!(s["status"], "failed");
     assert!(s["error"].as_str().unwrap().contains("NaN"));
     let ck = partrain::checkpoint::Checkpoint::load(&out).unwrap();
-    assert_eq!(ck.position.global_step, 10);
+    assert_eq!(ck.meta.position.global_step, 10);
     for (name, t) in &ck.tensors {
         assert_eq!(t.isfinite().all().int64_value(&[]), 1, "{name} is not finite");
     }
     assert!(!out.join("model.safetensors").exists());
+}
+
+/// A panic on one rank (a bug, not an error it reports) ends the whole job at once: the panic
+/// hook names the rank and calls MPI_Abort, instead of leaving the others to wait out
+/// `parallel.timeout_s` (300 s by default) while the panicking rank sits in MPI_Finalize.
+#[test]
+fn a_panicking_rank_ends_the_job_within_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("panic");
+    let args = slice_args("dp", "data_parallel.yaml", &out, &[]);
+    let (o, took) = mpirun_with_fault(2, &refs(&args), "panic:1:3");
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(took < Duration::from_secs(10), "took {took:?}:\n{msg}");
+    assert!(
+        msg.contains("partrain rank 1/2: panic") && msg.contains("step 3"),
+        "{msg}"
+    );
+    println!("panic on rank 1 ended the job in {took:?}");
+}
+
+/// The dp equivalence run's arguments with a fixed global batch, on `np`-independent data.
+fn rescale_args(out: &Path, scope: &str, batch: &str) -> Vec<String> {
+    slice_args(
+        "dp",
+        "data_parallel.yaml",
+        out,
+        &["model.dropout=0", scope, batch],
+    )
+}
+
+/// `--resume` on another rank count continues the same mathematics when the layout keeps the
+/// global batch (batch_scope global): dp 2 ranks -> checkpoint -> dp 4 ranks ends within the
+/// equivalence tolerance of the uninterrupted 2-rank run. With batch_scope per_rank the global
+/// batch would change, and the resume is refused naming both layouts.
+#[test]
+fn resume_on_another_rank_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
+    let global = ("train.batch_scope=global", "train.batch_size=64");
+    assert_ok(&mpirun(2, &refs(&rescale_args(&full, global.0, global.1))).0);
+    let mut args = rescale_args(&part, global.0, global.1);
+    let (o, _) = mpirun_with_fault(2, &refs(&args), "exit-after-epoch:0:1");
+    assert!(!o.status.success());
+    args.push("--resume".into());
+    let (o, _) = mpirun(4, &refs(&args));
+    assert_ok(&o);
+    assert!(text(&o).contains("resuming at epoch 2"), "{}", text(&o));
+    assert_eq!(summary(&part)["world_size"], 4);
+    assert_matches_serial(&full, &part, "dp 2 ranks resumed on 4");
+
+    let per_rank = tmp.path().join("per_rank");
+    let mut args = rescale_args(&per_rank, "train.batch_scope=per_rank", "train.batch_size=32");
+    let (o, _) = mpirun_with_fault(2, &refs(&args), "exit-after-epoch:0:1");
+    assert!(!o.status.success());
+    let before = std::fs::read(per_rank.join(partrain::checkpoint::FILE)).unwrap();
+    args.push("--resume".into());
+    let (o, took) = mpirun(4, &refs(&args));
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(took < Duration::from_secs(30));
+    assert!(
+        msg.contains("2 ranks = 1 stages x 2 replicas, global batch 64")
+            && msg.contains("4 ranks = 1 stages x 4 replicas, global batch 128"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(per_rank.join(partrain::checkpoint::FILE)).unwrap(),
+        before
+    );
+}
+
+/// A checkpoint of another format version is refused by name, before anything is touched.
+#[test]
+fn other_checkpoint_versions_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut args = slice_args("serial", "base.yaml", &out, &["train.epochs=1"]);
+    assert_ok(&partrain(&refs(&args)));
+    let ck = out.join(partrain::checkpoint::FILE);
+    let tensors = tch::Tensor::read_safetensors(&ck).unwrap();
+    let rewrite = |meta: Option<(&str, tch::Tensor)>| {
+        let mut t: Vec<(String, tch::Tensor)> = tensors
+            .iter()
+            .filter(|(n, _)| n != "meta.json")
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        t.extend(meta.map(|(n, v)| (n.to_string(), v)));
+        tch::Tensor::write_safetensors(&t, &ck).unwrap();
+    };
+    args.extend(["--set".into(), "train.epochs=2".into(), "--resume".into()]);
+    // Version 1 kept unnamed number arrays.
+    rewrite(Some(("meta.ints", tch::Tensor::from_slice(&[1i64, 20, 20]))));
+    let o = partrain(&refs(&args));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("version 1 checkpoint"), "{}", text(&o));
+    // A newer version.
+    let meta = br#"{"format": "partrain-checkpoint", "version": 3}"#;
+    rewrite(Some(("meta.json", tch::Tensor::from_slice(&meta[..]))));
+    let o = partrain(&refs(&args));
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("version 3") && text(&o).contains("newer partrain"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        summary(&out)["status"],
+        "completed",
+        "the finished run is left alone"
+    );
 }

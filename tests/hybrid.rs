@@ -116,7 +116,7 @@ fn bad_layouts_are_refused_on_every_rank() {
         (
             2,
             vec!["parallel.schedule=pipedream"],
-            vec!["parallel.schedule", "pipedream", "gpipe or 1f1b"],
+            vec!["parallel.schedule", "pipedream", "expected `gpipe` or `1f1b`"],
         ),
     ];
     for (np, sets, expected) in cases {

@@ -109,3 +109,24 @@ fn inspect_prints_seed_parameter_counts() {
     assert_ok(&o);
     assert!(text(&o).contains("total parameters 1070794"), "{}", text(&o));
 }
+
+/// `parallel.micro_batches` > 1 on one stage is gradient accumulation: the same step computed in
+/// pieces (each piece's mean loss scaled by 1/M), so the weights after 50 steps equal the
+/// un-accumulated run's within the equivalence tolerance.
+#[test]
+fn gradient_accumulation_equals_one_large_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = serial_reference(tmp.path());
+    let acc = tmp.path().join("accumulated");
+    let mut args = equivalence_args("serial", &acc);
+    args.extend(["--set".into(), "parallel.micro_batches=4".into()]);
+    let o = partrain(&refs(&args));
+    assert_ok(&o);
+    assert!(
+        text(&o).contains("4 micro-batches of 16 (gradient accumulation)"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(summary(&acc)["micro_batches"], 4);
+    assert_matches_serial(&whole, &acc, "serial with 4 accumulated micro-batches");
+}

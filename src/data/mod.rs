@@ -68,6 +68,77 @@ fn read_file(path: &Path, name: DatasetName) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read data file {}", path.display()))
 }
 
+/// Raw bytes of one split: pixels (N x C x H x W, u8) and labels.
+type RawSplit = (Vec<u8>, Vec<u8>);
+
+/// One IDX image file and its label file, checked against each other.
+fn read_idx_split(dir: &Path, name: DatasetName, img: &str, lab: &str) -> Result<RawSplit> {
+    let (ip, lp) = (dir.join(img), dir.join(lab));
+    let images = idx::parse_images(read_file(&ip, name)?, &ip.display().to_string())?;
+    let labels = idx::parse_labels(&read_file(&lp, name)?, &lp.display().to_string(), NUM_CLASSES)?;
+    if images.n != labels.len() {
+        bail!(
+            "{} has {} images but {} has {} labels: the counts must agree",
+            ip.display(),
+            images.n,
+            lp.display(),
+            labels.len()
+        );
+    }
+    if [images.rows, images.cols] != [28, 28] {
+        bail!(
+            "{}: images are {}x{}, expected 28x28",
+            ip.display(),
+            images.rows,
+            images.cols
+        );
+    }
+    Ok((images.pixels, labels))
+}
+
+/// CIFAR-10's binary batches (in `dir` or its `cifar-10-batches-bin/`), appended in order.
+fn read_cifar_split(dir: &Path, files: &[&str]) -> Result<RawSplit> {
+    let base = if dir.join("cifar-10-batches-bin").is_dir() {
+        dir.join("cifar-10-batches-bin")
+    } else {
+        dir.to_path_buf()
+    };
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for f in files {
+        let p = base.join(f);
+        let bytes = read_file(&p, DatasetName::Cifar10)?;
+        cifar::parse_batch(&bytes, &p.display().to_string(), &mut pixels, &mut labels)?;
+    }
+    Ok((pixels, labels))
+}
+
+/// Resident, normalised tensors of a split of `shape` images.
+fn to_split((px, lab): RawSplit, shape: [i64; 3], name: DatasetName) -> Split {
+    let (mean, std) = normalisation(name);
+    let n = lab.len() as i64;
+    let images = Tensor::from_slice(&px)
+        .reshape([n, shape[0], shape[1], shape[2]])
+        .to_kind(Kind::Float)
+        / 255.0;
+    let c = shape[0];
+    let m = Tensor::from_slice(&mean).to_kind(Kind::Float).view([1, c, 1, 1]);
+    let s = Tensor::from_slice(&std).to_kind(Kind::Float).view([1, c, 1, 1]);
+    let images = ((images - m) / s).contiguous();
+    let labels = Tensor::from_slice(&lab).to_kind(Kind::Int64);
+    Split { images, labels }
+}
+
+/// Hash of what was loaded (sizes, labels, every 97th pixel): compared across ranks.
+fn fingerprint(splits: [&RawSplit; 2]) -> u64 {
+    let mut fp = Vec::new();
+    for s in splits {
+        fp.extend_from_slice(&(s.1.len() as u64).to_le_bytes());
+        fp.extend_from_slice(&s.1);
+        fp.extend(s.0.iter().step_by(97));
+    }
+    crate::util::fnv1a(&fp)
+}
+
 pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     let dir = PathBuf::from(cfg.dir());
     if !dir.is_dir() {
@@ -77,64 +148,18 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             fetch_hint(cfg.dataset)
         );
     }
-    let (mut train, mut test, shape) = match cfg.dataset {
-        DatasetName::Mnist | DatasetName::FashionMnist => {
-            let split = |img: &str, lab: &str| -> Result<(Vec<u8>, Vec<u8>, [usize; 3])> {
-                let ip = dir.join(img);
-                let lp = dir.join(lab);
-                let images = idx::parse_images(read_file(&ip, cfg.dataset)?, &ip.display().to_string())?;
-                let labels = idx::parse_labels(
-                    &read_file(&lp, cfg.dataset)?,
-                    &lp.display().to_string(),
-                    NUM_CLASSES,
-                )?;
-                if images.n != labels.len() {
-                    bail!(
-                        "{} has {} images but {} has {} labels: the counts must agree",
-                        ip.display(),
-                        images.n,
-                        lp.display(),
-                        labels.len()
-                    );
-                }
-                Ok((images.pixels, labels, [1, images.rows, images.cols]))
-            };
-            let tr = split(IDX_FILES[0], IDX_FILES[1])?;
-            let te = split(IDX_FILES[2], IDX_FILES[3])?;
-            if tr.2 != [1, 28, 28] || te.2 != [1, 28, 28] {
-                bail!("{}: images are {:?}, expected 28x28", dir.display(), tr.2);
-            }
-            let shape = tr.2;
-            ((tr.0, tr.1), (te.0, te.1), shape)
-        }
-        DatasetName::Cifar10 => {
-            let base = if dir.join("cifar-10-batches-bin").is_dir() {
-                dir.join("cifar-10-batches-bin")
-            } else {
-                dir.clone()
-            };
-            let (mut tp, mut tl) = (Vec::new(), Vec::new());
-            for f in cifar::TRAIN_FILES {
-                let p = base.join(f);
-                cifar::parse_batch(
-                    &read_file(&p, cfg.dataset)?,
-                    &p.display().to_string(),
-                    &mut tp,
-                    &mut tl,
-                )?;
-            }
-            let (mut ep, mut el) = (Vec::new(), Vec::new());
-            let p = base.join(cifar::TEST_FILE);
-            cifar::parse_batch(
-                &read_file(&p, cfg.dataset)?,
-                &p.display().to_string(),
-                &mut ep,
-                &mut el,
-            )?;
-            ((tp, tl), (ep, el), [3, 32, 32])
-        }
+    let (mut train, mut test) = match cfg.dataset {
+        DatasetName::Mnist | DatasetName::FashionMnist => (
+            read_idx_split(&dir, cfg.dataset, IDX_FILES[0], IDX_FILES[1])?,
+            read_idx_split(&dir, cfg.dataset, IDX_FILES[2], IDX_FILES[3])?,
+        ),
+        DatasetName::Cifar10 => (
+            read_cifar_split(&dir, &cifar::TRAIN_FILES)?,
+            read_cifar_split(&dir, &[cifar::TEST_FILE])?,
+        ),
     };
-    let per_image: usize = shape.iter().product();
+    let shape = cfg.dataset.image_shape();
+    let per_image = shape.iter().product::<i64>() as usize;
     for (split, limit) in [(&mut train, cfg.train_limit), (&mut test, cfg.test_limit)] {
         if let Some(l) = limit {
             let n = l.min(split.1.len());
@@ -142,28 +167,10 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             split.1.truncate(n);
         }
     }
-    let mut fp = Vec::new();
-    for s in [&train, &test] {
-        fp.extend_from_slice(&(s.1.len() as u64).to_le_bytes());
-        fp.extend_from_slice(&s.1);
-        fp.extend(s.0.iter().step_by(97));
-    }
-    let (mean, std) = normalisation(cfg.dataset);
-    let to_split = |(px, lab): (Vec<u8>, Vec<u8>)| -> Split {
-        let n = lab.len() as i64;
-        let dims = [n, shape[0] as i64, shape[1] as i64, shape[2] as i64];
-        let images = Tensor::from_slice(&px).reshape(dims).to_kind(Kind::Float) / 255.0;
-        let c = shape[0] as i64;
-        let m = Tensor::from_slice(&mean).to_kind(Kind::Float).view([1, c, 1, 1]);
-        let s = Tensor::from_slice(&std).to_kind(Kind::Float).view([1, c, 1, 1]);
-        let images = ((images - m) / s).contiguous();
-        let labels = Tensor::from_slice(&lab).to_kind(Kind::Int64);
-        Split { images, labels }
-    };
     Ok(Dataset {
         name: cfg.dataset,
-        train: to_split(train),
-        test: to_split(test),
-        fingerprint: crate::util::fnv1a(&fp),
+        fingerprint: fingerprint([&train, &test]),
+        train: to_split(train, shape, cfg.dataset),
+        test: to_split(test, shape, cfg.dataset),
     })
 }

@@ -1,0 +1,429 @@
+//! The MPI layer: the only module that talks to MPI. `Comm::solo()` is a one-rank stand-in with
+//! the same methods, so the serial baseline runs without `mpirun` and without initialising MPI.
+//!
+//! - `mod.rs`: communicators, collectives (generic over the `mpi` crate's `Equivalence`),
+//!   point-to-point messages and the world's shape (which rank sits on which node);
+//! - `shared.rs`: node-shared windows and the gradient mean computed in them;
+//! - `tags.rs`: every message tag;
+//! - `worker.rs`: the all-reduce thread that overlaps averaging with backward.
+//!
+//! Every blocking call registers what it waits for with the watchdog (`crate::watchdog`), and
+//! every raw MPI call's return code is checked (`check`).
+
+mod shared;
+mod tags;
+mod worker;
+
+pub use shared::NodeMean;
+pub use tags::{Tag, GUARANTEED_TAG_UB};
+pub use worker::ReduceWorker;
+
+use crate::watchdog::waiting as waiting_for;
+use anyhow::Result;
+use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
+use mpi::ffi;
+use mpi::request::{LocalScope, Request};
+use mpi::topology::{Color, Communicator, SimpleCommunicator};
+use mpi::traits::*;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Panics (and so, through the panic hook, aborts the job) when a raw MPI call fails. With MPI's
+/// default error handler a failing call already aborts; this also covers handlers that return.
+pub(crate) fn check(code: std::ffi::c_int, call: &str) {
+    if code != ffi::MPI_SUCCESS as std::ffi::c_int {
+        panic!("{call} failed with MPI error code {code}");
+    }
+}
+
+/// MPI_Abort on the world communicator; safe from any thread (MPI_THREAD_MULTIPLE).
+pub fn abort_world(code: i32) {
+    // SAFETY: plain FFI call on the predefined world communicator; it does not return.
+    unsafe {
+        ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, code);
+    }
+}
+
+enum Inner {
+    Solo,
+    Mpi {
+        // MPI is finalised when the last holder of the universe drops it, so sub-communicators
+        // keep it alive too (freeing a communicator after MPI_Finalize is an error).
+        universe: Rc<mpi::environment::Universe>,
+        comm: SimpleCommunicator,
+    },
+}
+
+pub struct Comm {
+    inner: Inner,
+    rank: usize,
+    size: usize,
+}
+
+/// Where every rank of a communicator runs: `node_of_rank[r]` numbers rank r's node (0, 1, ...
+/// in order of each node's lowest rank).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorldShape {
+    pub size: usize,
+    pub rank: usize,
+    pub node_of_rank: Vec<usize>,
+}
+
+impl WorldShape {
+    /// `size` ranks filled into nodes of `ranks_per_node` in rank order (mpirun's default
+    /// by-slot mapping): what `partrain inspect` assumes for a launch it cannot see.
+    pub fn blocks(size: usize, ranks_per_node: usize) -> WorldShape {
+        let per = ranks_per_node.max(1);
+        WorldShape {
+            size,
+            rank: 0,
+            node_of_rank: (0..size).map(|r| r / per).collect(),
+        }
+    }
+    pub fn nodes(&self) -> usize {
+        self.node_of_rank.iter().max().map_or(1, |m| m + 1)
+    }
+    /// Ranks on the busiest node.
+    pub fn ranks_per_node(&self) -> usize {
+        (0..self.nodes())
+            .map(|n| self.node_of_rank.iter().filter(|&&x| x == n).count())
+            .max()
+            .unwrap_or(1)
+    }
+    /// Ranks on this rank's node.
+    pub fn local_ranks(&self) -> usize {
+        let mine = self.node_of_rank[self.rank];
+        self.node_of_rank.iter().filter(|&&x| x == mine).count()
+    }
+    /// Whether all of `ranks` sit on one node.
+    pub fn on_one_node(&self, ranks: impl IntoIterator<Item = usize>) -> bool {
+        let mut nodes = ranks.into_iter().map(|r| self.node_of_rank[r]);
+        let first = nodes.next();
+        nodes.all(|n| Some(n) == first)
+    }
+}
+
+/// When this process is one of several ranks started by a launcher (Open MPI's mpirun, a PMI
+/// launcher such as MPICH's, or Slurm's srun), the launcher's variable and its rank count.
+pub fn launched_as_one_of_several() -> Option<(String, usize)> {
+    for var in [
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_SIZE",
+        "SLURM_STEP_NUM_TASKS",
+    ] {
+        if let Some(n) = std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            if n > 1 {
+                return Some((var.to_string(), n));
+            }
+        }
+    }
+    None
+}
+
+impl Comm {
+    pub fn solo() -> Comm {
+        Comm {
+            inner: Inner::Solo,
+            rank: 0,
+            size: 1,
+        }
+    }
+
+    /// Initialises MPI (a binary started without mpirun becomes a one-rank MPI job).
+    pub fn init_mpi() -> Result<Comm> {
+        // Multiple: the watchdog thread may call MPI_Abort while the main thread waits in MPI.
+        let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Multiple)
+            .ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
+        let comm = universe.world();
+        let (rank, size) = (comm.rank() as usize, comm.size() as usize);
+        Ok(Comm {
+            inner: Inner::Mpi {
+                universe: Rc::new(universe),
+                comm,
+            },
+            rank,
+            size,
+        })
+    }
+
+    fn wrap(&self, sub: SimpleCommunicator) -> Comm {
+        let Inner::Mpi { universe, .. } = &self.inner else {
+            unreachable!("sub-communicators come from MPI communicators")
+        };
+        let (rank, size) = (sub.rank() as usize, sub.size() as usize);
+        Comm {
+            inner: Inner::Mpi {
+                universe: universe.clone(),
+                comm: sub,
+            },
+            rank,
+            size,
+        }
+    }
+
+    /// MPI_Comm_split: ranks passing the same `color` form one sub-communicator, ordered by `key`.
+    /// Collective over this communicator.
+    pub fn split(&self, color: usize, key: usize) -> Comm {
+        match &self.inner {
+            Inner::Solo => Comm::solo(),
+            Inner::Mpi { comm, .. } => self.wrap(
+                comm.split_by_color_with_key(Color::with_value(color as i32), key as i32)
+                    .expect("a non-negative color always yields a communicator"),
+            ),
+        }
+    }
+
+    /// The ranks of this communicator that share this node (MPI_Comm_split_type SHARED).
+    /// Collective.
+    pub fn node_local(&self) -> Comm {
+        match &self.inner {
+            Inner::Solo => Comm::solo(),
+            Inner::Mpi { comm, .. } => self.wrap(comm.split_shared(self.rank as i32)),
+        }
+    }
+
+    /// Which node every rank runs on. Collective.
+    pub fn shape(&self) -> WorldShape {
+        let local = self.node_local();
+        // A node is named by its lowest rank; every rank learns every rank's node name.
+        let mut leader = [self.rank as u64];
+        local.broadcast(&mut leader, 0);
+        let leaders = self.all_gather(leader[0]);
+        let mut names = leaders.clone();
+        names.sort_unstable();
+        names.dedup();
+        WorldShape {
+            size: self.size,
+            rank: self.rank,
+            node_of_rank: leaders
+                .iter()
+                .map(|l| names.binary_search(l).expect("own name"))
+                .collect(),
+        }
+    }
+
+    /// The largest message tag this communicator accepts (MPI_TAG_UB; at least 32,767).
+    pub fn tag_ub(&self) -> i64 {
+        let Inner::Mpi { comm, .. } = &self.inner else {
+            return i32::MAX as i64;
+        };
+        let mut value: *mut std::ffi::c_int = std::ptr::null_mut();
+        let mut flag: std::ffi::c_int = 0;
+        // SAFETY: MPI_TAG_UB is a predefined attribute of every communicator; MPI stores a pointer
+        // to its int value in `value` (an out-parameter) and sets `flag`.
+        unsafe {
+            check(
+                ffi::MPI_Comm_get_attr(
+                    mpi::raw::AsRaw::as_raw(comm),
+                    ffi::MPI_TAG_UB as std::ffi::c_int,
+                    &mut value as *mut *mut std::ffi::c_int as *mut std::ffi::c_void,
+                    &mut flag,
+                ),
+                "MPI_Comm_get_attr(MPI_TAG_UB)",
+            );
+            if flag != 0 && !value.is_null() {
+                *value as i64
+            } else {
+                GUARANTEED_TAG_UB
+            }
+        }
+    }
+
+    /// Blocking receive of exactly `buf.len()` values from `src`.
+    pub fn recv<T: Equivalence>(&self, src: usize, tag: Tag, buf: &mut [T]) {
+        let Inner::Mpi { comm, .. } = &self.inner else {
+            panic!("recv on a one-rank communicator")
+        };
+        let _w = waiting_for("receive", || format!("rank {src}, {tag:?}"));
+        comm.process_at_rank(src as i32)
+            .receive_into_with_tag(buf, tag.value());
+    }
+
+    /// Blocking send of `data` to `dest` (one-directional flows only: evaluation, gathers).
+    pub fn send<T: Equivalence>(&self, dest: usize, tag: Tag, data: &[T]) {
+        let Inner::Mpi { comm, .. } = &self.inner else {
+            panic!("send on a one-rank communicator")
+        };
+        let _w = waiting_for("send", || format!("rank {dest}, {tag:?}"));
+        comm.process_at_rank(dest as i32).send_with_tag(data, tag.value())
+    }
+
+    /// Runs `f` with an `AsyncSends` whose sends are non-blocking (MPI_Isend) from buffers of
+    /// `arena` and are all waited for when `f` returns. Receives inside `f` are blocking, so
+    /// every receive is posted while the matching sends are already in flight: no rendezvous
+    /// deadlock between two neighbours that both send before they receive. On a one-rank
+    /// stand-in there is nobody to talk to, and `f` must not send or receive.
+    pub fn with_async_sends<R>(
+        &self,
+        arena: &mut [Vec<f32>],
+        f: impl FnOnce(&mut AsyncSends<'_, '_>) -> R,
+    ) -> R {
+        let comm = match &self.inner {
+            Inner::Mpi { comm, .. } => Some(comm),
+            Inner::Solo => None,
+        };
+        mpi::request::scope(|scope| {
+            let mut sends = AsyncSends {
+                comm,
+                scope,
+                free: arena.iter_mut(),
+                pending: Vec::new(),
+            };
+            let out = f(&mut sends);
+            if !sends.pending.is_empty() {
+                let _w = waiting_for("completion of pipeline sends", || {
+                    "the neighbouring stages".into()
+                });
+                for req in sends.pending.drain(..) {
+                    req.wait();
+                }
+            }
+            out
+        })
+    }
+
+    /// Gives every blocking MPI call of this process a deadline (see `watchdog`).
+    pub fn start_watchdog(&self, timeout_s: f64) {
+        if let Inner::Mpi { .. } = &self.inner {
+            crate::watchdog::start(Duration::from_secs_f64(timeout_s), self.rank, abort_world);
+        }
+    }
+
+    fn group(&self) -> String {
+        format!("all {} ranks of a collective", self.size)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    pub fn is_root(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Element-wise sum over all ranks of `send` into `recv` (same length).
+    pub fn all_reduce_sum<T: Equivalence + Copy>(&self, send: &[T], recv: &mut [T]) {
+        match &self.inner {
+            Inner::Solo => recv.copy_from_slice(send),
+            Inner::Mpi { comm, .. } => {
+                let _w = waiting_for("all-reduce", || self.group());
+                comm.all_reduce_into(send, recv, SystemOperation::sum())
+            }
+        }
+    }
+
+    /// The element-wise sum over all ranks of `values`.
+    pub fn sum<T: Equivalence + Copy>(&self, values: &[T]) -> Vec<T> {
+        let mut out = values.to_vec();
+        self.all_reduce_sum(values, &mut out);
+        out
+    }
+
+    /// Overwrites `buf` on every rank with rank `root`'s contents.
+    pub fn broadcast<T: Equivalence>(&self, buf: &mut [T], root: usize) {
+        if let Inner::Mpi { comm, .. } = &self.inner {
+            let _w = waiting_for("broadcast", || format!("rank {root}"));
+            comm.process_at_rank(root as i32).broadcast_into(buf);
+        }
+    }
+
+    /// Every rank's `value`, indexed by rank.
+    pub fn all_gather<T: Equivalence + Copy>(&self, value: T) -> Vec<T> {
+        let mut out = vec![value; self.size];
+        if let Inner::Mpi { comm, .. } = &self.inner {
+            let _w = waiting_for("all-gather", || self.group());
+            comm.all_gather_into(&value, &mut out[..]);
+        }
+        out
+    }
+
+    pub fn barrier(&self) {
+        if let Inner::Mpi { comm, .. } = &self.inner {
+            let _w = waiting_for("barrier", || self.group());
+            comm.barrier();
+        }
+    }
+
+    /// Ends every rank of the job (MPI_Abort) with `code`; in a solo run, exits the process.
+    pub fn abort(&self, code: i32) -> ! {
+        match &self.inner {
+            Inner::Solo => std::process::exit(code),
+            Inner::Mpi { comm, .. } => comm.abort(code),
+        }
+    }
+
+    /// Gradient averaging through node-shared memory over this communicator, whose ranks must
+    /// all share one node, with `n` f32 per rank. Collective.
+    pub fn node_mean(&self, n: usize) -> Rc<NodeMean> {
+        let Inner::Mpi { comm, .. } = &self.inner else {
+            panic!("node_mean on a one-rank communicator")
+        };
+        let node = comm.split_shared(self.rank as i32);
+        assert_eq!(
+            node.size() as usize,
+            self.size,
+            "the plan chose shared-memory averaging for ranks on several nodes"
+        );
+        Rc::new(NodeMean::new(node, n))
+    }
+}
+
+/// Non-blocking sends in flight during one `Comm::with_async_sends` call.
+pub struct AsyncSends<'a, 's> {
+    comm: Option<&'s SimpleCommunicator>,
+    scope: &'s LocalScope<'a>,
+    free: std::slice::IterMut<'a, Vec<f32>>,
+    pending: Vec<Request<'a, [f32], &'s LocalScope<'a>>>,
+}
+
+impl<'a, 's> AsyncSends<'a, 's> {
+    fn comm(&self) -> &'s SimpleCommunicator {
+        self.comm.expect("a one-rank run has no neighbouring stage")
+    }
+
+    /// Lets `fill` write `len` values into the next free arena buffer, then starts sending it.
+    pub fn send_with(&mut self, dest: usize, tag: Tag, len: usize, fill: impl FnOnce(&mut [f32])) {
+        let comm = self.comm();
+        let buf = self
+            .free
+            .next()
+            .expect("send arena has a buffer for every send of a step");
+        buf.resize(len, 0.0);
+        fill(&mut buf[..]);
+        let buf: &'a Vec<f32> = buf;
+        let req =
+            comm.process_at_rank(dest as i32)
+                .immediate_send_with_tag(self.scope, &buf[..], tag.value());
+        self.pending.push(req);
+    }
+
+    /// Blocking receive of exactly `buf.len()` f32 from `src`.
+    pub fn recv(&mut self, src: usize, tag: Tag, buf: &mut [f32]) {
+        let comm = self.comm();
+        let _w = waiting_for("receive", || format!("rank {src}, {tag:?}"));
+        comm.process_at_rank(src as i32)
+            .receive_into_with_tag(buf, tag.value());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn world_shape_counts_nodes() {
+        let s = WorldShape::blocks(6, 4);
+        assert_eq!(s.node_of_rank, vec![0, 0, 0, 0, 1, 1]);
+        assert_eq!((s.nodes(), s.ranks_per_node(), s.local_ranks()), (2, 4, 4));
+        assert!(s.on_one_node([0, 3]));
+        assert!(!s.on_one_node([3, 4]));
+        assert_eq!(WorldShape::blocks(1, 1).nodes(), 1);
+    }
+}

@@ -1,0 +1,120 @@
+//! A thread that runs all-reduces (sum of f32) on its own duplicate of a communicator, so that
+//! they proceed while the main thread computes (MPI runs with MPI_THREAD_MULTIPLE). Used to overlap
+//! the gradient all-reduce of finished layer blocks with the backward of earlier blocks.
+
+use super::{check, waiting_for, Comm, Inner};
+use mpi::ffi;
+
+pub struct ReduceWorker {
+    jobs: Option<std::sync::mpsc::Sender<ReduceJob>>,
+    done: std::sync::mpsc::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    ranks: usize,
+}
+
+struct ReduceJob {
+    send: usize,
+    recv: usize,
+    len: usize,
+}
+
+/// An MPI communicator handle moved into the worker thread (used only there).
+struct RawComm(ffi::MPI_Comm);
+// SAFETY: the handle is only used by the worker thread after the hand-over, and MPI was
+// initialised with MPI_THREAD_MULTIPLE.
+unsafe impl Send for RawComm {}
+
+impl Comm {
+    /// Starts a `ReduceWorker` on a duplicate of this communicator (collective: every rank of the
+    /// communicator calls it at the same point). None on a one-rank stand-in.
+    pub fn reduce_worker(&self) -> Option<ReduceWorker> {
+        let Inner::Mpi { comm, .. } = &self.inner else {
+            return None;
+        };
+        // SAFETY: reading a predefined handle.
+        let mut dup: ffi::MPI_Comm = unsafe { ffi::RSMPI_COMM_NULL };
+        // SAFETY: plain FFI on a valid communicator; `dup` is an out-parameter.
+        unsafe {
+            check(
+                ffi::MPI_Comm_dup(mpi::raw::AsRaw::as_raw(comm), &mut dup),
+                "MPI_Comm_dup",
+            )
+        };
+        let raw = RawComm(dup);
+        let (jobs, rx) = std::sync::mpsc::channel::<ReduceJob>();
+        let (tx_done, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("partrain-allreduce".into())
+            .spawn(move || {
+                let mut raw = raw;
+                for job in rx {
+                    // SAFETY: `submit`'s caller keeps both buffers alive and untouched until the
+                    // matching `wait` returns.
+                    unsafe {
+                        check(
+                            ffi::MPI_Allreduce(
+                                job.send as *const std::ffi::c_void,
+                                job.recv as *mut std::ffi::c_void,
+                                job.len as i32,
+                                ffi::RSMPI_FLOAT,
+                                ffi::RSMPI_SUM,
+                                raw.0,
+                            ),
+                            "MPI_Allreduce (overlapped)",
+                        );
+                    }
+                    if tx_done.send(()).is_err() {
+                        break;
+                    }
+                }
+                // SAFETY: every rank frees its duplicate when its worker stops.
+                unsafe { check(ffi::MPI_Comm_free(&mut raw.0), "MPI_Comm_free") };
+            })
+            .expect("spawn all-reduce thread");
+        Some(ReduceWorker {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            ranks: self.size,
+        })
+    }
+}
+
+impl ReduceWorker {
+    /// Queues the sum of `len` f32 from `send` into `recv` on every rank.
+    ///
+    /// # Safety
+    /// Both pointers stay valid, and nothing else reads `recv` or writes either, until `wait`
+    /// has returned for this job.
+    pub unsafe fn submit(&self, send: *const f32, recv: *mut f32, len: usize) {
+        let job = ReduceJob {
+            send: send as usize,
+            recv: recv as usize,
+            len,
+        };
+        self.jobs
+            .as_ref()
+            .expect("worker running")
+            .send(job)
+            .expect("all-reduce thread alive");
+    }
+
+    /// Waits until `n` queued jobs have finished.
+    pub fn wait(&self, n: usize) {
+        let _w = waiting_for("overlapped gradient all-reduce", || {
+            format!("all {} ranks", self.ranks)
+        });
+        for _ in 0..n {
+            self.done.recv().expect("all-reduce thread alive");
+        }
+    }
+}
+
+impl Drop for ReduceWorker {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! How the replicas of a stage agree on a step: the policy (`GradSync`, chosen once by
+//! `Plan::resolve` and named in `summary.json`) and the runtime that carries it out (`Averager`,
+//! which owns what the policy needs: a node-shared window, an all-reduce thread).
+//!
+//! One step, read top-down: backward fills the flat gradient buffer -> `Averager::average` ->
+//! `Sgd::step` on the gradient it names -> `Averager::after_step` (model averaging when due).
+
+use crate::comm::{Comm, NodeMean, ReduceWorker};
+use crate::grads::{GradSource, GradientBuffer};
+use serde::{Deserialize, Serialize};
+use std::rc::Rc;
+
+/// The averaging path of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradSync {
+    /// One replica: nothing to average.
+    None,
+    /// All replicas of each stage share a node: the mean is computed in an MPI-3 shared window
+    /// that backward writes into (no copies into or out of MPI).
+    SharedMemory,
+    /// One MPI_Allreduce of the flat gradient buffer, then a division.
+    Allreduce,
+    /// MPI_Allreduce of each finished block of layers on a communication thread while the
+    /// backward of earlier blocks goes on (`sync.overlap`, one stage and one micro-batch).
+    Overlapped,
+    /// Seed 004's model averaging: local SGD steps, weights averaged every `every` steps and at
+    /// the end of every epoch.
+    WeightAverage { every: usize },
+}
+
+impl GradSync {
+    /// The name in `summary.json` (`gradient_averaging`), `inspect` and the run log.
+    pub fn name(self) -> &'static str {
+        match self {
+            GradSync::None => "none",
+            GradSync::SharedMemory => "shared_memory",
+            GradSync::Allreduce => "mpi_allreduce",
+            GradSync::Overlapped => "mpi_allreduce_overlapped",
+            GradSync::WeightAverage { .. } => "weight_average",
+        }
+    }
+}
+
+/// The runtime of a `GradSync` over one replica group (the ranks that hold the same stage).
+pub struct Averager {
+    policy: GradSync,
+    group: Comm,
+    node_mean: Option<Rc<NodeMean>>,
+    worker: Option<ReduceWorker>,
+    /// Blocks the overlapped backward submits per step.
+    blocks: usize,
+}
+
+impl Averager {
+    /// Collective over `group`: allocates the shared window (`SharedMemory`, `len` f32 per rank)
+    /// or starts the all-reduce thread (`Overlapped`, which submits `blocks` spans per step).
+    pub fn new(policy: GradSync, group: Comm, len: usize, blocks: usize) -> Averager {
+        let node_mean = (policy == GradSync::SharedMemory).then(|| group.node_mean(len));
+        let worker = if policy == GradSync::Overlapped {
+            group.reduce_worker()
+        } else {
+            None
+        };
+        Averager {
+            policy,
+            group,
+            node_mean,
+            worker,
+            blocks,
+        }
+    }
+
+    pub fn policy(&self) -> GradSync {
+        self.policy
+    }
+
+    /// The shared window the gradient buffer must live in (`SharedMemory` only).
+    pub fn node_mean(&self) -> Option<Rc<NodeMean>> {
+        self.node_mean.clone()
+    }
+
+    /// The all-reduce thread backward hands finished blocks to (`Overlapped` only).
+    pub fn worker(&self) -> Option<&ReduceWorker> {
+        self.worker.as_ref()
+    }
+
+    /// After backward: averages the gradients across the group as the policy says and names
+    /// the gradient the optimizer steps with.
+    pub fn average(&mut self, buffer: &mut GradientBuffer) -> GradSource {
+        match self.policy {
+            GradSync::None | GradSync::WeightAverage { .. } => GradSource::Local,
+            GradSync::SharedMemory => {
+                self.node_mean.as_ref().expect("allocated in new").mean();
+                GradSource::Mean
+            }
+            GradSync::Allreduce => {
+                buffer.all_reduce_mean_grads(&self.group);
+                GradSource::Mean
+            }
+            GradSync::Overlapped => {
+                // Only the part of the overlapped all-reduces that outlasted the backward.
+                self.worker.as_ref().expect("started in new").wait(self.blocks);
+                buffer.finish_mean(self.group.size());
+                GradSource::Mean
+            }
+        }
+    }
+
+    /// After the optimizer step `global_step` (1-based), or at the end of an epoch: model
+    /// averaging when it is due.
+    pub fn after_step(&mut self, buffer: &mut GradientBuffer, global_step: usize, epoch_end: bool) {
+        if let GradSync::WeightAverage { every } = self.policy {
+            if epoch_end || global_step.is_multiple_of(every) {
+                buffer.average_values(&self.group);
+            }
+        }
+    }
+
+    /// The replica group (checksums of replica weights are compared over it).
+    pub fn group(&self) -> &Comm {
+        &self.group
+    }
+}

@@ -1,0 +1,663 @@
+//! The training loop, as named steps: `run` resolves the plan and opens the run; a `Trainer`
+//! runs epochs (`run_epoch`) of steps (`step`), then `evaluate`s, `checkpoint`s, and finally
+//! writes the model and the `Summary`.
+//!
+//!   partrain serial --config configs/base.yaml [--set train.epochs=3] [--out DIR]
+//!   mpirun -np 2 partrain dp --config configs/data_parallel.yaml [--set ...] [--out DIR]
+//!   mpirun -np 4 partrain hybrid --config configs/hybrid_pipeline.yaml [--set ...] [--out DIR]
+//!
+//! One step, read top-down: `Trainer::step` -> `Engine::train_step` (this rank's stage: forward
+//! and backward of every micro-batch, sends and receives included, gradients accumulated in the
+//! flat buffer) -> `Averager::average` -> `Sgd::step` -> `Averager::after_step`.
+
+use crate::checkpoint::{gather_to_root, Checkpoint, Meta, Position};
+use crate::comm::Comm;
+use crate::config::Config;
+use crate::data::sampler::Sampler;
+use crate::data::{self, Dataset};
+use crate::engine::{Engine, StepBatch};
+use crate::faults::Fault;
+use crate::grad_sync::Averager;
+use crate::grads::GradientBuffer;
+use crate::metrics::{EpochRow, MetricsWriter, StepTimers, Summary};
+use crate::plan::{Plan, Strategy};
+use crate::run_dir::{self, Start};
+use crate::util::{mix_seed, peak_rss_mb};
+use crate::watchdog;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Instant;
+use tch::Tensor;
+
+/// SGD with momentum, as PyTorch computes it (dampening 0, no Nesterov):
+/// buf = momentum * buf + grad; p -= lr * buf. The buffers start at zero, which equals PyTorch's
+/// first-step `buf = grad`.
+pub struct Sgd {
+    pub lr: f64,
+    pub momentum: f64,
+    /// Flat momentum, laid out like the `GradientBuffer`'s values.
+    velocity: Tensor,
+    /// Each parameter's view into `velocity` (what checkpoints save and restore).
+    pub buffers: Vec<Tensor>,
+}
+
+impl Sgd {
+    pub fn new(buffer: &GradientBuffer, params: &[&Tensor], lr: f64, momentum: f64) -> Self {
+        let (velocity, buffers) = buffer.state_like(params);
+        Sgd {
+            lr,
+            momentum,
+            velocity,
+            buffers,
+        }
+    }
+
+    /// One step on every weight at once, over the flat buffers (element by element the same
+    /// arithmetic as a per-parameter loop, in 3 kernels instead of 3 per parameter).
+    pub fn step(&mut self, values: &Tensor, grads: &Tensor) {
+        tch::no_grad(|| {
+            let _ = self.velocity.g_mul_scalar_(self.momentum).g_add_(grads);
+            let _ = values.shallow_clone().g_sub_(&(&self.velocity * self.lr));
+        })
+    }
+}
+
+/// Trains `cfg` as `strategy` on this launch's ranks, writing the run folder `out_dir` (rank 0).
+pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world: &Comm) -> Result<Summary> {
+    world.start_watchdog(cfg.parallel.timeout_s);
+    // Every rank reads the checkpoint (the run folder is on a shared file system, as the outputs
+    // of any multi-node job are); its stage split pins a measured one.
+    let resume = match start {
+        Start::Resume => Some(Checkpoint::load(out_dir)?),
+        Start::Fresh { .. } => None,
+    };
+    let pinned = resume.as_ref().map(|c| c.meta.layout.stage_boundaries.as_slice());
+    let plan = Plan::resolve(cfg, strategy, world, pinned)?;
+    check_agreement(world, "the resolved config (config file or --set)", cfg.hash())?;
+    let data = data::load(&cfg.data).with_context(|| format!("rank {}: loading data", world.rank()))?;
+    check_agreement(
+        world,
+        "the loaded data (data.dir contents or limits)",
+        data.fingerprint,
+    )?;
+    if data.train.len() < plan.batches.global {
+        bail!(
+            "data.train_limit: {} training images is fewer than one global batch of {}",
+            data.train.len(),
+            plan.batches.global
+        );
+    }
+    let sampler = Sampler::new(
+        data.train.len(),
+        plan.batches.global,
+        plan.topology.replicas,
+        cfg.run.seed,
+    );
+    if let Some(ck) = &resume {
+        check_resumable(ck, cfg, &plan, &sampler, out_dir)?;
+    }
+    if world.is_root() {
+        run_dir::open(out_dir, start, cfg)?;
+        println!(
+            "partrain {}: {} x {} train / {} test images, {} steps per epoch",
+            strategy.name(),
+            data.name.as_str(),
+            data.train.len(),
+            data.test.len(),
+            sampler.steps_per_epoch()
+        );
+        print!("{}", plan.describe());
+        for w in plan.warnings(crate::util::node_cores()) {
+            eprintln!("partrain: warning: {w}");
+        }
+    }
+    let mut trainer = Trainer::new(cfg, &plan, world, &data, out_dir, sampler)?;
+    let result = trainer.train(resume.as_ref());
+    match result {
+        Ok(summary) => Ok(summary),
+        Err(e) => {
+            if world.is_root() {
+                run_dir::mark_failed(out_dir, &e);
+            }
+            // A failing rank must not enter the collective clean-up (freeing shared windows,
+            // communicators) that the other ranks will never reach: the job is aborted next.
+            std::mem::forget(trainer);
+            Err(e)
+        }
+    }
+}
+
+/// Checks that every rank holds the same value of `what`; names the ranks that differ.
+fn check_agreement(comm: &Comm, what: &str, value: u64) -> Result<()> {
+    let all = comm.all_gather(value);
+    let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
+    if !differ.is_empty() {
+        bail!(
+            "{what} differs between rank 0 ({:016x}) and rank(s) {:?} ({:016x})",
+            all[0],
+            differ,
+            all[differ[0]]
+        );
+    }
+    Ok(())
+}
+
+/// A checkpoint can continue under this launch when the config is the same (but for how long to
+/// train) and the layout keeps the mathematics: the same global batch, stage split and epoch.
+/// The rank count may change (dp 2 -> 4 ranks with a global batch scope).
+fn check_resumable(ck: &Checkpoint, cfg: &Config, plan: &Plan, sampler: &Sampler, dir: &Path) -> Result<()> {
+    if ck.meta.config_hash != format!("{:016x}", cfg.resume_hash()) {
+        bail!(
+            "--resume: the config differs from the one {} was trained with (only train.epochs, \
+             train.max_steps, parallel.timeout_s and checkpoint.* may change)",
+            dir.display()
+        );
+    }
+    let (then, now) = (&ck.meta.layout, plan.layout(sampler.samples_per_epoch()));
+    if then.global_batch != now.global_batch
+        || then.stage_boundaries != now.stage_boundaries
+        || then.samples_per_epoch != now.samples_per_epoch
+    {
+        bail!(
+            "--resume: {} was trained with layout [{then}] and this launch resolves to [{now}]: a resumed run must \
+             keep the global batch, the stage split and the images per epoch (with batch_scope per_rank the global \
+             batch grows with the replicas; use the same rank count, or batch_scope global)",
+            dir.display()
+        );
+    }
+    let p = ck.meta.position;
+    let steps = sampler.steps_per_epoch();
+    let finished = p.epoch > cfg.train.epochs || (p.epoch == cfg.train.epochs && p.step_in_epoch == steps);
+    if finished || cfg.train.max_steps.is_some_and(|m| p.global_step >= m) {
+        bail!(
+            "--resume: the checkpoint in {} already covers train.epochs = {} (epoch {}, step {}): raise train.epochs to continue",
+            dir.display(),
+            cfg.train.epochs,
+            p.epoch,
+            p.global_step
+        );
+    }
+    Ok(())
+}
+
+/// Training so far (restored from a checkpoint on `--resume`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    global_step: usize,
+    trained_samples: usize,
+    train_seconds: f64,
+    /// Steps taken by this process (not before a resume).
+    steps_here: usize,
+    first_step_seconds: Option<f64>,
+}
+
+/// One epoch in progress.
+struct EpochState {
+    epoch: usize,
+    steps: usize,
+    samples: usize,
+    loss_sum: f64,
+    loss_count: usize,
+    started: Instant,
+    /// Seconds of this epoch spent before a mid-epoch resume.
+    prior_seconds: f64,
+    timers_at_start: StepTimers,
+}
+
+impl EpochState {
+    fn seconds(&self) -> f64 {
+        self.prior_seconds + self.started.elapsed().as_secs_f64()
+    }
+}
+
+pub struct Trainer<'a> {
+    cfg: &'a Config,
+    plan: &'a Plan,
+    world: &'a Comm,
+    data: &'a Dataset,
+    dir: &'a Path,
+    sampler: Sampler,
+    engine: Engine,
+    sgd: Sgd,
+    sync: Averager,
+    buffer: GradientBuffer,
+    timers: StepTimers,
+    progress: Progress,
+    fault: Fault,
+    metrics: Option<MetricsWriter>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Builds this rank's stage, binds its parameters to the flat buffers and sets up the
+    /// averaging (collective over the world).
+    fn new(
+        cfg: &'a Config,
+        plan: &'a Plan,
+        world: &'a Comm,
+        data: &'a Dataset,
+        dir: &'a Path,
+        sampler: Sampler,
+    ) -> Result<Self> {
+        let engine = Engine::new(plan, cfg.run.seed);
+        let params: Vec<Tensor> = engine
+            .net
+            .parameters()
+            .iter()
+            .map(|t| t.shallow_clone())
+            .collect();
+        let params: Vec<&Tensor> = params.iter().collect();
+        // Gradients are averaged among the replicas of the same stage.
+        let group = world.split(plan.topology.stage, plan.topology.replica);
+        let len = GradientBuffer::flat_len(&params);
+        let sync = Averager::new(plan.grad_sync, group, len, engine.net.param_blocks().len());
+        let mut buffer = GradientBuffer::bind(&params, sync.node_mean());
+        if plan.topology.replicas > 1 {
+            // Every replica starts from the first replica's weights (they are built from the same
+            // seed anyway; the broadcast makes that a guarantee rather than an assumption).
+            buffer.broadcast_values(sync.group(), 0);
+        }
+        let sgd = Sgd::new(&buffer, &params, cfg.train.lr, cfg.train.momentum);
+        Ok(Trainer {
+            cfg,
+            plan,
+            world,
+            data,
+            dir,
+            sampler,
+            engine,
+            sgd,
+            sync,
+            buffer,
+            timers: StepTimers::default(),
+            progress: Progress::default(),
+            fault: Fault::from_env(world.rank())?,
+            metrics: None,
+        })
+    }
+
+    /// Trains from the start or from `resume`, and writes the model and the summary.
+    fn train(&mut self, resume: Option<&Checkpoint>) -> Result<Summary> {
+        let steps_per_epoch = self.sampler.steps_per_epoch();
+        let position = resume.map(|ck| ck.meta.position);
+        if let Some(ck) = resume {
+            self.restore(ck)?;
+        }
+        self.open_metrics(position)?;
+        let first_epoch = match position {
+            Some(p) if p.step_in_epoch == steps_per_epoch => p.epoch + 1,
+            Some(p) => p.epoch,
+            None => 1,
+        };
+        let mut last = None;
+        for epoch in first_epoch..=self.cfg.train.epochs {
+            if self.max_steps_reached() {
+                break;
+            }
+            // A checkpoint taken inside this epoch: continue after its last step, with its sums.
+            let partial = position.filter(|p| p.epoch == epoch && p.step_in_epoch < steps_per_epoch);
+            last = Some(self.run_epoch(epoch, partial)?);
+        }
+        let last = last.context(
+            "nothing left to train: the checkpoint already covers train.epochs (raise it to continue)",
+        )?;
+        self.finish(&last)
+    }
+
+    fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        let names = self.engine.net.named_parameters();
+        for ((name, p), m) in names.iter().zip(&self.sgd.buffers) {
+            ck.restore(name, p, m)
+                .with_context(|| format!("--resume: {}", self.dir.display()))?;
+        }
+        let p = ck.meta.position;
+        self.progress.global_step = p.global_step;
+        self.progress.trained_samples = p.trained_samples;
+        self.progress.train_seconds = p.train_seconds;
+        if self.world.is_root() {
+            println!(
+                "resuming at epoch {}, global step {}",
+                if p.step_in_epoch == self.sampler.steps_per_epoch() {
+                    p.epoch + 1
+                } else {
+                    p.epoch
+                },
+                p.global_step
+            );
+        }
+        Ok(())
+    }
+
+    fn open_metrics(&mut self, position: Option<Position>) -> Result<()> {
+        if !self.world.is_root() {
+            return Ok(());
+        }
+        self.metrics = Some(match position {
+            None => MetricsWriter::create(self.dir)?,
+            // Rows of epochs the checkpoint does not cover (written after it) are dropped.
+            Some(p) => {
+                let complete = p.step_in_epoch == self.sampler.steps_per_epoch();
+                MetricsWriter::resume(self.dir, if complete { p.epoch } else { p.epoch - 1 })?
+            }
+        });
+        Ok(())
+    }
+
+    fn max_steps_reached(&self) -> bool {
+        self.cfg
+            .train
+            .max_steps
+            .is_some_and(|m| self.progress.global_step >= m)
+    }
+
+    fn run_epoch(&mut self, epoch: usize, partial: Option<Position>) -> Result<EpochRow> {
+        let steps_per_epoch = self.sampler.steps_per_epoch();
+        let order = self.sampler.permutation(epoch - 1);
+        let mut ep = EpochState {
+            epoch,
+            steps: partial.map_or(0, |p| p.step_in_epoch),
+            samples: partial.map_or(0, |p| p.epoch_samples),
+            loss_sum: partial.map_or(0.0, |p| p.epoch_loss_sum),
+            loss_count: partial.map_or(0, |p| p.epoch_loss_count),
+            started: Instant::now(),
+            prior_seconds: partial.map_or(0.0, |p| p.epoch_seconds),
+            timers_at_start: self.timers,
+        };
+        let bar = self.progress_bar(epoch, steps_per_epoch);
+        while ep.steps < steps_per_epoch && !self.max_steps_reached() {
+            let loss = self.step(&ep, &order)?;
+            ep.steps += 1;
+            ep.samples += self.sampler.global_batch_at(&order, ep.steps - 1).len();
+            if let Some(l) = loss {
+                ep.loss_sum += l;
+                ep.loss_count += 1;
+            }
+            let due = self.cfg.checkpoint.every_steps;
+            if due.is_some_and(|k| self.progress.global_step.is_multiple_of(k)) && ep.steps < steps_per_epoch
+            {
+                self.checkpoint(self.position(&ep))?;
+            }
+            self.show_progress(bar.as_ref(), &ep, loss);
+        }
+        let (sync, buffer, step) = (&mut self.sync, &mut self.buffer, self.progress.global_step);
+        self.timers.averaging.time(|| sync.after_step(buffer, step, true));
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        self.end_epoch(ep, steps_per_epoch)
+    }
+
+    /// One optimizer step: this replica's shard through the engine, averaging, SGD.
+    fn step(&mut self, ep: &EpochState, order: &[i64]) -> Result<Option<f64>> {
+        let (epoch, step) = (ep.epoch, ep.steps);
+        watchdog::set_context(format!("epoch {epoch} step {}", step + 1));
+        let replica = self.plan.topology.replica;
+        let batch = StepBatch {
+            poison: self.fault.at_step(self.progress.global_step + 1),
+            shard: self.sampler.shard(order, step, replica),
+            // Dropout masks come from a seed derived from the position, not from hidden RNG state.
+            seed: mix_seed(&[self.cfg.run.seed, epoch as u64, step as u64, replica as u64]),
+        };
+        let loss = match self.sync.worker() {
+            Some(worker) => Some(self.engine.overlapped_step(
+                &self.data.train,
+                &batch,
+                &self.buffer,
+                worker,
+                &mut self.timers,
+            )),
+            None => self
+                .engine
+                .train_step(self.world, &self.data.train, &batch, &mut self.timers),
+        };
+        if let Some(loss) = loss.filter(|l| !l.is_finite()) {
+            bail!(
+                "rank {}: loss is {loss} at epoch {epoch} step {} (train.lr = {}): training diverged",
+                self.world.rank(),
+                step + 1,
+                self.cfg.train.lr
+            );
+        }
+        let (sync, buffer, sgd) = (&mut self.sync, &mut self.buffer, &mut self.sgd);
+        let source = self.timers.averaging.time(|| sync.average(buffer));
+        self.timers.compute.time(|| {
+            sgd.step(buffer.values(), buffer.gradient(source));
+            buffer.zero_grads();
+        });
+        let p = &mut self.progress;
+        p.first_step_seconds
+            .get_or_insert_with(crate::util::seconds_since_process_start);
+        p.global_step += 1;
+        p.steps_here += 1;
+        let step_now = p.global_step;
+        self.timers
+            .averaging
+            .time(|| sync.after_step(buffer, step_now, false));
+        Ok(loss)
+    }
+
+    /// The epoch's books: timing, replica agreement, evaluation, metrics row, checkpoint.
+    fn end_epoch(&mut self, ep: EpochState, steps_per_epoch: usize) -> Result<EpochRow> {
+        let epoch_seconds = ep.seconds();
+        self.progress.train_seconds += epoch_seconds;
+        self.progress.trained_samples += ep.samples;
+        if self.plan.topology.replicas > 1 {
+            let sum = self.buffer.checksum_values();
+            check_agreement(
+                self.sync.group(),
+                &format!("replica weights after epoch {}", ep.epoch),
+                sum,
+            )
+            .context("replicas drifted apart: gradients were not averaged identically")?;
+        }
+        let losses = self.world.sum(&[ep.loss_sum, ep.loss_count as f64]);
+        let t_eval = Instant::now();
+        let (test_loss, test_accuracy) = self.evaluate();
+        let (now, then) = (self.timers, ep.timers_at_start);
+        let row = EpochRow {
+            epoch: ep.epoch,
+            steps: ep.steps,
+            train_loss: losses[0] / losses[1].max(1.0),
+            test_loss,
+            test_accuracy,
+            epoch_seconds,
+            samples_per_second: ep.samples as f64 / epoch_seconds,
+            compute_s: now.compute.seconds - then.compute.seconds,
+            allreduce_s: now.averaging.seconds - then.averaging.seconds,
+            pipeline_wait_s: now.wait.seconds - then.wait.seconds,
+            eval_seconds: t_eval.elapsed().as_secs_f64(),
+            peak_rss_mb: peak_rss_mb(),
+        };
+        if let Some(w) = self.metrics.as_mut() {
+            w.epoch(&row)?;
+            println!(
+                "epoch {}/{}: train loss {:.4}, test loss {:.4}, test accuracy {:.2}%, {:.1} s, {:.0} img/s",
+                ep.epoch,
+                self.cfg.train.epochs,
+                row.train_loss,
+                row.test_loss,
+                row.test_accuracy,
+                row.epoch_seconds,
+                row.samples_per_second
+            );
+        }
+        let every = self.cfg.checkpoint.every_epochs;
+        if ep.steps == steps_per_epoch && every > 0 && ep.epoch.is_multiple_of(every) {
+            self.checkpoint(Position {
+                epoch_seconds,
+                train_seconds: self.progress.train_seconds,
+                trained_samples: self.progress.trained_samples,
+                ..self.position(&ep)
+            })?;
+        }
+        self.fault.after_epoch(ep.epoch);
+        Ok(row)
+    }
+
+    /// Test loss (mean) and accuracy (percent) of the current weights, sharded across the
+    /// replicas and pipelined through the stages; every rank gets the serial evaluator's numbers.
+    fn evaluate(&mut self) -> (f64, f64) {
+        let s = self
+            .engine
+            .evaluate(self.world, &self.data.test, self.cfg.train.eval_batch_size);
+        let t = self.world.sum(&[s.loss_sum, s.correct, s.count]);
+        (t[0] / t[2], 100.0 * t[1] / t[2])
+    }
+
+    /// The position after the last step of `ep` (mid-epoch; `end_epoch` adds the epoch's totals).
+    fn position(&self, ep: &EpochState) -> Position {
+        Position {
+            epoch: ep.epoch,
+            step_in_epoch: ep.steps,
+            global_step: self.progress.global_step,
+            trained_samples: self.progress.trained_samples + ep.samples,
+            train_seconds: self.progress.train_seconds + ep.seconds(),
+            epoch_loss_sum: ep.loss_sum,
+            epoch_loss_count: ep.loss_count,
+            epoch_samples: ep.samples,
+            epoch_seconds: ep.seconds(),
+        }
+    }
+
+    /// Gathers every weight and momentum buffer on rank 0 and writes the checkpoint there.
+    /// Called on every rank at the same step.
+    fn checkpoint(&self, position: Position) -> Result<()> {
+        let mut tensors = self.gather_weights();
+        let momentum: Vec<(String, Tensor)> = self
+            .engine
+            .net
+            .named_parameters()
+            .into_iter()
+            .zip(&self.sgd.buffers)
+            .map(|((n, _), m)| (format!("momentum.{n}"), m.shallow_clone()))
+            .collect();
+        tensors.extend(gather_to_root(momentum, "momentum.", self.plan, self.world));
+        if self.world.is_root() {
+            let layout = self.plan.layout(self.sampler.samples_per_epoch());
+            let meta = Meta::new(self.cfg.resume_hash(), position, layout);
+            Checkpoint { meta, tensors }.save(self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// All weights with their state_dict names, on rank 0 (other ranks get an empty list).
+    fn gather_weights(&self) -> Vec<(String, Tensor)> {
+        let own = self
+            .engine
+            .net
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, crate::model::dense(t)))
+            .collect();
+        gather_to_root(own, "", self.plan, self.world)
+    }
+
+    fn progress_bar(&self, epoch: usize, steps: usize) -> Option<ProgressBar> {
+        if !self.world.is_root() || !std::io::stdout().is_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{}", self.cfg.train.epochs));
+        Some(bar)
+    }
+
+    fn show_progress(&self, bar: Option<&ProgressBar>, ep: &EpochState, loss: Option<f64>) {
+        let ips = ep.samples as f64 / ep.started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(b) = bar {
+            b.inc(1);
+            if ep.steps % 10 == 1 {
+                b.set_message(format!("loss {:.4} {ips:.0} img/s", loss.unwrap_or(f64::NAN)));
+            }
+        } else if self.world.is_root() && ep.steps.is_multiple_of(self.cfg.train.log_every) {
+            println!(
+                "epoch {}/{} step {}/{} {ips:.0} img/s",
+                ep.epoch,
+                self.cfg.train.epochs,
+                ep.steps,
+                self.sampler.steps_per_epoch()
+            );
+        }
+    }
+
+    /// The last epoch's row is in; writes `model.safetensors` and `summary.json` (rank 0).
+    fn finish(&mut self, last: &EpochRow) -> Result<Summary> {
+        let named = self.gather_weights();
+        let summary = Summary::collect(self, last);
+        if let Some(w) = self.metrics.as_ref() {
+            run_dir::write_model(self.dir, &named)?;
+            w.summary(&summary)?;
+            println!(
+                "done: test accuracy {:.2}%, {:.1} s training, {:.0} img/s -> {}",
+                summary.final_test_accuracy,
+                summary.train_seconds,
+                summary.samples_per_second,
+                self.dir.display()
+            );
+        }
+        Ok(summary)
+    }
+}
+
+impl Summary {
+    /// The run's summary from the trainer's books and every rank's figures (collective).
+    fn collect(t: &Trainer, last: &EpochRow) -> Summary {
+        let (plan, world, cfg) = (t.plan, t.world, t.cfg);
+        let peak = world.all_gather(peak_rss_mb());
+        let wait_per_rank = world.all_gather(t.timers.wait.seconds);
+        let compute_per_rank = world.all_gather(t.timers.compute.seconds);
+        let activation_mb = world.all_gather(t.engine.peak_activation_bytes as f64 / (1024.0 * 1024.0));
+        let p = t.progress;
+        Summary {
+            status: "completed".into(),
+            strategy: plan.strategy,
+            dataset: t.data.name.as_str().into(),
+            model: cfg.model.preset.as_str().into(),
+            world_size: world.size(),
+            nodes: plan.world.nodes(),
+            ranks_per_node: plan.world.ranks_per_node(),
+            // The node's online CPUs, not this process's affinity mask (one core under --bind-to core).
+            cores_per_node: crate::util::node_cores(),
+            stages: plan.topology.stages,
+            replicas: plan.topology.replicas,
+            threads_per_rank: tch::get_num_threads() as usize,
+            epochs: last.epoch,
+            steps: p.global_step,
+            global_batch: plan.batches.global,
+            micro_batches: plan.batches.micro_batches,
+            batch_scope: cfg.train.batch_scope,
+            sync_mode: cfg.sync.mode,
+            gradient_averaging: plan.grad_sync.name().into(),
+            parameters: plan.layers.iter().map(|s| s.kind.parameter_count()).sum(),
+            train_samples: t.data.train.len(),
+            test_samples: t.data.test.len(),
+            train_seconds: p.train_seconds,
+            samples_per_second: p.trained_samples as f64 / p.train_seconds,
+            final_test_accuracy: last.test_accuracy,
+            final_test_loss: last.test_loss,
+            final_train_loss: last.train_loss,
+            peak_rss_mb: peak,
+            compute_seconds: t.timers.compute.seconds,
+            allreduce_seconds: t.timers.averaging.seconds,
+            pipeline_wait_seconds: t.timers.wait.seconds,
+            first_step_seconds: p.first_step_seconds.unwrap_or(0.0),
+            seed: cfg.run.seed,
+            config_hash: format!("{:016x}", cfg.hash()),
+            pipeline: (plan.topology.stages > 1).then(|| {
+                crate::metrics::PipelineSummary::from_measurements(
+                    plan,
+                    p.steps_here,
+                    p.train_seconds,
+                    compute_per_rank,
+                    wait_per_rank,
+                    activation_mb,
+                )
+            }),
+        }
+    }
+}
