@@ -37,11 +37,19 @@ pub enum GradSource {
     Mean,
 }
 
-/// A tensor's storage as a slice. Safety: `t` is a contiguous CPU f32 tensor of `n` elements that
-/// outlives the slice, and nothing else touches it meanwhile.
+/// A tensor's storage as a slice.
+///
+/// # Safety
+/// `t` is a contiguous CPU f32 tensor of `n` elements that outlives the slice, and nothing else
+/// writes it meanwhile.
 unsafe fn as_slice(t: &Tensor, n: usize) -> &[f32] {
     std::slice::from_raw_parts(t.data_ptr() as *const f32, n)
 }
+
+/// A tensor's storage as a mutable slice.
+///
+/// # Safety
+/// As `as_slice`, and nothing else reads or writes it meanwhile.
 #[allow(clippy::mut_from_ref)]
 unsafe fn as_mut_slice(t: &Tensor, n: usize) -> &mut [f32] {
     std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n)
@@ -203,9 +211,11 @@ impl GradientBuffer {
 
     /// FNV-1a over the values' bytes: replicas that hold the same weights hash the same.
     pub fn checksum_values(&self) -> u64 {
-        // SAFETY: as above.
-        let floats = unsafe { as_slice(&self.values, self.numel) };
-        let bytes = unsafe { std::slice::from_raw_parts(floats.as_ptr() as *const u8, floats.len() * 4) };
+        // SAFETY: as above; the u8 view covers exactly the f32 slice's bytes.
+        let bytes = unsafe {
+            let floats = as_slice(&self.values, self.numel);
+            std::slice::from_raw_parts(floats.as_ptr() as *const u8, floats.len() * 4)
+        };
         crate::util::fnv1a(bytes)
     }
 }
