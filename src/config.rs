@@ -178,6 +178,34 @@ pub struct ParallelConfig {
     pub stage_boundaries: StageBoundaries,
     /// Seconds any MPI wait may last before the job is aborted (a lost or stalled rank).
     pub timeout_s: f64,
+    /// Which ranks are neighbours (and so share a node): a pipeline's stages, or a stage's
+    /// replicas. `auto` keeps the larger traffic inside a node.
+    pub placement: Placement,
+}
+
+/// How the `stages x replicas` grid is laid over the ranks (and so over the nodes, which mpirun
+/// and srun fill with consecutive ranks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// The one that keeps the larger per-step traffic inside a node (resolved by the plan).
+    Auto,
+    /// `rank = replica * stages + stage`: a pipeline's stages are neighbours, so activations
+    /// travel through shared memory and gradient averaging crosses nodes.
+    PipelineInNode,
+    /// `rank = stage * replicas + replica`: a stage's replicas are neighbours, so gradient
+    /// averaging stays in the node and activations cross nodes.
+    ReplicasInNode,
+}
+
+impl Placement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Auto => "auto",
+            Placement::PipelineInNode => "pipeline_in_node",
+            Placement::ReplicasInNode => "replicas_in_node",
+        }
+    }
 }
 
 /// Where a pipeline's stages are cut.
@@ -246,8 +274,9 @@ pub struct SyncConfig {
     /// dp with gradient averaging: all-reduce each finished block of layers' gradients on a
     /// communication thread while the backward of earlier blocks goes on.
     pub overlap: bool,
-    /// Gradient averaging: when all replicas share one node, through MPI-3 shared memory
-    /// instead of MPI_Allreduce (same sums; ranks on several nodes always use MPI_Allreduce).
+    /// Gradient averaging through MPI-3 node-shared memory: on one node the whole mean, across
+    /// nodes the node sums (then one all-reduce per slice across nodes: two levels). `false`:
+    /// one MPI_Allreduce of the flat gradient buffer.
     pub shared_memory: bool,
 }
 
@@ -306,6 +335,7 @@ impl Default for ParallelConfig {
             schedule: ScheduleKind::OneFOneB,
             stage_boundaries: StageBoundaries::Auto,
             timeout_s: 300.0,
+            placement: Placement::Auto,
         }
     }
 }

@@ -19,6 +19,10 @@ pub enum GradSync {
     /// All replicas of each stage share a node: the mean is computed in an MPI-3 shared window
     /// that backward writes into (no copies into or out of MPI).
     SharedMemory,
+    /// Replicas on several nodes, the same number on each: the node-shared sum inside every
+    /// node, then one MPI_Allreduce per slice across the nodes (every rank of a node carries a
+    /// slice, so all its links are busy at once), the mean left in the node's shared memory.
+    TwoLevel,
     /// One MPI_Allreduce of the flat gradient buffer, then a division.
     Allreduce,
     /// MPI_Allreduce of each finished block of layers on a communication thread while the
@@ -35,6 +39,7 @@ impl GradSync {
         match self {
             GradSync::None => "none",
             GradSync::SharedMemory => "shared_memory",
+            GradSync::TwoLevel => "two_level",
             GradSync::Allreduce => "mpi_allreduce",
             GradSync::Overlapped => "mpi_allreduce_overlapped",
             GradSync::WeightAverage { .. } => "weight_average",
@@ -53,10 +58,15 @@ pub struct Averager {
 }
 
 impl Averager {
-    /// Collective over `group`: allocates the shared window (`SharedMemory`, `len` f32 per rank)
+    /// Collective over `group`: allocates the shared window (`SharedMemory`, `TwoLevel`; `len`
+    /// f32 per rank)
     /// or starts the all-reduce thread (`Overlapped`, which submits `blocks` spans per step).
     pub fn new(policy: GradSync, group: Comm, len: usize, blocks: usize) -> Averager {
-        let node_mean = (policy == GradSync::SharedMemory).then(|| group.node_mean(len));
+        let node_mean = match policy {
+            GradSync::SharedMemory => Some(group.node_mean(len, false)),
+            GradSync::TwoLevel => Some(group.node_mean(len, true)),
+            _ => None,
+        };
         let worker = if policy == GradSync::Overlapped {
             group.reduce_worker()
         } else {
@@ -90,7 +100,7 @@ impl Averager {
     pub fn average(&mut self, buffer: &mut GradientBuffer) -> GradSource {
         match self.policy {
             GradSync::None | GradSync::WeightAverage { .. } => GradSource::Local,
-            GradSync::SharedMemory => {
+            GradSync::SharedMemory | GradSync::TwoLevel => {
                 self.node_mean.as_ref().expect("allocated in new").mean();
                 GradSource::Mean
             }

@@ -86,6 +86,10 @@ enum Command {
     },
     /// Seed 003's convolution benchmark: `mpirun -np N partrain conv-bench --mode strong|weak ...`.
     ConvBench(partrain::conv_bench::ConvBench),
+    /// Measures this machine's fp32 and bf16 peak (GEMM and a large convolution, the faster).
+    Peak(partrain::peak::PeakArgs),
+    /// Times each gradient-averaging path on its own: `mpirun -np N partrain sync-bench`.
+    SyncBench(partrain::sync_bench::SyncBench),
     /// Data set management.
     Data {
         #[command(subcommand)]
@@ -158,21 +162,32 @@ fn inspect(args: &InspectArgs) -> Result<()> {
         plan.input_shape
     );
     println!(
-        "{:>3}  {:<8} {:<44} {:>16} {:>12} {:>14}",
-        "#", "name", "layer", "output", "params", "MACs/image"
+        "{:>3}  {:<8} {:<44} {:>16} {:>10} {:>11} {:>11} {:>11} {:>12}",
+        "#", "name", "layer", "output", "params", "fwd MACs", "wgrad MACs", "igrad MACs", "train FLOP"
     );
     for r in &rows {
         let shape = format!("{:?}", r.output_shape);
         println!(
-            "{:>3}  {:<8} {:<44} {:>16} {:>12} {:>14}",
-            r.index, r.name, r.kind, shape, r.parameters, r.macs
+            "{:>3}  {:<8} {:<44} {:>16} {:>10} {:>11} {:>11} {:>11} {:>12}",
+            r.index,
+            r.name,
+            r.kind,
+            shape,
+            r.parameters,
+            r.macs,
+            r.weight_grad_macs,
+            r.input_grad_macs,
+            r.training_flop()
         );
     }
-    let (p, m): (i64, i64) = (
-        rows.iter().map(|r| r.parameters).sum(),
-        rows.iter().map(|r| r.macs).sum(),
+    let sum = |f: fn(&partrain::model::LayerInfo) -> i64| rows.iter().map(f).sum::<i64>();
+    println!(
+        "total parameters {}, forward multiply-adds per image {}, training FLOP per image {} \
+         (forward, weight-gradient and input-gradient multiply-adds x 2; the first layer has no input gradient)\n",
+        sum(|r| r.parameters),
+        sum(|r| r.macs),
+        sum(|r| r.training_flop())
     );
-    println!("total parameters {p}, forward multiply-adds per image {m}\n");
     print!("{}", plan.describe());
     if plan.topology.stages > 1 {
         let secs = measure_layer_seconds(&plan.layers, plan.input_shape, 16, 5);
@@ -288,6 +303,39 @@ fn main() -> ExitCode {
                         row.memory_mb_per_rank,
                         row.output_shape
                     );
+                }
+                Ok(())
+            });
+        }
+        Command::Peak(args) => args.run().map(|peak| {
+            println!("{} on {}:", peak.date, peak.cpu);
+            for r in &peak.rows {
+                println!(
+                    "  {} {} thread(s): GEMM {:.1} GFLOP/s, channels-last conv {:.1} GFLOP/s -> peak {:.1}",
+                    r.precision, r.threads, r.gemm_gflops, r.conv_gflops, r.peak_gflops
+                );
+            }
+        }),
+        Command::SyncBench(bench) => {
+            return with_mpi(|comm| {
+                let rows = bench.run(comm)?;
+                if comm.is_root() {
+                    println!("path label ranks nodes ranks/node elements median_us p10_us p90_us GB/s");
+                    for r in rows {
+                        println!(
+                            "{} {} {} {} {} {} {:.1} {:.1} {:.1} {:.2}",
+                            r.path,
+                            r.label,
+                            r.ranks,
+                            r.nodes,
+                            r.ranks_per_node,
+                            r.elements,
+                            r.median_us,
+                            r.p10_us,
+                            r.p90_us,
+                            r.algbw_gbs
+                        );
+                    }
                 }
                 Ok(())
             });

@@ -39,6 +39,9 @@ pub struct Summary {
     #[serde(default)]
     pub ranks_per_node: usize,
     pub cores_per_node: usize,
+    /// Each rank's host name, indexed by rank.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
     pub stages: usize,
     pub replicas: usize,
     pub threads_per_rank: usize,
@@ -59,6 +62,18 @@ pub struct Summary {
     pub test_samples: usize,
     pub train_seconds: f64,
     pub samples_per_second: f64,
+    /// Floating-point operations of one training image (forward, weight and input gradients).
+    #[serde(default)]
+    pub training_flop_per_image: f64,
+    /// samples_per_second x training_flop_per_image, in GFLOP/s.
+    #[serde(default)]
+    pub achieved_gflops: f64,
+    /// The machine's measured peak for all ranks of this run (`partrain peak`, named by
+    /// `PARTRAIN_PEAK`) and achieved / peak; absent without a peak measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gflops: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction_of_peak: Option<f64>,
     pub final_test_accuracy: f64,
     pub final_test_loss: f64,
     pub final_train_loss: f64,

@@ -460,24 +460,49 @@ pub struct LayerInfo {
     pub kind: String,
     pub output_shape: Vec<i64>,
     pub parameters: i64,
+    /// Forward multiply-adds per image.
     pub macs: i64,
+    /// Backward multiply-adds per image for the weight gradient (as many as forward for a layer
+    /// with parameters) and for the input gradient (the same again, except for the first layer
+    /// with parameters, whose input is the data and needs no gradient).
+    pub weight_grad_macs: i64,
+    pub input_grad_macs: i64,
+}
+
+impl LayerInfo {
+    /// Floating-point operations of one training image through this layer (2 per multiply-add).
+    pub fn training_flop(&self) -> i64 {
+        2 * (self.macs + self.weight_grad_macs + self.input_grad_macs)
+    }
+}
+
+/// Floating-point operations per training image of the whole net (forward, weight gradients and
+/// input gradients): 25.0 MFLOP for mnist_cnn.
+pub fn training_flop_per_image(specs: &[LayerSpec], input: [i64; 3]) -> i64 {
+    describe(specs, input).iter().map(LayerInfo::training_flop).sum()
 }
 
 pub fn describe(specs: &[LayerSpec], input: [i64; 3]) -> Vec<LayerInfo> {
     let mut shape = input.to_vec();
+    let mut seen_params = false;
     specs
         .iter()
         .enumerate()
         .map(|(index, s)| {
             shape = s.kind.output_shape(&shape);
-            let kind = format!("{:?}", s.kind);
+            let macs = s.kind.macs(&shape);
+            let has_params = s.kind.parameter_count() > 0;
+            let first = has_params && !seen_params;
+            seen_params |= has_params;
             LayerInfo {
                 index,
                 name: s.name.clone(),
-                kind,
+                kind: format!("{:?}", s.kind),
                 output_shape: shape.clone(),
                 parameters: s.kind.parameter_count(),
-                macs: s.kind.macs(&shape),
+                macs,
+                weight_grad_macs: if has_params { macs } else { 0 },
+                input_grad_macs: if has_params && !first { macs } else { 0 },
             }
         })
         .collect()
@@ -499,6 +524,12 @@ mod tests {
         assert!((4_200_000..4_300_000).contains(&macs), "{macs}");
         let cmacs: i64 = c.iter().map(|l| l.macs).sum();
         assert!((6_600_000..6_700_000).contains(&cmacs), "{cmacs}");
+        // 25.0 MFLOP per training image: forward, weight gradients, and input gradients for all
+        // but conv1 (225,792 multiply-adds), times 2.
+        assert_eq!(
+            training_flop_per_image(&preset_layers(Preset::MnistCnn, 0.25), [1, 28, 28]),
+            2 * (3 * 4_241_152 - 225_792)
+        );
     }
 
     #[test]

@@ -15,11 +15,50 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub struct RunRecord {
-    /// Path of the run folder relative to the runs folder.
+    /// Path of the run folder relative to the runs folder; for repeats (`<name>_r1`, `_r2`, ...)
+    /// the name without the suffix.
     pub name: String,
+    /// The run itself, or of repeats the one with the median images/s (the lower median for an
+    /// even count), so every number in the table traces back to one run's summary.
     pub summary: Summary,
-    /// (epoch, train loss) from metrics.csv.
+    /// (epoch, train loss) from that run's metrics.csv.
     pub losses: Vec<(usize, f64)>,
+    /// images/s of every repeat (one value for a single run).
+    pub throughputs: Vec<f64>,
+}
+
+/// `dp_2n_t1_r3` -> (`dp_2n_t1`, 3): the repeat suffix the SLURM workflow and sweeps use.
+pub fn repeat_of(name: &str) -> Option<(&str, usize)> {
+    let (base, k) = name.rsplit_once("_r")?;
+    let k: usize = k.parse().ok()?;
+    (!base.is_empty()).then_some((base, k))
+}
+
+/// Repeats of one configuration become one record (see `RunRecord`).
+fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
+    runs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut groups: std::collections::BTreeMap<String, Vec<RunRecord>> = Default::default();
+    for r in runs {
+        let key = repeat_of(&r.name).map_or(r.name.clone(), |(base, _)| base.to_string());
+        groups.entry(key).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(name, mut reps)| {
+            let throughputs: Vec<f64> = reps.iter().map(|r| r.summary.samples_per_second).collect();
+            reps.sort_by(|a, b| {
+                a.summary
+                    .samples_per_second
+                    .total_cmp(&b.summary.samples_per_second)
+            });
+            let median = reps.swap_remove((reps.len() - 1) / 2);
+            RunRecord {
+                name,
+                throughputs,
+                ..median
+            }
+        })
+        .collect()
 }
 
 /// Every folder below `runs` with a completed `summary.json`; unfinished runs are listed in the
@@ -46,6 +85,7 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
                 let losses = read_losses(&dir.join("metrics.csv"))?;
                 found.push(RunRecord {
                     name,
+                    throughputs: vec![summary.samples_per_second],
                     summary,
                     losses,
                 });
@@ -53,9 +93,8 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
             _ => skipped.push(name),
         }
     }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
     skipped.sort();
-    Ok((found, skipped))
+    Ok((group_repeats(found), skipped))
 }
 
 fn read_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
@@ -76,6 +115,8 @@ pub struct Row {
     /// `baseline` (serial), `strong` (fixed global batch) or `weak` (fixed batch per replica).
     pub scaling: String,
     pub ranks: usize,
+    pub nodes: usize,
+    pub ranks_per_node: usize,
     pub threads_per_rank: usize,
     pub stages: usize,
     pub replicas: usize,
@@ -86,8 +127,15 @@ pub struct Row {
     pub epochs: usize,
     pub train_seconds: f64,
     pub samples_per_second: f64,
+    /// Repeats of this configuration, and the range of their images/s (the row shows the median).
+    pub repeats: usize,
+    pub samples_per_second_min: f64,
+    pub samples_per_second_max: f64,
     pub baseline: String,
     pub speedup: Option<f64>,
+    /// The speedup of the slowest and the fastest repeat.
+    pub speedup_min: Option<f64>,
+    pub speedup_max: Option<f64>,
     pub efficiency: Option<f64>,
     pub final_test_accuracy: f64,
     pub peak_rss_mb_max: f64,
@@ -142,7 +190,12 @@ pub fn rows(records: &[RunRecord]) -> Vec<Row> {
         .map(|r| {
             let s = &r.summary;
             let base = baseline(r, records);
-            let speedup = base.map(|b| s.samples_per_second / b.summary.samples_per_second);
+            let base_ips = base.map(|b| b.summary.samples_per_second);
+            let speedup = base_ips.map(|b| s.samples_per_second / b);
+            let (lo, hi) = (
+                r.throughputs.iter().cloned().fold(f64::INFINITY, f64::min),
+                r.throughputs.iter().cloned().fold(0.0, f64::max),
+            );
             let total_cores = s.world_size * s.threads_per_rank;
             let bubble = s
                 .pipeline
@@ -158,17 +211,25 @@ pub fn rows(records: &[RunRecord]) -> Vec<Row> {
                 dataset: s.dataset.clone(),
                 scaling: scaling(s).into(),
                 ranks: s.world_size,
+                nodes: s.nodes.max(1),
+                ranks_per_node: s.ranks_per_node.max(1),
                 threads_per_rank: s.threads_per_rank,
                 stages: s.stages,
                 replicas: s.replicas,
                 total_cores,
-                oversubscribed: total_cores > s.nodes.max(1) * s.cores_per_node,
+                oversubscribed: s.ranks_per_node.max(1) * s.threads_per_rank > s.cores_per_node
+                    || total_cores > s.nodes.max(1) * s.cores_per_node,
                 global_batch: s.global_batch,
                 epochs: s.epochs,
                 train_seconds: s.train_seconds,
                 samples_per_second: s.samples_per_second,
+                repeats: r.throughputs.len(),
+                samples_per_second_min: lo,
+                samples_per_second_max: hi,
                 baseline: base.map(|b| b.name.clone()).unwrap_or_default(),
                 speedup,
+                speedup_min: base_ips.map(|b| lo / b),
+                speedup_max: base_ips.map(|b| hi / b),
                 efficiency: speedup.map(|x| x / total_cores as f64),
                 final_test_accuracy: s.final_test_accuracy,
                 peak_rss_mb_max: s.peak_rss_mb.iter().cloned().fold(0.0, f64::max),
@@ -205,15 +266,16 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 pub fn markdown(rows: &[&Row]) -> String {
     let mut md = String::from(
-        "| run | strategy | scaling | ranks x threads | stages x replicas | global batch | train s | images/s | speedup | efficiency | accuracy % | peak RSS MB/rank | all-reduce | bubble (formula / predicted) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | strategy | scaling | nodes | ranks x threads | stages x replicas | global batch | train s | images/s | speedup | efficiency | accuracy % | peak RSS MB/rank | averaging | bubble (formula / predicted) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         md += &format!(
-            "| {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0} | {} | {} | {:.2} | {} | {:.1}% | {:.1}%{} |\n",
+            "| {} | {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0}{} | {} | {} | {:.2} | {} | {:.1}% | {:.1}%{} |\n",
             r.run,
             r.strategy,
             r.scaling,
+            r.nodes,
             r.ranks,
             r.threads_per_rank,
             if r.oversubscribed { " (oversubscribed)" } else { "" },
@@ -222,6 +284,14 @@ pub fn markdown(rows: &[&Row]) -> String {
             r.global_batch,
             r.train_seconds,
             r.samples_per_second,
+            if r.repeats > 1 {
+                format!(
+                    " ({:.0}-{:.0}, {} runs)",
+                    r.samples_per_second_min, r.samples_per_second_max, r.repeats
+                )
+            } else {
+                String::new()
+            },
             opt(r.speedup, 2),
             opt(r.efficiency, 3),
             r.final_test_accuracy,
@@ -262,28 +332,11 @@ pub fn write(records: &[RunRecord], out: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         emit(&format!("{kind}_scaling"), &sel)?;
     }
-    let p = plots.join("speedup.png");
-    scaling_plot(
-        &all,
-        &p,
-        "Speedup vs serial (1 thread)",
-        "speedup (x)",
-        |r| r.speedup,
-        |c| c,
-        SeriesLabelPosition::UpperLeft,
-    )?;
-    written.push(p);
-    let p = plots.join("efficiency.png");
-    scaling_plot(
-        &all,
-        &p,
-        "Parallel efficiency",
-        "efficiency (speedup / cores)",
-        |r| r.efficiency,
-        |_| 1.0,
-        SeriesLabelPosition::UpperRight,
-    )?;
-    written.push(p);
+    for spec in SCALING_PLOTS {
+        let p = plots.join(spec.file);
+        scaling_plot(&all, &p, &spec)?;
+        written.push(p);
+    }
     let p = plots.join("loss_curves.png");
     loss_plot(records, &p)?;
     written.push(p);
@@ -328,67 +381,147 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
-/// Measured value per total cores, one line per (strategy, scaling, threads), with the ideal.
-fn scaling_plot(
-    rows: &[Row],
-    path: &Path,
-    title: &str,
-    y_label: &str,
-    value: impl Fn(&Row) -> Option<f64>,
-    ideal: impl Fn(f64) -> f64,
+/// One scaling chart: a measured value against cores or nodes, one line per (strategy,
+/// scaling, threads per rank), min-max bars over repeats, and the ideal.
+struct ScalingPlot {
+    file: &'static str,
+    title: &'static str,
+    y_desc: &'static str,
+    x_desc: &'static str,
+    x: fn(&Row) -> usize,
+    /// (median, min, max) of the plotted value.
+    value: fn(&Row) -> Option<(f64, f64, f64)>,
+    /// The ideal value at x for a series whose rows use `cores_per_x` cores per x unit.
+    ideal: fn(f64, f64) -> f64,
     legend: SeriesLabelPosition,
-) -> PlotResult {
-    let pts: Vec<(&Row, f64)> = rows.iter().filter_map(|r| value(r).map(|v| (r, v))).collect();
-    let max_cores = pts.iter().map(|(r, _)| r.total_cores).max().unwrap_or(1).max(2) as f64;
-    let max_y = pts.iter().map(|(_, v)| *v).fold(ideal(max_cores), f64::max) * 1.15;
+}
+
+fn speedup(r: &Row) -> Option<(f64, f64, f64)> {
+    Some((r.speedup?, r.speedup_min?, r.speedup_max?))
+}
+
+fn efficiency(r: &Row) -> Option<(f64, f64, f64)> {
+    let c = r.total_cores as f64;
+    speedup(r).map(|(m, lo, hi)| (m / c, lo / c, hi / c))
+}
+
+const SCALING_PLOTS: [ScalingPlot; 4] = [
+    ScalingPlot {
+        file: "speedup.png",
+        title: "Speedup vs serial (1 thread)",
+        y_desc: "speedup (x)",
+        x_desc: "total cores (ranks x threads per rank)",
+        x: |r| r.total_cores,
+        value: speedup,
+        ideal: |x, _| x,
+        legend: SeriesLabelPosition::UpperLeft,
+    },
+    ScalingPlot {
+        file: "efficiency.png",
+        title: "Parallel efficiency",
+        y_desc: "efficiency (speedup / cores)",
+        x_desc: "total cores (ranks x threads per rank)",
+        x: |r| r.total_cores,
+        value: efficiency,
+        ideal: |_, _| 1.0,
+        legend: SeriesLabelPosition::UpperRight,
+    },
+    ScalingPlot {
+        file: "speedup_by_nodes.png",
+        title: "Speedup vs serial (1 thread), by node count",
+        y_desc: "speedup (x)",
+        x_desc: "nodes",
+        x: |r| r.nodes,
+        value: speedup,
+        ideal: |x, cores_per_node| x * cores_per_node,
+        legend: SeriesLabelPosition::UpperLeft,
+    },
+    ScalingPlot {
+        file: "efficiency_by_nodes.png",
+        title: "Parallel efficiency, by node count",
+        y_desc: "efficiency (speedup / cores)",
+        x_desc: "nodes",
+        x: |r| r.nodes,
+        value: efficiency,
+        ideal: |_, _| 1.0,
+        legend: SeriesLabelPosition::UpperRight,
+    },
+];
+
+fn series_name(r: &Row) -> String {
+    format!("{} {} ({} thr/rank)", r.strategy, r.scaling, r.threads_per_rank)
+}
+
+fn scaling_plot(rows: &[Row], path: &Path, spec: &ScalingPlot) -> PlotResult {
+    let pts: Vec<(&Row, (f64, f64, f64))> = rows
+        .iter()
+        .filter_map(|r| (spec.value)(r).map(|v| (r, v)))
+        .collect();
+    let max_x = pts.iter().map(|(r, _)| (spec.x)(r)).max().unwrap_or(1).max(2) as f64;
+    // The ideal line is drawn for the cores per x unit of the first series (one per node count
+    // with seed 000's mapping); series with other per-node layouts are compared by efficiency.
+    let cores_per_x = pts
+        .first()
+        .map_or(1.0, |(r, _)| r.total_cores as f64 / (spec.x)(r).max(1) as f64);
+    let max_y = pts
+        .iter()
+        .map(|(_, v)| v.2)
+        .fold((spec.ideal)(max_x, cores_per_x), f64::max)
+        * 1.15;
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 26))
+        .caption(spec.title, ("sans-serif", 26))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.5f64..max_cores + 0.5, 0f64..max_y)
+        .build_cartesian_2d(0.5f64..max_x + 0.5, 0f64..max_y)
         .map_err(err)?;
     chart
         .configure_mesh()
         .light_line_style(WHITE)
-        .x_desc("total cores (ranks x threads per rank)")
-        .y_desc(y_label)
+        .x_desc(spec.x_desc)
+        .y_desc(spec.y_desc)
         .draw()
         .map_err(err)?;
     chart
         .draw_series(LineSeries::new(
-            (1..=max_cores as usize).map(|c| (c as f64, ideal(c as f64))),
+            (1..=max_x as usize).map(|c| (c as f64, (spec.ideal)(c as f64, cores_per_x))),
             BLACK.stroke_width(1),
         ))
         .map_err(err)?
         .label("ideal")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    let mut groups: Vec<String> = pts
-        .iter()
-        .map(|(r, _)| format!("{} {} ({} thr/rank)", r.strategy, r.scaling, r.threads_per_rank))
-        .collect();
+    let mut groups: Vec<String> = pts.iter().map(|(r, _)| series_name(r)).collect();
     groups.sort();
     groups.dedup();
     for (i, g) in groups.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let mut series: Vec<(f64, f64)> = pts
+        let mut series: Vec<(f64, (f64, f64, f64))> = pts
             .iter()
-            .filter(|(r, _)| &format!("{} {} ({} thr/rank)", r.strategy, r.scaling, r.threads_per_rank) == g)
-            .map(|(r, v)| (r.total_cores as f64, *v))
+            .filter(|(r, _)| &series_name(r) == g)
+            .map(|(r, v)| ((spec.x)(r) as f64, *v))
             .collect();
         series.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let line: Vec<(f64, f64)> = series.iter().map(|(x, v)| (*x, v.0)).collect();
         chart
-            .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
             .map_err(err)?;
         chart
-            .draw_series(series.iter().map(|p| Circle::new(*p, 5, color.filled())))
+            .draw_series(
+                series
+                    .iter()
+                    .filter(|(_, v)| v.2 > v.1)
+                    .map(|(x, v)| PathElement::new(vec![(*x, v.1), (*x, v.2)], color.stroke_width(2))),
+            )
+            .map_err(err)?;
+        chart
+            .draw_series(line.iter().map(|p| Circle::new(*p, 5, color.filled())))
             .map_err(err)?
             .label(g.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
     }
-    draw_legend(&mut chart, legend)?;
+    draw_legend(&mut chart, spec.legend.clone())?;
     root.present().map_err(err)?;
     Ok(())
 }

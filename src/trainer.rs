@@ -95,6 +95,7 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
         plan.topology.replicas,
         cfg.run.seed,
     );
+    let peak = peak_from_env(cfg, &plan)?;
     if let Some(ck) = &resume {
         check_resumable(ck, cfg, &plan, &sampler, out_dir)?;
     }
@@ -114,6 +115,7 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
         }
     }
     let mut trainer = Trainer::new(cfg, &plan, world, &data, out_dir, sampler)?;
+    trainer.peak_gflops = peak;
     let result = trainer.train(resume.as_ref());
     match result {
         Ok(summary) => Ok(summary),
@@ -127,6 +129,26 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
             Err(e)
         }
     }
+}
+
+/// The peak of all this run's ranks from the file `PARTRAIN_PEAK` names (`partrain peak`), for
+/// the run's precision and threads per rank; None without the variable.
+fn peak_from_env(cfg: &Config, plan: &Plan) -> Result<Option<f64>> {
+    let Ok(file) = std::env::var("PARTRAIN_PEAK") else {
+        return Ok(None);
+    };
+    let peak = crate::peak::Peak::load(Path::new(&file)).context("PARTRAIN_PEAK")?;
+    let precision = match cfg.train.precision {
+        crate::config::Precision::Fp32 => "fp32",
+        crate::config::Precision::Bf16 => "bf16",
+    };
+    let per_rank = peak.gflops(precision, plan.threads_per_rank).with_context(|| {
+        format!(
+            "PARTRAIN_PEAK={file}: no {precision} peak measured at {} thread(s) per rank (partrain peak --threads ...)",
+            plan.threads_per_rank
+        )
+    })?;
+    Ok(Some(per_rank * plan.world.size as f64))
 }
 
 /// Checks that every rank holds the same value of `what`; names the ranks that differ.
@@ -227,6 +249,8 @@ pub struct Trainer<'a> {
     progress: Progress,
     fault: Fault,
     metrics: Option<MetricsWriter>,
+    /// The machine's peak for all ranks, when measured (`PARTRAIN_PEAK`).
+    peak_gflops: Option<f64>,
 }
 
 impl<'a> Trainer<'a> {
@@ -274,6 +298,7 @@ impl<'a> Trainer<'a> {
             progress: Progress::default(),
             fault: Fault::from_env(world.rank())?,
             metrics: None,
+            peak_gflops: None,
         })
     }
 
@@ -613,6 +638,9 @@ impl Summary {
         let compute_per_rank = world.all_gather(t.timers.compute.seconds);
         let activation_mb = world.all_gather(t.engine.peak_activation_bytes as f64 / (1024.0 * 1024.0));
         let p = t.progress;
+        let flop = crate::model::training_flop_per_image(&plan.layers, plan.input_shape) as f64;
+        let samples_per_second = p.trained_samples as f64 / p.train_seconds;
+        let achieved_gflops = samples_per_second * flop / 1e9;
         Summary {
             status: "completed".into(),
             strategy: plan.strategy,
@@ -621,6 +649,7 @@ impl Summary {
             world_size: world.size(),
             nodes: plan.world.nodes(),
             ranks_per_node: plan.world.ranks_per_node(),
+            hostnames: world.hostnames(),
             // The node's online CPUs, not this process's affinity mask (one core under --bind-to core).
             cores_per_node: crate::util::node_cores(),
             stages: plan.topology.stages,
@@ -637,7 +666,11 @@ impl Summary {
             train_samples: t.data.train.len(),
             test_samples: t.data.test.len(),
             train_seconds: p.train_seconds,
-            samples_per_second: p.trained_samples as f64 / p.train_seconds,
+            samples_per_second,
+            training_flop_per_image: flop,
+            achieved_gflops,
+            peak_gflops: t.peak_gflops,
+            fraction_of_peak: t.peak_gflops.map(|peak| achieved_gflops / peak),
             final_test_accuracy: last.test_accuracy,
             final_test_loss: last.test_loss,
             final_train_loss: last.train_loss,

@@ -95,6 +95,31 @@ fn read_status_kb(field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Today's date (UTC) as YYYY-MM-DD.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// This machine's host name (its UTS name, which an emulated node sets per namespace).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Online CPUs of this node (sysconf), whatever this process is bound to.
 pub fn node_cores() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -126,6 +151,13 @@ mod tests {
             .collect();
         assert_eq!(a, b);
         assert_ne!(mix_seed(&[1, 2]), mix_seed(&[2, 1]));
+    }
+
+    #[test]
+    fn today_is_a_date() {
+        let t = today();
+        assert_eq!(t.len(), 10);
+        assert!(t.as_str() >= "2026-01-01", "{t}");
     }
 
     #[test]

@@ -96,6 +96,16 @@ impl WorldShape {
         let mine = self.node_of_rank[self.rank];
         self.node_of_rank.iter().filter(|&&x| x == mine).count()
     }
+    /// How many of `ranks` sit on each node they use, when that is the same on all of them.
+    pub fn evenly_spread(&self, ranks: impl IntoIterator<Item = usize>) -> Option<usize> {
+        let mut per_node = std::collections::BTreeMap::new();
+        for r in ranks {
+            *per_node.entry(self.node_of_rank[r]).or_insert(0usize) += 1;
+        }
+        let mut counts = per_node.values().copied();
+        let first = counts.next()?;
+        counts.all(|c| c == first).then_some(first)
+    }
     /// Whether all of `ranks` sit on one node.
     pub fn on_one_node(&self, ranks: impl IntoIterator<Item = usize>) -> bool {
         let mut nodes = ranks.into_iter().map(|r| self.node_of_rank[r]);
@@ -359,19 +369,57 @@ impl Comm {
         }
     }
 
-    /// Gradient averaging through node-shared memory over this communicator, whose ranks must
-    /// all share one node, with `n` f32 per rank. Collective.
-    pub fn node_mean(&self, n: usize) -> Rc<NodeMean> {
+    /// Gradient averaging through node-shared memory over this communicator, `n` f32 per rank.
+    /// With `across_nodes`, its ranks may span nodes (each with the same number of them): the
+    /// node sums are all-reduced across nodes slice by slice (two levels); without, its ranks
+    /// must all share one node. Collective.
+    pub fn node_mean(&self, n: usize, across_nodes: bool) -> Rc<NodeMean> {
         let Inner::Mpi { comm, .. } = &self.inner else {
             panic!("node_mean on a one-rank communicator")
         };
         let node = comm.split_shared(self.rank as i32);
-        assert_eq!(
-            node.size() as usize,
-            self.size,
-            "the plan chose shared-memory averaging for ranks on several nodes"
-        );
-        Rc::new(NodeMean::new(node, n))
+        let across = if across_nodes {
+            // The ranks holding the same slice on every node: same local rank, ordered by node.
+            let local_rank = node.rank();
+            let cross = comm
+                .split_by_color_with_key(Color::with_value(local_rank), self.rank as i32)
+                .expect("a non-negative color always yields a communicator");
+            Some((cross, self.size))
+        } else {
+            assert_eq!(
+                node.size() as usize,
+                self.size,
+                "the plan chose one-node shared-memory averaging for ranks on several nodes"
+            );
+            None
+        };
+        Rc::new(NodeMean::new(node, n, across))
+    }
+
+    /// Every rank's `values` (the same length on every rank), rank after rank.
+    pub fn all_gather_slice<T: Equivalence + Copy + Default>(&self, values: &[T]) -> Vec<T> {
+        let mut out = vec![T::default(); values.len() * self.size];
+        match &self.inner {
+            Inner::Solo => out.copy_from_slice(values),
+            Inner::Mpi { comm, .. } => {
+                let _w = waiting_for("all-gather", || self.group());
+                comm.all_gather_into(values, &mut out[..]);
+            }
+        }
+        out
+    }
+
+    /// Every rank's host name, indexed by rank (up to 63 bytes each). Collective.
+    pub fn hostnames(&self) -> Vec<String> {
+        const LEN: usize = 64;
+        let mut mine = [0u8; LEN];
+        let host = crate::util::hostname();
+        let n = host.len().min(LEN - 1);
+        mine[..n].copy_from_slice(&host.as_bytes()[..n]);
+        self.all_gather_slice(&mine)
+            .chunks(LEN)
+            .map(|c| String::from_utf8_lossy(c.split(|&b| b == 0).next().unwrap_or(&[])).into_owned())
+            .collect()
     }
 }
 
@@ -423,6 +471,8 @@ mod tests {
         assert_eq!(s.node_of_rank, vec![0, 0, 0, 0, 1, 1]);
         assert_eq!((s.nodes(), s.ranks_per_node(), s.local_ranks()), (2, 4, 4));
         assert!(s.on_one_node([0, 3]));
+        assert_eq!(s.evenly_spread([0, 1, 4, 5]), Some(2));
+        assert_eq!(s.evenly_spread([0, 1, 4]), None);
         assert!(!s.on_one_node([3, 4]));
         assert_eq!(WorldShape::blocks(1, 1).nodes(), 1);
     }

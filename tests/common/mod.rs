@@ -167,6 +167,8 @@ pub fn assert_plots(results: &Path) {
     for p in [
         "speedup.png",
         "efficiency.png",
+        "speedup_by_nodes.png",
+        "efficiency_by_nodes.png",
         "loss_curves.png",
         "training_comparison.png",
         "time_breakdown.png",
@@ -222,4 +224,96 @@ pub fn serial_reference(dir: &Path) -> PathBuf {
     let serial = dir.join("serial");
     assert_ok(&partrain(&refs(&equivalence_args("serial", &serial))));
     serial
+}
+
+/// An emulated cluster of `nodes` fake nodes on this machine (`scripts/cluster.sh`), taken down
+/// (only what it started, by pid) when dropped, even when the test fails.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: usize,
+}
+
+/// How a job's ranks are started on the emulated cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// `srun -K --mpi=pmix -N nodes -n ranks` (Slurm allocates and launches).
+    Srun,
+    /// `mpirun --hostfile` through the cluster's rsh agent, no Slurm involved.
+    Mpirun,
+}
+
+impl Cluster {
+    /// `up` in `dir` with Slurm ports from `port` (distinct per concurrently running cluster).
+    pub fn up(dir: &Path, nodes: usize, port: u16) -> Cluster {
+        let o = Command::new("bash")
+            .arg(root().join("scripts/cluster.sh"))
+            .args(["up", &nodes.to_string()])
+            .env("PARTRAIN_CLUSTER", dir)
+            .env("PARTRAIN_CLUSTER_PORT", port.to_string())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cluster did not come up: {}", text(&o));
+        Cluster {
+            dir: dir.to_path_buf(),
+            nodes,
+        }
+    }
+
+    /// `cluster.sh exec ARGS...` (the cluster's environment and /etc files), run from `cwd`.
+    pub fn exec(&self, args: &[&str], cwd: &Path) -> Command {
+        let mut cmd = Command::new("bash");
+        cmd.arg(root().join("scripts/cluster.sh"))
+            .arg("exec")
+            .args(args)
+            .env("PARTRAIN_CLUSTER", &self.dir)
+            .current_dir(cwd);
+        cmd
+    }
+
+    /// partrain with `args` on `ranks` ranks spread over `nodes` nodes.
+    pub fn launch(&self, launcher: Launcher, nodes: usize, ranks: usize, args: &[&str]) -> Command {
+        let (n, np, per) = (nodes.to_string(), ranks.to_string(), (ranks / nodes).to_string());
+        let hostfile = self.dir.join("hostfile").display().to_string();
+        let mut all: Vec<&str> = match launcher {
+            Launcher::Srun => vec!["srun", "-K", "--mpi=pmix", "--time=5", "-N", &n, "-n", &np],
+            Launcher::Mpirun => vec![
+                "mpirun",
+                "--hostfile",
+                &hostfile,
+                "-np",
+                &np,
+                "--map-by",
+                "ppr:",
+                "--bind-to",
+                "none",
+            ],
+        };
+        let ppr = format!("ppr:{per}:node");
+        if launcher == Launcher::Mpirun {
+            all[6] = &ppr;
+        }
+        all.push(bin());
+        all.extend_from_slice(args);
+        self.exec(&all, &root())
+    }
+
+    pub fn kill_node(&self, k: usize) {
+        let o = Command::new("bash")
+            .arg(root().join("scripts/cluster.sh"))
+            .args(["kill-node", &k.to_string()])
+            .env("PARTRAIN_CLUSTER", &self.dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "kill-node {k}: {}", text(&o));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(root().join("scripts/cluster.sh"))
+            .arg("down")
+            .env("PARTRAIN_CLUSTER", &self.dir)
+            .status();
+    }
 }

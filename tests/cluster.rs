@@ -1,0 +1,422 @@
+//! Several nodes, emulated on this machine (`scripts/cluster.sh`: fake nodes node1..node4, each in
+//! its own UTS and mount namespace, all traffic on loopback): equivalence with serial across nodes
+//! under `srun --mpi=pmix` and under `mpirun`, the SLURM array workflow submitted exactly as README
+//! tells a user to, and faults that cross nodes.
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Distinct hostnames in a run's summary.
+fn hosts(run: &Path) -> Vec<String> {
+    let mut h: Vec<String> = summary(run)["hostnames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    h.sort();
+    h.dedup();
+    h
+}
+
+#[track_caller]
+fn run_ok(cmd: Command, what: &str) -> Duration {
+    let (o, took) = run_with_limit(cmd, Duration::from_secs(180));
+    assert!(o.status.success(), "{what} failed:\n{}", text(&o));
+    took
+}
+
+/// dp on 2 nodes x 2 ranks and on 4 nodes x 1 rank with each averaging path, and hybrid 2 stages x 2
+/// replicas on 2 nodes with both placements, under srun and under mpirun: weights within 1e-4 of
+/// serial after 50 steps, and each summary names the nodes the ranks ran on.
+#[test]
+fn dp_and_hybrid_across_nodes_match_serial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serial = serial_reference(tmp.path());
+    let cluster = Cluster::up(&tmp.path().join("cluster"), 4, 16800);
+    for launcher in [Launcher::Srun, Launcher::Mpirun] {
+        for (nodes, ranks) in [(2, 4), (4, 4)] {
+            // Two levels with several ranks per node; with one per node the plan takes the flat
+            // all-reduce (it measured faster there).
+            let auto = if ranks / nodes > 1 {
+                "two_level"
+            } else {
+                "mpi_allreduce"
+            };
+            for (sets, path) in [
+                (["sync.shared_memory=true", "sync.overlap=false"], auto),
+                (
+                    ["sync.shared_memory=false", "sync.overlap=false"],
+                    "mpi_allreduce",
+                ),
+                (
+                    ["sync.shared_memory=true", "sync.overlap=true"],
+                    "mpi_allreduce_overlapped",
+                ),
+            ] {
+                let label = format!(
+                    "dp {nodes} nodes x {} ranks, {} -> {path}, {launcher:?}",
+                    ranks / nodes,
+                    sets.join(" ")
+                );
+                let out = tmp.path().join(label.replace([' ', ',', '>', '='], "_"));
+                let mut args = equivalence_args("dp", &out);
+                for s in sets {
+                    args.extend(["--set".into(), s.into()]);
+                }
+                let took = run_ok(cluster.launch(launcher, nodes, ranks, &refs(&args)), &label);
+                println!("{label}: {took:?}");
+                let s = summary(&out);
+                assert_eq!(s["gradient_averaging"], path, "{label}");
+                assert_eq!(
+                    (s["nodes"].as_u64(), s["world_size"].as_u64()),
+                    (Some(nodes as u64), Some(4))
+                );
+                let h = hosts(&out);
+                assert!(
+                    h.len() == nodes && h.iter().all(|n| n.starts_with("node")),
+                    "{label}: {h:?}"
+                );
+                assert_matches_serial(&serial, &out, &label);
+            }
+        }
+        for (placement, path) in [
+            ("pipeline_in_node", "mpi_allreduce"),
+            ("replicas_in_node", "shared_memory"),
+        ] {
+            let label = format!("hybrid 2 stages x 2 replicas on 2 nodes, {placement}, {launcher:?}");
+            let out = tmp.path().join(label.replace([' ', ','], "_"));
+            let mut args = equivalence_args("hybrid", &out);
+            for s in [
+                "parallel.stages=2".to_string(),
+                "parallel.micro_batches=4".into(),
+                "parallel.stage_boundaries=[4]".into(),
+                format!("parallel.placement={placement}"),
+            ] {
+                args.extend(["--set".into(), s]);
+            }
+            let took = run_ok(cluster.launch(launcher, 2, 4, &refs(&args)), &label);
+            println!("{label}: {took:?}");
+            let s = summary(&out);
+            assert_eq!(s["gradient_averaging"], path, "{label}");
+            assert_eq!(hosts(&out).len(), 2, "{label}");
+            assert_matches_serial(&serial, &out, &label);
+        }
+    }
+}
+
+/// The repository as a fresh clone would hold it (tracked files, and new files not yet committed
+/// but not ignored), with the built binary: no `results/slurm`, no runs.
+fn fresh_clone(dst: &Path) -> PathBuf {
+    let o = Command::new("git")
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    for f in o.stdout.split(|&b| b == 0).filter(|f| !f.is_empty()) {
+        let rel = Path::new(std::str::from_utf8(f).unwrap());
+        if !root().join(rel).exists() {
+            continue; // deleted in the working tree
+        }
+        std::fs::create_dir_all(dst.join(rel).parent().unwrap()).unwrap();
+        std::fs::copy(root().join(rel), dst.join(rel)).unwrap();
+    }
+    std::os::unix::fs::symlink(root().join("target"), dst.join("target")).unwrap();
+    dst.to_path_buf()
+}
+
+fn job_state(cluster: &Cluster, id: &str) -> String {
+    let (o, _) = run_with_limit(
+        cluster.exec(&["scontrol", "show", "job", id], &root()),
+        Duration::from_secs(30),
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("JobState="))
+        .unwrap_or("UNKNOWN")
+        .to_string()
+}
+
+/// Waits until job `id` has ended; returns its final state.
+fn wait_for(cluster: &Cluster, id: &str, limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let state = job_state(cluster, id);
+        if !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED"].contains(&state.as_str()) {
+            return state;
+        }
+        assert!(start.elapsed() < limit, "job {id} still {state} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn logs(dir: &Path) -> String {
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        all += &format!(
+            "== {}\n{}\n",
+            e.path().display(),
+            std::fs::read_to_string(e.path()).unwrap_or_default()
+        );
+    }
+    all
+}
+
+/// `sbatch slurm/run_all_scaling_and_plot.slurm` from a fresh clone on the cluster, with the
+/// workflow's settings in the environment. Returns (clone, driver job id).
+fn submit_workflow(cluster: &Cluster, dir: &Path, env: &[(&str, &str)]) -> (PathBuf, String) {
+    let clone = fresh_clone(dir);
+    assert!(!clone.join("results/slurm").exists());
+    let mut cmd = cluster.exec(&["sbatch", "slurm/run_all_scaling_and_plot.slurm"], &clone);
+    cmd.env(
+        "SETS",
+        format!(
+            "data.dir={} data.train_limit=640 data.test_limit=200",
+            mnist_dir().display()
+        ),
+    )
+    .env("EPOCHS", "1")
+    .env("RANKS_PER_NODE", "1")
+    .env("CPUS_PER_TASK", "1")
+    .env("TIME_LIMIT", "00:10:00");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (o, _) = run_with_limit(cmd, Duration::from_secs(60));
+    assert!(o.status.success(), "sbatch: {}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let id = out.trim().rsplit(' ').next().unwrap().to_string();
+    (clone, id)
+}
+
+/// The whole workflow on 4 emulated nodes: an array job with node counts 1, 2 and 4 (2 repeats
+/// each), the report job after them, from submission to the table and the plots.
+#[test]
+fn slurm_array_workflow_across_node_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(&tmp.path().join("cluster"), 4, 17800);
+    let start = Instant::now();
+    let (clone, driver) = submit_workflow(
+        &cluster,
+        &tmp.path().join("clone"),
+        &[("NODE_COUNTS", "1 2 4"), ("REPEATS", "2")],
+    );
+    let logs_dir = clone.join("results/slurm");
+    assert_eq!(
+        wait_for(&cluster, &driver, Duration::from_secs(60)),
+        "COMPLETED",
+        "{}",
+        logs(&clone.join("results"))
+    );
+    let report = std::fs::read_to_string(logs_dir.join("report_job_id")).unwrap();
+    let state = wait_for(&cluster, report.trim(), Duration::from_secs(600));
+    assert_eq!(state, "COMPLETED", "report job: {state}\n{}", logs(&logs_dir));
+    println!(
+        "SLURM array workflow (node counts 1, 2, 4; 2 repeats): submission to report in {:?}",
+        start.elapsed()
+    );
+    let results = clone.join("results");
+    assert_plots(&results);
+    let mut rdr = csv::Reader::from_path(results.join("metrics/speedup_table.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> =
+        rdr.deserialize().map(|r| r.unwrap()).collect();
+    let mut names: Vec<&str> = rows.iter().map(|r| r["run"].as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "dp_1n_t1",
+            "dp_2n_t1",
+            "dp_4n_t1",
+            "hybrid_2n_t1",
+            "hybrid_4n_t1",
+            "serial_1n_t1"
+        ]
+    );
+    for r in &rows {
+        assert_eq!(r["repeats"], "2", "{r:?}");
+        // The row is the median run: its figures are that run's summary's.
+        let runs = clone.join("results/runs/slurm");
+        let matching = (1..=2)
+            .map(|k| summary(&runs.join(format!("{}_r{k}", r["run"]))))
+            .find(|s| s["samples_per_second"].as_f64() == r["samples_per_second"].parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no repeat of {} has the row's images/s", r["run"]));
+        assert_eq!(
+            r["nodes"].parse::<u64>().unwrap(),
+            matching["nodes"].as_u64().unwrap()
+        );
+    }
+    let dp4 = clone.join("results/runs/slurm/dp_4n_t1_r1");
+    assert_eq!(hosts(&dp4), ["node1", "node2", "node3", "node4"]);
+    let driver_log = std::fs::read_to_string(logs_dir.join("driver.log")).unwrap();
+    for n in [1, 2, 4] {
+        assert!(
+            driver_log.contains(&format!("node count {n} (job ")),
+            "{driver_log}"
+        );
+    }
+    let outcome = std::fs::read_to_string(logs_dir.join("outcome_job_id")).unwrap();
+    assert_eq!(
+        wait_for(&cluster, outcome.trim(), Duration::from_secs(60)),
+        "COMPLETED"
+    );
+    let driver_log = std::fs::read_to_string(logs_dir.join("driver.log")).unwrap();
+    assert_eq!(driver_log.matches(": COMPLETED").count(), 3, "{driver_log}");
+}
+
+/// The pid of the partrain process of Slurm rank `rank` whose command line mentions `marker`.
+fn srun_rank_pid(marker: &str, rank: usize) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline =
+            String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .to_string();
+        if !cmdline.starts_with(bin()) || !cmdline.contains(marker) {
+            continue;
+        }
+        let env = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default())
+            .to_string();
+        if env.split('\0').any(|v| v == format!("SLURM_PROCID={rank}")) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not after {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Faults that cross nodes end the job everywhere, quickly: `kill -9` of a rank on another node;
+/// a rank that cannot reach its peer (no transport between the nodes); a node that dies under a
+/// task of the SLURM workflow (that task fails, the report job is cancelled, and the driver's log
+/// names the node count).
+#[test]
+fn faults_across_nodes_end_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(&tmp.path().join("cluster"), 4, 18800);
+
+    // kill -9 of rank 1, which runs on node2.
+    let out = tmp.path().join("killed");
+    let args = run_args(
+        "dp",
+        "data_parallel.yaml",
+        &out,
+        &["train.epochs=400", "data.train_limit=1280", "data.test_limit=200"],
+    );
+    let mut child = cluster
+        .launch(Launcher::Srun, 2, 2, &refs(&args))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the first epoch", Duration::from_secs(90), || {
+        std::fs::read_to_string(out.join("metrics.csv")).is_ok_and(|m| m.lines().count() >= 2)
+    });
+    let pid = srun_rank_pid(out.to_str().unwrap(), 1).expect("rank 1 is running");
+    let node = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-u", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&node.stdout).trim(), "node2");
+    let killed = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("the job's end after kill -9", Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(!child.wait().unwrap().success());
+    println!(
+        "kill -9 of rank 1 on node2: the job ended after {:?}",
+        killed.elapsed()
+    );
+
+    // Rank 1 has no transport that reaches node1 (only shared memory and itself).
+    let out = tmp.path().join("unreachable");
+    let args = run_args(
+        "dp",
+        "data_parallel.yaml",
+        &out,
+        &[
+            "train.epochs=1",
+            "data.train_limit=640",
+            "data.test_limit=100",
+            "parallel.timeout_s=20",
+        ],
+    );
+    let script = format!(
+        "if [ \"$SLURM_PROCID\" = 1 ]; then export OMPI_MCA_btl=self,vader; fi; exec {} {}",
+        bin(),
+        args.join(" ")
+    );
+    let cmd = cluster.exec(
+        &[
+            "srun",
+            "-K",
+            "--mpi=pmix",
+            "--time=5",
+            "-N",
+            "2",
+            "-n",
+            "2",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &root(),
+    );
+    let (o, took) = run_with_limit(cmd, Duration::from_secs(60));
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(took < Duration::from_secs(30), "took {took:?}:\n{msg}");
+    println!(
+        "unreachable peer: ended after {took:?} with:\n{}",
+        msg.lines().take(12).collect::<Vec<_>>().join("\n")
+    );
+
+    // node2 dies (its slurmd and every process on it) while the 2-node task runs.
+    let (clone, driver) = submit_workflow(
+        &cluster,
+        &tmp.path().join("clone"),
+        &[("NODE_COUNTS", "1 2"), ("REPEATS", "1"), ("EPOCHS", "30")],
+    );
+    assert_eq!(wait_for(&cluster, &driver, Duration::from_secs(60)), "COMPLETED");
+    let run = clone.join("results/runs/slurm/dp_2n_t1_r1");
+    wait_until("the 2-node task's dp run", Duration::from_secs(300), || {
+        run.join("metrics.csv").exists()
+    });
+    let killed = Instant::now();
+    cluster.kill_node(2);
+    let logs_dir = clone.join("results/slurm");
+    let outcome = std::fs::read_to_string(logs_dir.join("outcome_job_id")).unwrap();
+    wait_for(&cluster, outcome.trim(), Duration::from_secs(300));
+    println!("node2 killed: outcome written after {:?}", killed.elapsed());
+    let report = std::fs::read_to_string(logs_dir.join("report_job_id")).unwrap();
+    assert_eq!(
+        wait_for(&cluster, report.trim(), Duration::from_secs(60)),
+        "CANCELLED"
+    );
+    let log = std::fs::read_to_string(logs_dir.join("driver.log")).unwrap();
+    assert!(
+        log.contains("node count 1 (job ") && log.contains(": COMPLETED"),
+        "{log}"
+    );
+    assert!(
+        log.contains("node count 2 (job ") && log.contains(": FAILED"),
+        "{log}"
+    );
+    assert!(log.contains("cancelled, because a node count failed"), "{log}");
+    println!("{log}");
+}
