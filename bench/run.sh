@@ -5,6 +5,12 @@
 #   bash bench/run.sh                          # ROUNDS=3 TRAIN_LIMIT=12800, MNIST + CIFAR-shaped
 #   ROUNDS=5 DATASETS=mnist bash bench/run.sh
 #
+# It starts by measuring this machine's fp32 and bf16 peak at 1 and 2 threads (`partrain peak`:
+# libtorch GEMM and a large channels-last convolution, the faster) and reports every row as
+# images/s and as a fraction of that peak (achieved training FLOP/s over peak FLOP/s).
+#   BASELINE=/tmp/partrain-old bash bench/run.sh   # also every partrain row with another binary
+#                                                 # (e.g. the previous commit's), side by side
+#
 # Configurations (partrain-fp32 = NCHW, -cl = channels-last, -bf16-cl = bf16 + channels-last):
 # serial at 1 and 2 threads (partrain fp32 NCHW / channels-last / bf16 vs PyTorch
 # eager / channels-last / bf16 autocast + channels-last), dp 2 ranks x 1 thread (partrain vs
@@ -22,6 +28,10 @@ PY=.venv/bin/python
 work="$OUT/raw"
 rm -rf "$work"
 mkdir -p "$work"
+# This machine's peak first, in the same session: every row is also reported as a fraction of it
+# (and partrain's summaries get fraction_of_peak through PARTRAIN_PEAK).
+partrain peak --threads 1,2 --out "$OUT/peak.json"
+export PARTRAIN_PEAK="$OUT/peak.json"
 cifar_dir="$OUT/cifar10-shaped"
 if [[ " $DATASETS " == *" cifar10 "* ]] && [ ! -f "$cifar_dir/test_batch.bin" ]; then
   $PY - "$cifar_dir" <<'PY'
@@ -44,15 +54,22 @@ pt() { # pt NAME NP THREADS MODE DATASET DIR: a PyTorch reference
       --train-limit "$TRAIN_LIMIT" --out "$work/$name.json" > "$work/$name.log" 2>&1
   fi || { echo "FAILED: $name (log: $work/$name.log)"; tail -n 20 "$work/$name.log"; exit 1; }
 }
-pr() { # pr NAME NP THREADS COMMAND CONFIG [SETS...]: partrain
-  local name=$1 np=$2 t=$3 cmd=$4 cfg=$5; shift 5
+run_partrain() { # run_partrain BINARY NAME NP THREADS COMMAND CONFIG [SETS...]
+  local bin=$1 name=$2 np=$3 t=$4 cmd=$5 cfg=$6; shift 6
   local sets=(--set data.train_limit="$TRAIN_LIMIT" --set data.test_limit=1000 --set train.epochs=1
               --set parallel.threads_per_rank="$t" --set train.batch_size=64 --set checkpoint.every_epochs=0 --overwrite "$@")
   if [ "$cmd" = serial ]; then
-    partrain serial --config "$cfg" "${sets[@]}" --out "$work/$name" > "$work/$name.log" 2>&1
+    "$bin" serial --config "$cfg" "${sets[@]}" --out "$work/$name" > "$work/$name.log" 2>&1
   else
-    mpirun -np "$np" $(partrain_binding "$np" "$t") partrain "$cmd" --config "$cfg" "${sets[@]}" --out "$work/$name" > "$work/$name.log" 2>&1
+    mpirun -np "$np" $(partrain_binding "$np" "$t") "$bin" "$cmd" --config "$cfg" "${sets[@]}" --out "$work/$name" > "$work/$name.log" 2>&1
   fi || { echo "FAILED: $name (log: $work/$name.log)"; tail -n 20 "$work/$name.log"; exit 1; }
+}
+pr() { # pr NAME NP THREADS COMMAND CONFIG [SETS...]: partrain (and right after it the BASELINE binary)
+  run_partrain "$(command -v partrain)" "$@"
+  if [ -n "${BASELINE:-}" ]; then
+    local name=$1; shift
+    run_partrain "$BASELINE" "${name/_partrain-/_baseline-}" "$@"
+  fi
 }
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -69,6 +86,9 @@ for r in $(seq 1 "$ROUNDS"); do
       pr "${ds}_serial_t${t}_partrain-bf16-cl_r$r" 1 "$t" serial "$base" "${d[@]}" --set train.precision=bf16 --set train.channels_last=true
       pt "${ds}_serial_t${t}_pytorch-bf16_cl_r$r" 1 "$t" bf16_cl "$ds" "$dir"
     done
+    # One rank with both cores' threads against dp's two ranks of one thread, at dp's global batch
+    # (2 x 64): which layout wins on a node.
+    pr "${ds}_serial_t2_partrain-fp32-cl-b128_r$r" 1 2 serial "$base" "${d[@]}" --set train.channels_last=true --set train.batch_size=128
     pr "${ds}_dp2x1_t1_partrain-fp32_r$r" 2 1 dp "$dp" "${d[@]}" --set train.channels_last=false
     pt "${ds}_dp2x1_t1_pytorch-mpi4py_r$r" 2 1 mpi4py "$ds" "$dir"
     pr "${ds}_dp2x1_t1_partrain-fp32-cl_r$r" 2 1 dp "$dp" "${d[@]}" --set train.channels_last=true
@@ -79,4 +99,4 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   echo "round $r done"
 done
-$PY bench/summarize.py "$work" "$OUT"
+$PY bench/summarize.py "$work" "$OUT" "$OUT/peak.json"

@@ -10,6 +10,7 @@
 
 use crate::comm::{AsyncSends, Comm, ReduceWorker, Tag};
 use crate::data::Split;
+use crate::fused;
 use crate::grads::GradientBuffer;
 use crate::metrics::StepTimers;
 use crate::model::{LayerSpec, Net, ParamBlock};
@@ -48,6 +49,10 @@ pub struct Engine {
     activation_elems_per_sample: i64,
     /// Send buffers, one per send of a step, reused every step.
     arena: Vec<Vec<f32>>,
+    /// On the stage that reads images: the padding of its first conv when that block (conv ->
+    /// ReLU -> 2x2 max-pool) runs fused outside autograd, and one set of buffers per micro-batch.
+    fused: Option<i64>,
+    fused_buffers: Vec<fused::Buffers>,
     recv_buf: Vec<f32>,
     /// Largest number of bytes of activations held at once (micro-batches in flight x their size).
     pub peak_activation_bytes: i64,
@@ -99,7 +104,14 @@ impl Engine {
         let mut net = Net::build(&plan.layers, range, seed);
         net.set_compute(plan.compute);
         let m = plan.batches.micro_batches;
+        let fused = if plan.topology.prev().is_none() {
+            net.fused_first_block()
+        } else {
+            None
+        };
         Engine {
+            fused,
+            fused_buffers: (0..m).map(|_| fused::Buffers::default()).collect(),
             net,
             topo: plan.topology,
             actions: plan.schedule.actions[plan.topology.stage].clone(),
@@ -126,6 +138,9 @@ impl Engine {
         let b = (batch.shard.len() / m) as i64;
         let mut step = StageStep {
             net: &self.net,
+            fused: self.fused,
+            fused_buffers: &mut self.fused_buffers,
+            fused_saved: (0..m).map(|_| None).collect(),
             topo: self.topo,
             m,
             b,
@@ -157,8 +172,8 @@ impl Engine {
     /// One stage, one micro-batch, with the gradient averaging overlapped: forward by layer
     /// blocks, then backward block by block from the loss; as soon as a block's parameter
     /// gradients are complete they go to the all-reduce thread, while the backward of the blocks
-    /// before it continues. Same gradients as one backward (the block boundary passes the
-    /// incoming gradient g through d/dx sum(out * g)). Returns the loss.
+    /// before it continues. Same gradients as one backward (each block's backward starts from the
+    /// gradient the next block left at its input). Returns the loss.
     pub fn overlapped_step(
         &mut self,
         data: &Split,
@@ -185,7 +200,8 @@ impl Engine {
                 if b + 1 == blocks.len() {
                     loss.backward();
                 } else {
-                    (&outputs[b] * inputs[b + 1].grad()).sum(Kind::Float).backward();
+                    crate::native::backward_with_grad(&outputs[b], &inputs[b + 1].grad())
+                        .expect("block backward");
                 }
                 let (send, recv, len) = buffer.grad_span(blocks[b].params.clone());
                 // SAFETY: the spans stay allocated in `buffer` and untouched until `worker.wait`
@@ -259,6 +275,10 @@ impl Engine {
 /// The state of one training step on one stage while its actions run.
 struct StageStep<'e> {
     net: &'e Net,
+    /// The first block's padding when it runs fused, its buffers, and each micro-batch's saved state.
+    fused: Option<i64>,
+    fused_buffers: &'e mut [fused::Buffers],
+    fused_saved: Vec<Option<fused::Saved>>,
     topo: Topology,
     m: usize,
     /// Images per micro-batch.
@@ -308,8 +328,18 @@ impl StageStep<'_> {
         };
         tch::manual_seed(micro_seed(self.batch.seed, i));
         let (net, m, out_elems, next) = (self.net, self.m, self.out_elems, self.topo.next());
+        let (fused, buffers, saved) = (self.fused, &mut self.fused_buffers[i], &mut self.fused_saved[i]);
         let out = self.timers.compute.time(|| {
-            let out = net.forward(&input, true);
+            let out = match fused {
+                Some(pad) => {
+                    let p = &net.layers[0].params;
+                    let block = fused::forward(&input, &p[0], &p[1], pad, buffers);
+                    let out = net.forward_layers(&block.leaf, true, 3..net.layers.len());
+                    *saved = Some(block);
+                    out
+                }
+                None => net.forward(&input, true),
+            };
             match next {
                 Some(n) => {
                     tx.send_with(n, Tag::Activation(i), out_elems, |buf| {
@@ -346,11 +376,19 @@ impl StageStep<'_> {
                     .wait
                     .time(|| tx.recv(n, Tag::Gradient(i), self.recv_buf));
                 let g = Tensor::from_slice(self.recv_buf).view_as(&out);
-                // d/dθ sum(out * g) = J^T g: the stage's share of the chain rule.
+                // J^T g: the stage's share of the chain rule, straight from the neighbour's
+                // gradient (the same gradients as backward of sum(out * g), without its product).
                 self.timers
                     .compute
-                    .time(|| (&out * g).sum(Kind::Float).backward());
+                    .time(|| crate::native::backward_with_grad(&out, &g).expect("stage backward"));
             }
+        }
+        if let (Some(pad), Some(block)) = (self.fused, self.fused_saved[i].take()) {
+            let p = &self.net.layers[0].params;
+            let buffers = &mut self.fused_buffers[i];
+            self.timers
+                .compute
+                .time(|| fused::backward(&block, &p[0], &p[1], pad, buffers));
         }
         if let Some(p) = self.topo.prev() {
             let gin = input.grad();

@@ -327,6 +327,20 @@ impl Net {
         }
     }
 
+    /// When this net starts with conv -> ReLU -> 2x2 max-pool and computes in fp32 channels-last,
+    /// the conv's padding: the block `fused` computes outside autograd (see src/fused.rs).
+    pub fn fused_first_block(&self) -> Option<i64> {
+        let kinds: Vec<&LayerKind> = self.layers.iter().take(3).map(|l| &l.spec.kind).collect();
+        match kinds.as_slice() {
+            [LayerKind::Conv2d { pad, .. }, LayerKind::Relu, LayerKind::MaxPool2d { k: 2 }]
+                if self.compute.channels_last && !self.compute.bf16 =>
+            {
+                Some(*pad)
+            }
+            _ => None,
+        }
+    }
+
     /// The net cut before each layer with parameters: every block holds one such layer and the
     /// parameter-free layers after it; `params` indexes `parameters()`. Backward can run block by
     /// block, and a block's gradients are final once its backward has run.

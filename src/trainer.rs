@@ -39,6 +39,9 @@ pub struct Sgd {
     pub momentum: f64,
     /// Flat momentum, laid out like the `GradientBuffer`'s values.
     velocity: Tensor,
+    /// lr x velocity, written in place every step (allocating it cost a 1.7 MB temporary per
+    /// step for the MNIST net).
+    scaled: Tensor,
     /// Each parameter's view into `velocity` (what checkpoints save and restore).
     pub buffers: Vec<Tensor>,
 }
@@ -49,17 +52,20 @@ impl Sgd {
         Sgd {
             lr,
             momentum,
+            scaled: velocity.zeros_like(),
             velocity,
             buffers,
         }
     }
 
     /// One step on every weight at once, over the flat buffers (element by element the same
-    /// arithmetic as a per-parameter loop, in 3 kernels instead of 3 per parameter).
+    /// arithmetic as a per-parameter loop, in 4 kernels instead of 3 per parameter, no temporary).
     pub fn step(&mut self, values: &Tensor, grads: &Tensor) {
         tch::no_grad(|| {
             let _ = self.velocity.g_mul_scalar_(self.momentum).g_add_(grads);
-            let _ = values.shallow_clone().g_sub_(&(&self.velocity * self.lr));
+            let lr = Tensor::from(self.lr as f32);
+            let _ = self.velocity.mul_out(&self.scaled, &lr);
+            let _ = values.shallow_clone().g_sub_(&self.scaled);
         })
     }
 }
