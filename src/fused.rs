@@ -1,7 +1,7 @@
 //! The first block of a stage that reads images (conv -> ReLU -> 2x2 max-pool) computed outside
 //! autograd, in fewer passes over memory, with the same mathematics.
 //!
-//! Profiled on partrain's op sequence (`bench/profile.py`, MNIST net, fp32 channels-last, 1
+//! Profiled on partrain's op sequence (`bench/step_profile.py`, MNIST net, fp32 channels-last, 1
 //! thread), this block cost about a quarter of a step although it holds 5% of the FLOPs: max-pool
 //! forward, its backward (which first zero-fills a fresh 6.4 MB gradient, then scatters into it),
 //! and the ReLU and its backward each make a pass over the 28x28x32 activations. Here:

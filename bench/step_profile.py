@@ -4,7 +4,7 @@ partrain runs libtorch kernels through tch; this script issues the same libtorch
 order (src/model.rs's forward, the loss, backward, src/trainer.rs's flat-buffer SGD), so that
 torch.profiler can attribute a step's time to kernels. Keep it in step with src/model.rs.
 
-    .venv/bin/python bench/profile.py [--net mnist|cifar10] [--precision fp32|bf16] [--threads 1]
+    .venv/bin/python bench/step_profile.py [--net mnist|cifar10] [--precision fp32|bf16] [--threads 1]
                                       [--batch 64] [--steps 60] [--no-channels-last] [--rows 20]
 
 Prints the ops by self CPU time (share of the step) and the step time; `--json FILE` also writes
