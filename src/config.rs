@@ -47,6 +47,8 @@ pub struct RunConfig {
     pub name: String,
     /// Seeds weight initialisation, the epoch permutations and dropout.
     pub seed: u64,
+    /// Write `trace.json` (a per-rank timeline, Chrome trace-event format) into the run folder.
+    pub trace: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -285,6 +287,7 @@ impl Default for RunConfig {
         RunConfig {
             name: "run".into(),
             seed: 42,
+            trace: false,
         }
     }
 }
@@ -536,12 +539,13 @@ impl Config {
     }
 
     /// The hash a checkpoint records: the config less what may change between a run and its
-    /// resumption (how long to train, the MPI deadline, checkpoint frequency).
+    /// resumption (how long to train, the MPI deadline, checkpoint frequency, tracing).
     pub fn resume_hash(&self) -> u64 {
         let mut c = self.clone();
         c.train.epochs = 0;
         c.train.max_steps = None;
         c.checkpoint = CheckpointConfig::default();
+        c.run.trace = false;
         c.hash()
     }
 

@@ -231,6 +231,7 @@ impl Engine {
 
     /// Forward-only pipeline over this replica's share of `split`, `batch` images at a time.
     pub fn evaluate(&mut self, world: &Comm, split: &Split, batch: usize) -> EvalSums {
+        let _span = crate::trace::span("evaluate", || "evaluate".into());
         let t = self.topo;
         let n = split.len();
         let (lo, hi) = (n * t.replica / t.replicas, n * (t.replica + 1) / t.replicas);
@@ -327,6 +328,7 @@ impl StageStep<'_> {
             }
         };
         tch::manual_seed(micro_seed(self.batch.seed, i));
+        let _span = crate::trace::span("forward", || format!("F{i}"));
         let (net, m, out_elems, next) = (self.net, self.m, self.out_elems, self.topo.next());
         let (fused, buffers, saved) = (self.fused, &mut self.fused_buffers[i], &mut self.fused_saved[i]);
         let out = self.timers.compute.time(|| {
@@ -368,6 +370,7 @@ impl StageStep<'_> {
 
     fn backward(&mut self, i: usize, tx: &mut AsyncSends) {
         let (input, out) = self.saved[i].take().expect("the schedule runs F before B");
+        let _span = crate::trace::span("backward", || format!("B{i}"));
         match self.topo.next() {
             None => self.timers.compute.time(|| out.backward()),
             Some(n) => {

@@ -98,6 +98,11 @@ impl Averager {
     /// After backward: averages the gradients across the group as the policy says and names
     /// the gradient the optimizer steps with.
     pub fn average(&mut self, buffer: &mut GradientBuffer) -> GradSource {
+        let _span = crate::trace::span_with(
+            "averaging",
+            || format!("average ({})", self.policy.name()),
+            || serde_json::json!({"ranks": self.group.size(), "elements": buffer.len()}),
+        );
         match self.policy {
             GradSync::None | GradSync::WeightAverage { .. } => GradSource::Local,
             GradSync::SharedMemory | GradSync::TwoLevel => {

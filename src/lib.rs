@@ -2,6 +2,7 @@
 //! parallelism) on libtorch through `tch`, all run by one engine over a `stages x replicas` grid.
 //! See README.md for the commands and docs/design.md for the module map.
 
+pub mod calibrate;
 pub mod checkpoint;
 pub mod comm;
 pub mod config;
@@ -16,11 +17,13 @@ pub mod metrics;
 pub mod model;
 pub mod native;
 pub mod peak;
+pub mod perf_model;
 pub mod plan;
 pub mod report;
 pub mod run_dir;
 pub mod schedule;
 pub mod sync_bench;
+pub mod trace;
 pub mod trainer;
 pub mod util;
 pub mod watchdog;

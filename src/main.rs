@@ -46,6 +46,9 @@ struct RunArgs {
     /// Continue the run in the run folder from its latest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Write trace.json: every rank's timeline (Perfetto, chrome://tracing); as run.trace: true.
+    #[arg(long)]
+    trace: bool,
 }
 
 #[derive(Args)]
@@ -83,6 +86,12 @@ enum Command {
         runs: PathBuf,
         #[arg(long, default_value = "results")]
         out: PathBuf,
+        /// Add the performance model's prediction of each run (`partrain calibrate` writes it).
+        #[arg(long)]
+        calibration: Option<PathBuf>,
+        /// The network between nodes for the predictions (default: the calibration's measured one).
+        #[arg(long, requires = "calibration")]
+        network: Option<String>,
     },
     /// Seed 003's convolution benchmark: `mpirun -np N partrain conv-bench --mode strong|weak ...`.
     ConvBench(partrain::conv_bench::ConvBench),
@@ -90,6 +99,13 @@ enum Command {
     Peak(partrain::peak::PeakArgs),
     /// Times each gradient-averaging path on its own: `mpirun -np N partrain sync-bench`.
     SyncBench(partrain::sync_bench::SyncBench),
+    /// Measures what `plan` predicts from: per-layer compute at each thread count and batch size,
+    /// links inside and between nodes (`mpirun -np N partrain calibrate ...`).
+    Calibrate(partrain::calibrate::CalibrateArgs),
+    /// Predicts every layout that fits a cluster, best first, and writes plan.csv.
+    Plan(partrain::perf_model::PlanArgs),
+    /// Draws a traced run's timeline (trace.json) as a PNG: one row per rank.
+    Timeline(partrain::trace::TimelineArgs),
     /// Data set management.
     Data {
         #[command(subcommand)]
@@ -125,7 +141,8 @@ fn load_config(path: &std::path::Path, set: &[String]) -> Result<Config> {
 }
 
 fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<()> {
-    let cfg = load_config(&args.config, &args.set)?;
+    let mut cfg = load_config(&args.config, &args.set)?;
+    cfg.run.trace |= args.trace;
     let out = args.out.clone().unwrap_or_else(|| run_dir::default_out_dir(&cfg));
     let start = if args.resume {
         Start::Resume
@@ -216,7 +233,74 @@ fn inspect(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn report(runs: &std::path::Path, out: &std::path::Path) -> Result<()> {
+fn plan_command(args: &partrain::perf_model::PlanArgs) -> Result<()> {
+    let rows = args.run()?;
+    println!(
+        "{:>5} {:>6} {:>6} {:>9} {:>7} {:>6} {:>11} {:>16} {:>9} {:>8} {:>10} {:>9}",
+        "nodes",
+        "scope",
+        "layout",
+        "ranks/nd",
+        "threads",
+        "S x M",
+        "schedule",
+        "averaging",
+        "images/s",
+        "speedup",
+        "efficiency",
+        "MB/rank"
+    );
+    let mut shown = std::collections::HashMap::new();
+    for r in &rows {
+        let n = shown.entry((r.nodes, r.scope.clone())).or_insert(0);
+        if *n >= args.top {
+            continue;
+        }
+        *n += 1;
+        println!(
+            "{:>5} {:>6} {:>6} {:>9} {:>7} {:>6} {:>11} {:>16} {:>9.0} {:>8.2} {:>10.3} {:>9.0}{}",
+            r.nodes,
+            r.scope,
+            r.strategy,
+            r.ranks_per_node,
+            r.threads,
+            format!("{}x{}", r.stages, r.micro_batches),
+            r.schedule,
+            r.averaging,
+            r.images_per_s,
+            r.speedup,
+            r.efficiency,
+            r.memory_mb_per_rank,
+            if r.extrapolated {
+                "  (threads extrapolated)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("{} layouts in {}", rows.len(), args.out.display());
+    Ok(())
+}
+
+fn report(
+    runs: &std::path::Path,
+    out: &std::path::Path,
+    calibration: Option<&std::path::Path>,
+    network: Option<&str>,
+) -> Result<()> {
+    let predictor = match calibration {
+        Some(path) => {
+            let calibration = partrain::perf_model::Calibration::load(path)?;
+            let network = match network {
+                Some(n) => partrain::perf_model::named_network(n)?,
+                None => calibration
+                    .inter_node
+                    .unwrap_or(partrain::perf_model::named_network("ib100")?),
+            };
+            Some(partrain::report::Predictor { calibration, network })
+        }
+        None => None,
+    };
     let (records, skipped) = partrain::report::collect(runs)?;
     if records.is_empty() {
         anyhow::bail!(
@@ -227,8 +311,8 @@ fn report(runs: &std::path::Path, out: &std::path::Path) -> Result<()> {
     for s in &skipped {
         eprintln!("report: skipping {s}: not a completed run");
     }
-    let files = partrain::report::write(&records, out)?;
-    let rows = partrain::report::rows(&records);
+    let files = partrain::report::write(&records, out, predictor.as_ref())?;
+    let rows = partrain::report::rows(&records, predictor.as_ref());
     print!("{}", partrain::report::markdown(&rows.iter().collect::<Vec<_>>()));
     for f in files {
         println!("wrote {}", f.display());
@@ -290,7 +374,12 @@ fn main() -> ExitCode {
         Command::Hybrid(args) => return with_mpi(|comm| run_training(Strategy::Hybrid, &args, comm)),
         Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
         Command::Inspect(args) => inspect(&args),
-        Command::Report { runs, out } => report(&runs, &out),
+        Command::Report {
+            runs,
+            out,
+            calibration,
+            network,
+        } => report(&runs, &out, calibration.as_deref(), network.as_deref()),
         Command::ConvBench(bench) => {
             return with_mpi(|comm| {
                 let row = bench.run(comm)?;
@@ -307,6 +396,22 @@ fn main() -> ExitCode {
                 Ok(())
             });
         }
+        Command::Calibrate(args) => {
+            return with_mpi(|comm| {
+                if let Some(cal) = args.run(comm)? {
+                    println!(
+                        "wrote {}: {} compute rows, link inside a node {:?}, between nodes {:?}",
+                        args.out.display(),
+                        cal.compute.len(),
+                        cal.intra_node,
+                        cal.inter_node
+                    );
+                }
+                Ok(())
+            });
+        }
+        Command::Plan(args) => plan_command(&args),
+        Command::Timeline(args) => args.run().map(|png| println!("wrote {}", png.display())),
         Command::Peak(args) => args.run().map(|peak| {
             println!("{} on {}:", peak.date, peak.cpu);
             for r in &peak.rows {

@@ -42,6 +42,10 @@ pub struct Summary {
     /// Each rank's host name, indexed by rank.
     #[serde(default)]
     pub hostnames: Vec<String>,
+    /// Distinct machines (kernels) under the nodes: fewer than `nodes` on an emulated cluster,
+    /// whose nodes share one machine's cores.
+    #[serde(default)]
+    pub machines: usize,
     pub stages: usize,
     pub replicas: usize,
     pub threads_per_rank: usize,
@@ -52,6 +56,11 @@ pub struct Summary {
     /// gradient accumulation).
     #[serde(default)]
     pub micro_batches: usize,
+    /// The first layer of stages 1.., and how the stages and replicas were laid over the ranks.
+    #[serde(default)]
+    pub stage_boundaries: Vec<usize>,
+    #[serde(default = "default_placement")]
+    pub placement: crate::config::Placement,
     pub batch_scope: BatchScope,
     pub sync_mode: SyncMode,
     /// The plan's averaging path (`GradSync::name`): `none` (one replica), `shared_memory`,
@@ -232,6 +241,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn read_summary(path: &Path) -> Result<Summary> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a partrain summary", path.display()))
+}
+
+fn default_placement() -> crate::config::Placement {
+    crate::config::Placement::PipelineInNode
 }
 
 /// Where a rank's training time goes: forward, backward and optimizer (`compute`), averaging

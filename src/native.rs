@@ -7,11 +7,17 @@ use tch::Tensor;
 type CTensor = *const std::ffi::c_void;
 
 extern "C" {
-    fn partrain_conv_weight_grad(
+    #[allow(clippy::too_many_arguments)] // a C signature: out-parameters and the error buffer
+    fn partrain_conv_backward(
         grad_out: CTensor,
         input: CTensor,
         weight: CTensor,
         pad: i64,
+        groups: i64,
+        want_input: i32,
+        want_weight: i32,
+        want_bias: i32,
+        grad_input: *mut *mut std::ffi::c_void,
         grad_weight: *mut *mut std::ffi::c_void,
         grad_bias: *mut *mut std::ffi::c_void,
         err: *mut std::ffi::c_char,
@@ -30,24 +36,40 @@ fn message(buf: &[u8]) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// The gradients of a stride-1 convolution's weight and bias (libtorch's
-/// `convolution_backward` with output mask [false, true, true]: the kernel autograd runs).
-pub fn conv_weight_grad(
+/// Which gradients `conv_backward` computes, and the convolution's groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub input: bool,
+    pub weight: bool,
+    pub bias: bool,
+    pub groups: i64,
+}
+
+/// The gradients of a stride-1 convolution (libtorch's `convolution_backward`: the kernel autograd
+/// runs) that `want` asks for, as (input, weight, bias).
+pub fn conv_backward(
     grad_out: &Tensor,
     input: &Tensor,
     weight: &Tensor,
     pad: i64,
-) -> Result<(Tensor, Tensor)> {
+    want: Wanted,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let mut err = [0u8; 512];
-    let (mut gw, mut gb) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let (mut gi, mut gw, mut gb) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: the three tensors are live tch tensors (their pointers are `torch::Tensor*`); on
-    // success the shim returns two tensors it allocated with `new`, whose ownership tch takes.
+    // success the shim returns the asked-for tensors, allocated with `new`, whose ownership tch
+    // takes, and null for the others.
     unsafe {
-        let code = partrain_conv_weight_grad(
+        let code = partrain_conv_backward(
             grad_out.as_ptr() as CTensor,
             input.as_ptr() as CTensor,
             weight.as_ptr() as CTensor,
             pad,
+            want.groups,
+            want.input as i32,
+            want.weight as i32,
+            want.bias as i32,
+            &mut gi,
             &mut gw,
             &mut gb,
             err.as_mut_ptr() as *mut std::ffi::c_char,
@@ -56,7 +78,27 @@ pub fn conv_weight_grad(
         if code != 0 {
             bail!("convolution_backward: {}", message(&err));
         }
-        Ok((Tensor::from_ptr(gw as _), Tensor::from_ptr(gb as _)))
+        let own = |p: *mut std::ffi::c_void| (!p.is_null()).then(|| Tensor::from_ptr(p as _));
+        Ok((own(gi), own(gw), own(gb)))
+    }
+}
+
+/// The gradients of a stride-1 convolution's weight and bias only.
+pub fn conv_weight_grad(
+    grad_out: &Tensor,
+    input: &Tensor,
+    weight: &Tensor,
+    pad: i64,
+) -> Result<(Tensor, Tensor)> {
+    let want = Wanted {
+        input: false,
+        weight: true,
+        bias: true,
+        groups: 1,
+    };
+    match conv_backward(grad_out, input, weight, pad, want)? {
+        (_, Some(w), Some(b)) => Ok((w, b)),
+        _ => bail!("convolution_backward returned no weight or bias gradient"),
     }
 }
 

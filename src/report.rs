@@ -136,6 +136,11 @@ pub struct Row {
     /// The speedup of the slowest and the fastest repeat.
     pub speedup_min: Option<f64>,
     pub speedup_max: Option<f64>,
+    /// With `--calibration`: the performance model's images/s for this layout, its speedup
+    /// against the measured baseline, and predicted / measured - 1.
+    pub predicted_samples_per_second: Option<f64>,
+    pub predicted_speedup: Option<f64>,
+    pub prediction_error: Option<f64>,
     pub efficiency: Option<f64>,
     pub final_test_accuracy: f64,
     pub peak_rss_mb_max: f64,
@@ -184,7 +189,42 @@ fn baseline<'a>(r: &RunRecord, records: &'a [RunRecord]) -> Option<&'a RunRecord
         })
 }
 
-pub fn rows(records: &[RunRecord]) -> Vec<Row> {
+/// The calibration and network predictions are made with (`partrain report --calibration`).
+pub struct Predictor {
+    pub calibration: crate::perf_model::Calibration,
+    pub network: crate::perf_model::Link,
+}
+
+/// The layout a finished run had, as the performance model takes it.
+pub fn layout_of(s: &Summary) -> crate::perf_model::Layout {
+    let machines = s.machines.max(1);
+    crate::perf_model::Layout {
+        strategy: s.strategy.name().into(),
+        nodes: s.nodes.max(1),
+        ranks_per_node: s.ranks_per_node.max(1),
+        ranks_per_machine: s.world_size.div_ceil(machines),
+        threads: s.threads_per_rank.max(1),
+        stages: s.stages.max(1),
+        micro_batches: s.micro_batches.max(1),
+        schedule: s
+            .pipeline
+            .as_ref()
+            .map_or(crate::schedule::ScheduleKind::OneFOneB, |p| p.schedule),
+        global_batch: s.global_batch,
+        boundaries: s.stage_boundaries.clone(),
+        grad_sync: match s.gradient_averaging.as_str() {
+            "shared_memory" => crate::grad_sync::GradSync::SharedMemory,
+            "two_level" => crate::grad_sync::GradSync::TwoLevel,
+            "mpi_allreduce" => crate::grad_sync::GradSync::Allreduce,
+            "mpi_allreduce_overlapped" => crate::grad_sync::GradSync::Overlapped,
+            "weight_average" => crate::grad_sync::GradSync::WeightAverage { every: 1 },
+            _ => crate::grad_sync::GradSync::None,
+        },
+        pipeline_in_node: s.placement != crate::config::Placement::ReplicasInNode,
+    }
+}
+
+pub fn rows(records: &[RunRecord], predictor: Option<&Predictor>) -> Vec<Row> {
     records
         .iter()
         .map(|r| {
@@ -192,6 +232,8 @@ pub fn rows(records: &[RunRecord]) -> Vec<Row> {
             let base = baseline(r, records);
             let base_ips = base.map(|b| b.summary.samples_per_second);
             let speedup = base_ips.map(|b| s.samples_per_second / b);
+            let predicted = predictor
+                .map(|p| crate::perf_model::predict(&layout_of(s), &p.calibration, p.network).images_per_s);
             let (lo, hi) = (
                 r.throughputs.iter().cloned().fold(f64::INFINITY, f64::min),
                 r.throughputs.iter().cloned().fold(0.0, f64::max),
@@ -230,6 +272,9 @@ pub fn rows(records: &[RunRecord]) -> Vec<Row> {
                 speedup,
                 speedup_min: base_ips.map(|b| lo / b),
                 speedup_max: base_ips.map(|b| hi / b),
+                predicted_samples_per_second: predicted,
+                predicted_speedup: predicted.zip(base_ips).map(|(p, b)| p / b),
+                prediction_error: predicted.map(|p| p / s.samples_per_second - 1.0),
                 efficiency: speedup.map(|x| x / total_cores as f64),
                 final_test_accuracy: s.final_test_accuracy,
                 peak_rss_mb_max: s.peak_rss_mb.iter().cloned().fold(0.0, f64::max),
@@ -266,12 +311,12 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 pub fn markdown(rows: &[&Row]) -> String {
     let mut md = String::from(
-        "| run | strategy | scaling | nodes | ranks x threads | stages x replicas | global batch | train s | images/s | speedup | efficiency | accuracy % | peak RSS MB/rank | averaging | bubble (formula / predicted) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | strategy | scaling | nodes | ranks x threads | stages x replicas | global batch | train s | images/s | predicted (error) | speedup | efficiency | accuracy % | peak RSS MB/rank | averaging | bubble (formula / predicted) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         md += &format!(
-            "| {} | {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0}{} | {} | {} | {:.2} | {} | {:.1}% | {:.1}%{} |\n",
+            "| {} | {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0}{} | {} | {} | {} | {:.2} | {} | {:.1}% | {:.1}%{} |\n",
             r.run,
             r.strategy,
             r.scaling,
@@ -292,6 +337,10 @@ pub fn markdown(rows: &[&Row]) -> String {
             } else {
                 String::new()
             },
+            match (r.predicted_samples_per_second, r.prediction_error) {
+                (Some(p), Some(e)) => format!("{p:.0} ({:+.0}%)", 100.0 * e),
+                _ => "-".into(),
+            },
             opt(r.speedup, 2),
             opt(r.efficiency, 3),
             r.final_test_accuracy,
@@ -308,12 +357,12 @@ pub fn markdown(rows: &[&Row]) -> String {
 }
 
 /// Writes the tables to `out/metrics/` and the plots to `out/plots/`; returns the files written.
-pub fn write(records: &[RunRecord], out: &Path) -> Result<Vec<PathBuf>> {
+pub fn write(records: &[RunRecord], out: &Path, predictor: Option<&Predictor>) -> Result<Vec<PathBuf>> {
     let metrics = out.join("metrics");
     let plots = out.join("plots");
     std::fs::create_dir_all(&metrics)?;
     std::fs::create_dir_all(&plots)?;
-    let all = rows(records);
+    let all = rows(records, predictor);
     let refs: Vec<&Row> = all.iter().collect();
     let mut written = Vec::new();
     let mut emit = |name: &str, rows: &[&Row]| -> Result<()> {
@@ -391,6 +440,8 @@ struct ScalingPlot {
     x: fn(&Row) -> usize,
     /// (median, min, max) of the plotted value.
     value: fn(&Row) -> Option<(f64, f64, f64)>,
+    /// The performance model's value, drawn as a hollow marker (with `--calibration`).
+    predicted: fn(&Row) -> Option<f64>,
     /// The ideal value at x for a series whose rows use `cores_per_x` cores per x unit.
     ideal: fn(f64, f64) -> f64,
     legend: SeriesLabelPosition,
@@ -413,6 +464,7 @@ const SCALING_PLOTS: [ScalingPlot; 4] = [
         x_desc: "total cores (ranks x threads per rank)",
         x: |r| r.total_cores,
         value: speedup,
+        predicted: |r| r.predicted_speedup,
         ideal: |x, _| x,
         legend: SeriesLabelPosition::UpperLeft,
     },
@@ -423,6 +475,7 @@ const SCALING_PLOTS: [ScalingPlot; 4] = [
         x_desc: "total cores (ranks x threads per rank)",
         x: |r| r.total_cores,
         value: efficiency,
+        predicted: |r| r.predicted_speedup.map(|p| p / r.total_cores as f64),
         ideal: |_, _| 1.0,
         legend: SeriesLabelPosition::UpperRight,
     },
@@ -433,6 +486,7 @@ const SCALING_PLOTS: [ScalingPlot; 4] = [
         x_desc: "nodes",
         x: |r| r.nodes,
         value: speedup,
+        predicted: |r| r.predicted_speedup,
         ideal: |x, cores_per_node| x * cores_per_node,
         legend: SeriesLabelPosition::UpperLeft,
     },
@@ -443,6 +497,7 @@ const SCALING_PLOTS: [ScalingPlot; 4] = [
         x_desc: "nodes",
         x: |r| r.nodes,
         value: efficiency,
+        predicted: |r| r.predicted_speedup.map(|p| p / r.total_cores as f64),
         ideal: |_, _| 1.0,
         legend: SeriesLabelPosition::UpperRight,
     },
@@ -520,6 +575,25 @@ fn scaling_plot(rows: &[Row], path: &Path, spec: &ScalingPlot) -> PlotResult {
             .map_err(err)?
             .label(g.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+        let predicted: Vec<(f64, f64)> = pts
+            .iter()
+            .filter(|(r, _)| &series_name(r) == g)
+            .filter_map(|(r, _)| (spec.predicted)(r).map(|p| ((spec.x)(r) as f64, p)))
+            .collect();
+        chart
+            .draw_series(
+                predicted
+                    .iter()
+                    .map(|p| Circle::new(*p, 7, color.stroke_width(2))),
+            )
+            .map_err(err)?;
+    }
+    if pts.iter().any(|(r, _)| (spec.predicted)(r).is_some()) {
+        chart
+            .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+            .map_err(err)?
+            .label("predicted (hollow)")
+            .legend(|(x, y)| Circle::new((x + 10, y), 6, BLACK.stroke_width(2)));
     }
     draw_legend(&mut chart, spec.legend.clone())?;
     root.present().map_err(err)?;

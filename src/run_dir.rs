@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 /// Files a run writes; `--overwrite` removes exactly these and nothing else.
-pub const RUN_FILES: [&str; 5] = [
+pub const RUN_FILES: [&str; 6] = [
     "config.yaml",
     "metrics.csv",
     "summary.json",
     "model.safetensors",
     crate::checkpoint::FILE,
+    "trace.json",
 ];
 
 /// How a run treats its folder: a fresh run (refusing an existing folder unless `overwrite`), or

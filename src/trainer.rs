@@ -120,8 +120,16 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
             eprintln!("partrain: warning: {w}");
         }
     }
+    crate::trace::enable(cfg.run.trace);
+    // Measured on every launch that traces (collective): rank 0 aligns the ranks' clocks with it.
+    let clock_offsets = if cfg.run.trace {
+        world.clock_offsets(8)
+    } else {
+        Vec::new()
+    };
     let mut trainer = Trainer::new(cfg, &plan, world, &data, out_dir, sampler)?;
     trainer.peak_gflops = peak;
+    trainer.clock_offsets = clock_offsets;
     let result = trainer.train(resume.as_ref());
     match result {
         Ok(summary) => Ok(summary),
@@ -257,6 +265,8 @@ pub struct Trainer<'a> {
     metrics: Option<MetricsWriter>,
     /// The machine's peak for all ranks, when measured (`PARTRAIN_PEAK`).
     peak_gflops: Option<f64>,
+    /// With `run.trace`: each rank's clock offset to rank 0 (on rank 0).
+    clock_offsets: Vec<f64>,
 }
 
 impl<'a> Trainer<'a> {
@@ -305,6 +315,7 @@ impl<'a> Trainer<'a> {
             fault: Fault::from_env(world.rank())?,
             metrics: None,
             peak_gflops: None,
+            clock_offsets: Vec::new(),
         })
     }
 
@@ -423,6 +434,7 @@ impl<'a> Trainer<'a> {
     fn step(&mut self, ep: &EpochState, order: &[i64]) -> Result<Option<f64>> {
         let (epoch, step) = (ep.epoch, ep.steps);
         watchdog::set_context(format!("epoch {epoch} step {}", step + 1));
+        let _span = crate::trace::span("step", || format!("step {}", self.progress.global_step + 1));
         let replica = self.plan.topology.replica;
         let batch = StepBatch {
             poison: self.fault.at_step(self.progress.global_step + 1),
@@ -554,6 +566,7 @@ impl<'a> Trainer<'a> {
     /// Gathers every weight and momentum buffer on rank 0 and writes the checkpoint there.
     /// Called on every rank at the same step.
     fn checkpoint(&self, position: Position) -> Result<()> {
+        let _span = crate::trace::span("checkpoint", || "checkpoint".into());
         let mut tensors = self.gather_weights();
         let momentum: Vec<(String, Tensor)> = self
             .engine
@@ -616,10 +629,14 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// The last epoch's row is in; writes `model.safetensors` and `summary.json` (rank 0).
+    /// The last epoch's row is in; writes `model.safetensors`, `summary.json` and, when tracing,
+    /// `trace.json` (rank 0).
     fn finish(&mut self, last: &EpochRow) -> Result<Summary> {
         let named = self.gather_weights();
         let summary = Summary::collect(self, last);
+        if crate::trace::enabled() {
+            self.write_trace()?;
+        }
         if let Some(w) = self.metrics.as_ref() {
             run_dir::write_model(self.dir, &named)?;
             w.summary(&summary)?;
@@ -632,6 +649,39 @@ impl<'a> Trainer<'a> {
             );
         }
         Ok(summary)
+    }
+}
+
+impl Trainer<'_> {
+    /// Gathers every rank's trace events on rank 0, aligns their clocks and writes `trace.json`.
+    fn write_trace(&self) -> Result<()> {
+        let (plan, world) = (self.plan, self.world);
+        let t = plan.topology;
+        let mine = crate::trace::RankTrace {
+            rank: world.rank(),
+            node: plan.world.node_of_rank[world.rank()],
+            host: crate::util::hostname(),
+            label: format!("rank {} (stage {}, replica {})", world.rank(), t.stage, t.replica),
+            offset_us: 0.0,
+            events: crate::trace::take()
+                .iter()
+                .map(|e| serde_json::to_value(e).expect("events serialise"))
+                .collect(),
+        };
+        let Some(all) = world.gather_bytes(&serde_json::to_vec(&mine)?) else {
+            return Ok(());
+        };
+        let mut ranks: Vec<crate::trace::RankTrace> = all
+            .iter()
+            .map(|b| serde_json::from_slice(b))
+            .collect::<Result<_, _>>()?;
+        for r in &mut ranks {
+            r.offset_us = self.clock_offsets.get(r.rank).copied().unwrap_or(0.0);
+        }
+        crate::metrics::write_atomic(
+            &self.dir.join("trace.json"),
+            &serde_json::to_vec(&crate::trace::merge(&ranks))?,
+        )
     }
 }
 
@@ -656,6 +706,12 @@ impl Summary {
             nodes: plan.world.nodes(),
             ranks_per_node: plan.world.ranks_per_node(),
             hostnames: world.hostnames(),
+            machines: {
+                let mut ids = world.all_gather(crate::util::machine_id());
+                ids.sort_unstable();
+                ids.dedup();
+                ids.len()
+            },
             // The node's online CPUs, not this process's affinity mask (one core under --bind-to core).
             cores_per_node: crate::util::node_cores(),
             stages: plan.topology.stages,
@@ -665,6 +721,8 @@ impl Summary {
             steps: p.global_step,
             global_batch: plan.batches.global,
             micro_batches: plan.batches.micro_batches,
+            stage_boundaries: plan.split.boundaries.clone(),
+            placement: plan.topology.placement,
             batch_scope: cfg.train.batch_scope,
             sync_mode: cfg.sync.mode,
             gradient_averaging: plan.grad_sync.name().into(),

@@ -113,6 +113,17 @@ pub fn today() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// A hash of this kernel's boot id: the same for every process of one machine, fake nodes (UTS
+/// namespaces) included.
+pub fn machine_id() -> u64 {
+    fnv1a(
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .as_bytes(),
+    )
+}
+
 /// This machine's host name (its UTS name, which an emulated node sets per namespace).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

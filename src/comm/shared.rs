@@ -175,6 +175,7 @@ impl NodeMean {
     }
 
     fn barrier(&self) {
+        let _span = crate::trace::span("wait", || "node barrier".into());
         let _w = waiting_for("gradient averaging (node-shared memory)", || {
             format!("all {} ranks on this node", self.size)
         });
@@ -204,10 +205,23 @@ impl NodeMean {
             )
         };
         match &self.across {
-            None => sum_into(out, &segments, Some(self.size as f32)),
+            None => crate::trace::time(
+                "averaging",
+                || "node sum".into(),
+                || sum_into(out, &segments, Some(self.size as f32)),
+            ),
             Some(across) => {
                 let mut partial = across.partial.borrow_mut();
-                sum_into(&mut partial, &segments, None);
+                crate::trace::time(
+                    "averaging",
+                    || "node sum".into(),
+                    || sum_into(&mut partial, &segments, None),
+                );
+                let _span = crate::trace::span_with(
+                    "averaging",
+                    || "all-reduce across nodes".into(),
+                    || serde_json::json!({"ranks": across.comm.size(), "elements": partial.len()}),
+                );
                 let _w = waiting_for(
                     "gradient averaging across nodes (all-reduce of node sums)",
                     || {

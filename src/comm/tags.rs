@@ -11,6 +11,12 @@ pub enum Tag {
     Eval,
     /// Weights and momentum sent to rank 0 for checkpoints and `model.safetensors`.
     Gather,
+    /// Clock readings for aligning the ranks' traces (`--trace`).
+    Clock,
+    /// A rank's trace events sent to rank 0.
+    Trace,
+    /// Ping-pong messages of `partrain calibrate`.
+    Calibrate,
     /// Micro-batch `i`'s activation, stage s -> s + 1.
     Activation(usize),
     /// The gradient of micro-batch `i`'s activation, stage s + 1 -> s.
@@ -25,6 +31,9 @@ impl Tag {
         let v = match self {
             Tag::Eval => 1,
             Tag::Gather => 2,
+            Tag::Clock => 3,
+            Tag::Trace => 4,
+            Tag::Calibrate => 5,
             Tag::Activation(i) => FIRST_TRAINING_TAG + 2 * i as i64,
             Tag::Gradient(i) => FIRST_TRAINING_TAG + 2 * i as i64 + 1,
         };
@@ -46,7 +55,10 @@ mod tests {
 
     #[test]
     fn tags_are_distinct_and_bounded() {
-        let mut all: Vec<i32> = vec![Tag::Eval.value(), Tag::Gather.value()];
+        let mut all: Vec<i32> = [Tag::Eval, Tag::Gather, Tag::Clock, Tag::Trace, Tag::Calibrate]
+            .iter()
+            .map(|t| t.value())
+            .collect();
         for i in 0..100 {
             all.push(Tag::Activation(i).value());
             all.push(Tag::Gradient(i).value());

@@ -1,0 +1,308 @@
+//! Timelines of a run (`--trace`, `run.trace: true`): every rank records spans (forward and
+//! backward of each micro-batch, sends and receives with their peer and bytes, each level of
+//! gradient averaging, waits, evaluation, checkpoints) on the machine's monotonic clock; at the
+//! end rank 0 gathers them, shifts each rank's clock onto its own (offsets measured at start-up by
+//! ping-pong), and writes `trace.json` in the Chrome trace-event format that Perfetto and
+//! chrome://tracing open: one process per node, one thread (track) per rank.
+//!
+//! Off (the default), a span is one relaxed atomic load: nothing is recorded or allocated.
+
+use serde::Serialize;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static EVENTS: RefCell<Vec<Event>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One complete span ("ph": "X") of the trace-event format.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub name: String,
+    pub cat: &'static str,
+    pub ph: &'static str,
+    /// Start and duration in microseconds.
+    pub ts: f64,
+    pub dur: f64,
+    pub pid: usize,
+    pub tid: usize,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub args: serde_json::Value,
+}
+
+/// Microseconds on the machine's monotonic clock (comparable between processes of one machine;
+/// across machines the start-up offsets align them).
+pub fn now_us() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+}
+
+pub fn enable(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// An open span; recorded when dropped. `None` inside when tracing is off.
+pub struct Span(Option<(Event, f64)>);
+
+/// Opens a span of category `cat`; `name` and `args` are only built when tracing is on.
+pub fn span(cat: &'static str, name: impl FnOnce() -> String) -> Span {
+    span_with(cat, name, || serde_json::Value::Null)
+}
+
+pub fn span_with(
+    cat: &'static str,
+    name: impl FnOnce() -> String,
+    args: impl FnOnce() -> serde_json::Value,
+) -> Span {
+    if !enabled() {
+        return Span(None);
+    }
+    let start = now_us();
+    Span(Some((
+        Event {
+            name: name(),
+            cat,
+            ph: "X",
+            ts: start,
+            dur: 0.0,
+            pid: 0,
+            tid: 0,
+            args: args(),
+        },
+        start,
+    )))
+}
+
+/// Runs `f` inside a span.
+pub fn time<T>(cat: &'static str, name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
+    let _s = span(cat, name);
+    f()
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some((mut e, start)) = self.0.take() {
+            e.dur = now_us() - start;
+            EVENTS.with(|v| v.borrow_mut().push(e));
+        }
+    }
+}
+
+/// This thread's recorded events (emptied).
+pub fn take() -> Vec<Event> {
+    EVENTS.with(|v| std::mem::take(&mut *v.borrow_mut()))
+}
+
+/// A rank's events ready to be merged: its clock offset to rank 0 and where it runs.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RankTrace {
+    pub rank: usize,
+    pub node: usize,
+    pub host: String,
+    pub label: String,
+    /// Add to this rank's timestamps to put them on rank 0's clock.
+    pub offset_us: f64,
+    pub events: Vec<serde_json::Value>,
+}
+
+/// The merged document: one process per node (named by host), one thread per rank, all
+/// timestamps on rank 0's clock relative to the earliest event.
+pub fn merge(ranks: &[RankTrace]) -> serde_json::Value {
+    let origin = ranks
+        .iter()
+        .flat_map(|r| {
+            r.events
+                .iter()
+                .map(move |e| e["ts"].as_f64().unwrap_or(0.0) + r.offset_us)
+        })
+        .fold(f64::INFINITY, f64::min);
+    let origin = if origin.is_finite() { origin } else { 0.0 };
+    let mut events = Vec::new();
+    for r in ranks {
+        events.push(
+            serde_json::json!({"ph": "M", "name": "process_name", "pid": r.node, "tid": 0,
+            "args": {"name": format!("node{} ({})", r.node, r.host)}}),
+        );
+        events.push(
+            serde_json::json!({"ph": "M", "name": "thread_name", "pid": r.node, "tid": r.rank,
+            "args": {"name": r.label}}),
+        );
+        events.push(
+            serde_json::json!({"ph": "M", "name": "thread_sort_index", "pid": r.node, "tid": r.rank,
+            "args": {"sort_index": r.rank}}),
+        );
+        for e in &r.events {
+            let mut e = e.clone();
+            e["ts"] = serde_json::json!(e["ts"].as_f64().unwrap_or(0.0) + r.offset_us - origin);
+            e["pid"] = serde_json::json!(r.node);
+            e["tid"] = serde_json::json!(r.rank);
+            events.push(e);
+        }
+    }
+    serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_recorded_only_when_on() {
+        enable(false);
+        time("compute", || "F0".into(), || ());
+        assert!(take().is_empty());
+        enable(true);
+        time(
+            "compute",
+            || "F0".into(),
+            || std::thread::sleep(std::time::Duration::from_millis(2)),
+        );
+        enable(false);
+        let e = take();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].dur >= 2000.0, "{e:?}");
+        let merged = merge(&[RankTrace {
+            rank: 0,
+            node: 0,
+            host: "h".into(),
+            label: "rank 0".into(),
+            offset_us: 0.0,
+            events: e.iter().map(|e| serde_json::to_value(e).unwrap()).collect(),
+        }]);
+        assert_eq!(merged["traceEvents"][3]["ts"], 0.0);
+    }
+}
+
+/// `partrain timeline RUN_DIR`: a picture of a run's trace.json: one row per rank, a bar per span
+/// (forward, backward, messages, averaging, waits), over a window of steps.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TimelineArgs {
+    /// The run folder (with trace.json), or the trace file itself.
+    pub run: std::path::PathBuf,
+    /// The first step shown (1-based) and how many.
+    #[arg(long, default_value_t = 2)]
+    pub from_step: usize,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Default: timeline.png next to trace.json.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+impl TimelineArgs {
+    pub fn run(&self) -> anyhow::Result<std::path::PathBuf> {
+        use anyhow::Context;
+        use plotters::prelude::*;
+        let file = if self.run.is_dir() {
+            self.run.join("trace.json")
+        } else {
+            self.run.clone()
+        };
+        let doc: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&file)
+                .with_context(|| format!("cannot read {} (run with --trace)", file.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", file.display()))?;
+        let events: Vec<&serde_json::Value> = doc["traceEvents"]
+            .as_array()
+            .with_context(|| format!("{}: no traceEvents", file.display()))?
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .collect();
+        let f = |e: &serde_json::Value, k: &str| e[k].as_f64().unwrap_or(0.0);
+        let rank = |e: &serde_json::Value| e["tid"].as_u64().unwrap_or(0) as usize;
+        // The window: rank 0's steps from_step .. from_step + steps.
+        let steps: Vec<&&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["cat"] == "step" && rank(e) == 0)
+            .collect();
+        let first = steps
+            .get(self.from_step.saturating_sub(1))
+            .context("fewer steps in the trace than --from-step")?;
+        let last = steps
+            .get(self.from_step + self.steps - 2)
+            .unwrap_or(steps.last().expect("a step"));
+        let (t0, t1) = (f(first, "ts"), f(last, "ts") + f(last, "dur"));
+        let ranks = events.iter().map(|e| rank(e)).max().unwrap_or(0) + 1;
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| file.with_file_name("timeline.png"));
+        let root = BitMapBackend::new(&out, (1200, 120 + 60 * ranks as u32)).into_drawing_area();
+        let e = |x: DrawingAreaErrorKind<_>| anyhow::anyhow!("plotting: {x}");
+        root.fill(&WHITE).map_err(e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "Timeline, steps {}..{} (rank 0's clock)",
+                    self.from_step,
+                    self.from_step + self.steps - 1
+                ),
+                ("sans-serif", 22),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..(t1 - t0) / 1e3, 0f64..ranks as f64)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(ranks)
+            .y_label_formatter(&|y| format!("rank {}", (*y - 0.5).round() as i64))
+            .x_desc("milliseconds")
+            .draw()
+            .map_err(e)?;
+        let kinds: [(&str, RGBColor); 6] = [
+            ("forward", RGBColor(31, 119, 180)),
+            ("backward", RGBColor(255, 127, 14)),
+            ("comm", RGBColor(127, 127, 127)),
+            ("averaging", RGBColor(44, 160, 44)),
+            ("wait", RGBColor(214, 39, 40)),
+            ("evaluate", RGBColor(148, 103, 189)),
+        ];
+        for (cat, color) in kinds {
+            let bars: Vec<Rectangle<(f64, f64)>> = events
+                .iter()
+                .filter(|ev| ev["cat"] == cat && f(ev, "ts") + f(ev, "dur") >= t0 && f(ev, "ts") <= t1)
+                .map(|ev| {
+                    let r = rank(ev) as f64;
+                    let (a, b) = ((f(ev, "ts") - t0) / 1e3, (f(ev, "ts") + f(ev, "dur") - t0) / 1e3);
+                    let (lo, hi) = if cat == "comm" {
+                        (r + 0.1, r + 0.3)
+                    } else {
+                        (r + 0.3, r + 0.9)
+                    };
+                    Rectangle::new([(a.max(0.0), lo), (b, hi)], color.filled())
+                })
+                .collect();
+            chart
+                .draw_series(bars)
+                .map_err(e)?
+                .label(cat)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
+        root.present().map_err(e)?;
+        drop(chart);
+        drop(root);
+        Ok(out)
+    }
+}
