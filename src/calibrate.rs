@@ -251,39 +251,47 @@ impl CalibrateArgs {
             cal.inter_node = ping_pong(world, 0, r, self.repeats * 3).or(cal.inter_node);
         }
         if shape.size > 1 && shape.nodes() == 1 {
-            // Every rank computes at once; rank 0's step against its step alone.
-            let batch = 64;
-            let alone = cal
-                .compute
-                .iter()
-                .find(|r| r.threads == 1 && r.batch == batch)
-                .map(|r| r.step_s);
-            tch::set_num_threads(1);
-            world.barrier();
-            let together = step_time(&cfg, batch, self.repeats * 2)?;
-            if let Some(alone) = alone {
-                cal.corun.retain(|c| c.ranks != shape.size);
-                cal.corun.push(crate::perf_model::CoRun {
-                    ranks: shape.size,
-                    slowdown: (together / alone).max(1.0),
-                });
-                cal.corun.sort_by_key(|c| c.ranks);
-            }
-            let n = 1_070_794;
-            let param = Tensor::ones([n as i64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-            let len = GradientBuffer::flat_len(&[&param]);
-            let mut sync = Averager::new(GradSync::SharedMemory, world.split(0, world.rank()), len, 1);
-            let mut buffer = GradientBuffer::bind(&[&param], sync.node_mean());
-            let t = time(self.repeats * 3, || {
-                sync.average(&mut buffer);
-            });
-            cal.shared_memory_s_per_elem = Some(t / n as f64);
+            self.measure_sharing(&cfg, world, &mut cal)?;
         }
         if !world.is_root() {
             return Ok(None);
         }
         std::fs::write(&self.out, serde_json::to_string_pretty(&cal)?)?;
         Ok(Some(cal))
+    }
+
+    /// Ranks sharing one node: rank 0's step while every rank computes (against its step alone),
+    /// and the shared-memory averaging of a CIFAR-sized gradient.
+    fn measure_sharing(&self, cfg: &Config, world: &Comm, cal: &mut Calibration) -> Result<()> {
+        let size = world.size();
+        // Every rank computes at once; rank 0's step against its step alone.
+        let batch = 64;
+        let alone = cal
+            .compute
+            .iter()
+            .find(|r| r.threads == 1 && r.batch == batch)
+            .map(|r| r.step_s);
+        tch::set_num_threads(1);
+        world.barrier();
+        let together = step_time(cfg, batch, self.repeats * 2)?;
+        if let Some(alone) = alone {
+            cal.corun.retain(|c| c.ranks != size);
+            cal.corun.push(crate::perf_model::CoRun {
+                ranks: size,
+                slowdown: (together / alone).max(1.0),
+            });
+            cal.corun.sort_by_key(|c| c.ranks);
+        }
+        let n = 1_070_794;
+        let param = Tensor::ones([n as i64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let len = GradientBuffer::flat_len(&[&param]);
+        let mut sync = Averager::new(GradSync::SharedMemory, world.split(0, world.rank()), len, 1);
+        let mut buffer = GradientBuffer::bind(&[&param], sync.node_mean());
+        let t = time(self.repeats * 3, || {
+            sync.average(&mut buffer);
+        });
+        cal.shared_memory_s_per_elem = Some(t / n as f64);
+        Ok(())
     }
 
     /// The existing `--out` of the same net, whose measurements this launch may not repeat.

@@ -370,15 +370,18 @@ impl StageStep<'_> {
 
     fn backward(&mut self, i: usize, tx: &mut AsyncSends) {
         let (input, out) = self.saved[i].take().expect("the schedule runs F before B");
+        // The neighbour's gradient first: its wait is not part of the backward span.
+        let from_next = self.topo.next().map(|n| {
+            self.recv_buf.resize(self.out_elems, 0.0);
+            self.timers
+                .wait
+                .time(|| tx.recv(n, Tag::Gradient(i), self.recv_buf));
+            Tensor::from_slice(self.recv_buf).view_as(&out)
+        });
         let _span = crate::trace::span("backward", || format!("B{i}"));
-        match self.topo.next() {
+        match from_next {
             None => self.timers.compute.time(|| out.backward()),
-            Some(n) => {
-                self.recv_buf.resize(self.out_elems, 0.0);
-                self.timers
-                    .wait
-                    .time(|| tx.recv(n, Tag::Gradient(i), self.recv_buf));
-                let g = Tensor::from_slice(self.recv_buf).view_as(&out);
+            Some(g) => {
                 // J^T g: the stage's share of the chain rule, straight from the neighbour's
                 // gradient (the same gradients as backward of sum(out * g), without its product).
                 self.timers

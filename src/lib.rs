@@ -19,6 +19,8 @@ pub mod native;
 pub mod peak;
 pub mod perf_model;
 pub mod plan;
+pub mod plot_style;
+pub mod plots;
 pub mod report;
 pub mod run_dir;
 pub mod schedule;

@@ -367,6 +367,67 @@ fn tune_malloc() {
     }
 }
 
+fn conv_bench(bench: &partrain::conv_bench::ConvBench, comm: &Comm) -> Result<()> {
+    let row = bench.run(comm)?;
+    if comm.is_root() {
+        println!(
+            "{} ranks, {}: {:.3} s (max over ranks), memory per rank [{}] MB, output {}",
+            row.processes,
+            row.mode.name(),
+            row.seconds_max,
+            row.memory_mb_per_rank,
+            row.output_shape
+        );
+    }
+    Ok(())
+}
+
+fn calibrate(args: &partrain::calibrate::CalibrateArgs, comm: &Comm) -> Result<()> {
+    if let Some(cal) = args.run(comm)? {
+        println!(
+            "wrote {}: {} compute rows, link inside a node {:?}, between nodes {:?}",
+            args.out.display(),
+            cal.compute.len(),
+            cal.intra_node,
+            cal.inter_node
+        );
+    }
+    Ok(())
+}
+
+fn print_peak(peak: &partrain::peak::Peak) {
+    println!("{} on {}:", peak.date, peak.cpu);
+    for r in &peak.rows {
+        println!(
+            "  {} {} thread(s): GEMM {:.1} GFLOP/s, channels-last conv {:.1} GFLOP/s -> peak {:.1}",
+            r.precision, r.threads, r.gemm_gflops, r.conv_gflops, r.peak_gflops
+        );
+    }
+}
+
+fn sync_bench(bench: &partrain::sync_bench::SyncBench, comm: &Comm) -> Result<()> {
+    let rows = bench.run(comm)?;
+    if comm.is_root() {
+        println!("path label ranks nodes ranks/node elements median_us p10_us p90_us GB/s");
+        for r in rows {
+            println!(
+                "{} {} {} {} {} {} {:.1} {:.1} {:.1} {:.2}",
+                r.path,
+                r.label,
+                r.ranks,
+                r.nodes,
+                r.ranks_per_node,
+                r.elements,
+                r.median_us,
+                r.p10_us,
+                r.p90_us,
+                r.algbw_gbs
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tune_malloc();
     let result = match Cli::parse().command {
@@ -380,71 +441,12 @@ fn main() -> ExitCode {
             calibration,
             network,
         } => report(&runs, &out, calibration.as_deref(), network.as_deref()),
-        Command::ConvBench(bench) => {
-            return with_mpi(|comm| {
-                let row = bench.run(comm)?;
-                if comm.is_root() {
-                    println!(
-                        "{} ranks, {}: {:.3} s (max over ranks), memory per rank [{}] MB, output {}",
-                        row.processes,
-                        row.mode.name(),
-                        row.seconds_max,
-                        row.memory_mb_per_rank,
-                        row.output_shape
-                    );
-                }
-                Ok(())
-            });
-        }
-        Command::Calibrate(args) => {
-            return with_mpi(|comm| {
-                if let Some(cal) = args.run(comm)? {
-                    println!(
-                        "wrote {}: {} compute rows, link inside a node {:?}, between nodes {:?}",
-                        args.out.display(),
-                        cal.compute.len(),
-                        cal.intra_node,
-                        cal.inter_node
-                    );
-                }
-                Ok(())
-            });
-        }
+        Command::ConvBench(bench) => return with_mpi(|comm| conv_bench(&bench, comm)),
+        Command::Calibrate(args) => return with_mpi(|comm| calibrate(&args, comm)),
         Command::Plan(args) => plan_command(&args),
         Command::Timeline(args) => args.run().map(|png| println!("wrote {}", png.display())),
-        Command::Peak(args) => args.run().map(|peak| {
-            println!("{} on {}:", peak.date, peak.cpu);
-            for r in &peak.rows {
-                println!(
-                    "  {} {} thread(s): GEMM {:.1} GFLOP/s, channels-last conv {:.1} GFLOP/s -> peak {:.1}",
-                    r.precision, r.threads, r.gemm_gflops, r.conv_gflops, r.peak_gflops
-                );
-            }
-        }),
-        Command::SyncBench(bench) => {
-            return with_mpi(|comm| {
-                let rows = bench.run(comm)?;
-                if comm.is_root() {
-                    println!("path label ranks nodes ranks/node elements median_us p10_us p90_us GB/s");
-                    for r in rows {
-                        println!(
-                            "{} {} {} {} {} {} {:.1} {:.1} {:.1} {:.2}",
-                            r.path,
-                            r.label,
-                            r.ranks,
-                            r.nodes,
-                            r.ranks_per_node,
-                            r.elements,
-                            r.median_us,
-                            r.p10_us,
-                            r.p90_us,
-                            r.algbw_gbs
-                        );
-                    }
-                }
-                Ok(())
-            });
-        }
+        Command::Peak(args) => args.run().map(|peak| print_peak(&peak)),
+        Command::SyncBench(bench) => return with_mpi(|comm| sync_bench(&bench, comm)),
         Command::Data {
             command:
                 DataCommand::Fetch {

@@ -97,6 +97,16 @@ impl Peak {
     }
 }
 
+/// The peak of a whole job from one rank's peak at `threads` threads: on each node, only as many
+/// ranks as the node has cores for count (4 ranks on 2 cores share them: their peak is 2 ranks').
+pub fn job_gflops(per_rank: f64, shape: &crate::comm::WorldShape, threads: usize, node_cores: usize) -> f64 {
+    let fit = (node_cores / threads.max(1)).max(1);
+    let full_ranks: usize = (0..shape.nodes())
+        .map(|n| shape.node_of_rank.iter().filter(|&&x| x == n).count().min(fit))
+        .sum();
+    per_rank * full_ranks as f64
+}
+
 /// The best of `repeats` timings of `f` (after one warm-up), in GFLOP/s for `flop` per call.
 fn best_gflops(flop: f64, repeats: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -159,5 +169,19 @@ impl PeakArgs {
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
         Ok(peak)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::comm::WorldShape;
+
+    #[test]
+    fn oversubscribed_ranks_share_the_peak_of_the_cores() {
+        assert_eq!(job_gflops(100.0, &WorldShape::blocks(4, 4), 1, 2), 200.0);
+        assert_eq!(job_gflops(100.0, &WorldShape::blocks(4, 2), 1, 2), 400.0);
+        assert_eq!(job_gflops(100.0, &WorldShape::blocks(1, 1), 2, 2), 100.0);
+        assert_eq!(job_gflops(100.0, &WorldShape::blocks(2, 2), 2, 2), 100.0);
     }
 }

@@ -203,7 +203,6 @@ pub struct TimelineArgs {
 impl TimelineArgs {
     pub fn run(&self) -> anyhow::Result<std::path::PathBuf> {
         use anyhow::Context;
-        use plotters::prelude::*;
         let file = if self.run.is_dir() {
             self.run.join("trace.json")
         } else {
@@ -239,70 +238,28 @@ impl TimelineArgs {
             .out
             .clone()
             .unwrap_or_else(|| file.with_file_name("timeline.png"));
-        let root = BitMapBackend::new(&out, (1200, 120 + 60 * ranks as u32)).into_drawing_area();
-        let e = |x: DrawingAreaErrorKind<_>| anyhow::anyhow!("plotting: {x}");
-        root.fill(&WHITE).map_err(e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!(
-                    "Timeline, steps {}..{} (rank 0's clock)",
-                    self.from_step,
-                    self.from_step + self.steps - 1
-                ),
-                ("sans-serif", 22),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..(t1 - t0) / 1e3, 0f64..ranks as f64)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(ranks)
-            .y_label_formatter(&|y| format!("rank {}", (*y - 0.5).round() as i64))
-            .x_desc("milliseconds")
-            .draw()
-            .map_err(e)?;
-        let kinds: [(&str, RGBColor); 6] = [
-            ("forward", RGBColor(31, 119, 180)),
-            ("backward", RGBColor(255, 127, 14)),
-            ("comm", RGBColor(127, 127, 127)),
-            ("averaging", RGBColor(44, 160, 44)),
-            ("wait", RGBColor(214, 39, 40)),
-            ("evaluate", RGBColor(148, 103, 189)),
-        ];
-        for (cat, color) in kinds {
-            let bars: Vec<Rectangle<(f64, f64)>> = events
-                .iter()
-                .filter(|ev| ev["cat"] == cat && f(ev, "ts") + f(ev, "dur") >= t0 && f(ev, "ts") <= t1)
-                .map(|ev| {
-                    let r = rank(ev) as f64;
-                    let (a, b) = ((f(ev, "ts") - t0) / 1e3, (f(ev, "ts") + f(ev, "dur") - t0) / 1e3);
-                    let (lo, hi) = if cat == "comm" {
-                        (r + 0.1, r + 0.3)
-                    } else {
-                        (r + 0.3, r + 0.9)
-                    };
-                    Rectangle::new([(a.max(0.0), lo), (b, hi)], color.filled())
+        let bars: Vec<crate::plots::Span> = events
+            .iter()
+            .filter(|ev| f(ev, "ts") + f(ev, "dur") >= t0 && f(ev, "ts") <= t1)
+            .filter_map(|ev| {
+                let kind = crate::plots::TIMELINE_KINDS
+                    .iter()
+                    .position(|(k, _)| ev["cat"] == *k)?;
+                let start = ((f(ev, "ts") - t0) / 1e3).max(0.0);
+                Some(crate::plots::Span {
+                    rank: rank(ev),
+                    kind,
+                    start,
+                    end: (f(ev, "ts") + f(ev, "dur") - t0) / 1e3,
                 })
-                .collect();
-            chart
-                .draw_series(bars)
-                .map_err(e)?
-                .label(cat)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
-        root.present().map_err(e)?;
-        drop(chart);
-        drop(root);
+            })
+            .collect();
+        let title = format!(
+            "Timeline, steps {}..{} (rank 0's clock)",
+            self.from_step,
+            self.from_step + self.steps - 1
+        );
+        crate::plots::timeline(&out, &title, ranks, (t1 - t0) / 1e3, &bars)?;
         Ok(out)
     }
 }

@@ -145,7 +145,7 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
     }
 }
 
-/// The peak of all this run's ranks from the file `PARTRAIN_PEAK` names (`partrain peak`), for
+/// The peak of all this run's ranks (as many as the cores hold) from the file `PARTRAIN_PEAK` names (`partrain peak`), for
 /// the run's precision and threads per rank; None without the variable.
 fn peak_from_env(cfg: &Config, plan: &Plan) -> Result<Option<f64>> {
     let Ok(file) = std::env::var("PARTRAIN_PEAK") else {
@@ -162,7 +162,13 @@ fn peak_from_env(cfg: &Config, plan: &Plan) -> Result<Option<f64>> {
             plan.threads_per_rank
         )
     })?;
-    Ok(Some(per_rank * plan.world.size as f64))
+    let node_cores = crate::util::node_cores();
+    Ok(Some(crate::peak::job_gflops(
+        per_rank,
+        &plan.world,
+        plan.threads_per_rank,
+        node_cores,
+    )))
 }
 
 /// Checks that every rank holds the same value of `what`; names the ranks that differ.
