@@ -320,6 +320,9 @@ pub fn loss_plot(records: &[RunRecord], path: &Path) -> Result<()> {
         .flat_map(|r| r.losses.iter().map(|l| l.0))
         .max()
         .unwrap_or(1);
+    if max_epoch == 1 {
+        return one_epoch_loss_plot(records, path);
+    }
     let max_loss = records
         .iter()
         .flat_map(|r| r.losses.iter().map(|l| l.1))
@@ -360,6 +363,30 @@ pub fn loss_plot(records: &[RunRecord], path: &Path) -> Result<()> {
         entries.push((r.name.clone(), Mark::Line(color)));
     }
     legend(&side, &entries)?;
+    root.present().map_err(err)
+}
+
+/// Runs of one epoch have no curve: their loss as one bar per run.
+fn one_epoch_loss_plot(records: &[RunRecord], path: &Path) -> Result<()> {
+    let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+    let losses: Vec<f64> = records
+        .iter()
+        .map(|r| r.losses.first().map_or(0.0, |l| l.1))
+        .collect();
+    let root = BitMapBackend::new(path, (900, 140 + 42 * records.len().max(3) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    bar_panel(
+        &root,
+        &names,
+        &losses,
+        (
+            "Training loss of the (only) epoch",
+            "mean training loss (cross-entropy)",
+        ),
+        None,
+        number,
+        COLORS[0],
+    )?;
     root.present().map_err(err)
 }
 
