@@ -178,8 +178,15 @@ pub struct ParallelConfig {
     pub schedule: ScheduleKind,
     /// Where the pipeline's stages are cut (see `StageBoundaries`).
     pub stage_boundaries: StageBoundaries,
-    /// Seconds any MPI wait may last before the job is aborted (a lost or stalled rank).
+    /// Seconds any MPI wait may last in training before the job is aborted (a lost or stalled
+    /// rank); a rank outside MPI that long is reported as stalled.
     pub timeout_s: f64,
+    /// Seconds after which a wait is reported once as slow (with the ranks not yet arrived).
+    pub warn_s: f64,
+    /// The same budget during evaluation, and while a checkpoint is gathered and written: a long
+    /// evaluation or a slow file system is not a hang.
+    pub eval_timeout_s: f64,
+    pub checkpoint_timeout_s: f64,
     /// Which ranks are neighbours (and so share a node): a pipeline's stages, or a stage's
     /// replicas. `auto` keeps the larger traffic inside a node.
     pub placement: Placement,
@@ -338,6 +345,9 @@ impl Default for ParallelConfig {
             schedule: ScheduleKind::OneFOneB,
             stage_boundaries: StageBoundaries::Auto,
             timeout_s: 300.0,
+            warn_s: 60.0,
+            eval_timeout_s: 900.0,
+            checkpoint_timeout_s: 900.0,
             placement: Placement::Auto,
         }
     }
@@ -458,19 +468,7 @@ impl Config {
                 have
             );
         }
-        if !(self.parallel.timeout_s.is_finite() && self.parallel.timeout_s > 0.0) {
-            bail!(
-                "parallel.timeout_s: must be a positive number of seconds, got {}",
-                self.parallel.timeout_s
-            );
-        }
-        if self.parallel.threads_per_rank > MAX_THREADS_PER_RANK {
-            bail!(
-                "parallel.threads_per_rank: {} is not a plausible thread count (at most {MAX_THREADS_PER_RANK}; \
-                 0 = OMP_NUM_THREADS or all cores)",
-                self.parallel.threads_per_rank
-            );
-        }
+        self.validate_parallel()?;
         if self.checkpoint.every_steps == Some(0) {
             bail!("checkpoint.every_steps: must be at least 1 (or null), got 0");
         }
@@ -485,6 +483,28 @@ impl Config {
             bail!(
                 "run.name: must be a non-empty folder name without `/`, got `{}`",
                 self.run.name
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_parallel(&self) -> Result<()> {
+        let p = &self.parallel;
+        for (key, v) in [
+            ("timeout_s", p.timeout_s),
+            ("warn_s", p.warn_s),
+            ("eval_timeout_s", p.eval_timeout_s),
+            ("checkpoint_timeout_s", p.checkpoint_timeout_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("parallel.{key}: must be a positive number of seconds, got {v}");
+            }
+        }
+        if self.parallel.threads_per_rank > MAX_THREADS_PER_RANK {
+            bail!(
+                "parallel.threads_per_rank: {} is not a plausible thread count (at most {MAX_THREADS_PER_RANK}; \
+                 0 = OMP_NUM_THREADS or all cores)",
+                self.parallel.threads_per_rank
             );
         }
         Ok(())
@@ -555,7 +575,11 @@ impl Config {
     pub fn hash(&self) -> u64 {
         let mut c = self.clone();
         c.data.dir = None;
+        // Deadlines may differ between ranks and between a run and its resumption.
         c.parallel.timeout_s = 0.0;
+        c.parallel.warn_s = 0.0;
+        c.parallel.eval_timeout_s = 0.0;
+        c.parallel.checkpoint_timeout_s = 0.0;
         let text = serde_yaml::to_string(&c).expect("config serialises");
         crate::util::fnv1a(text.as_bytes())
     }

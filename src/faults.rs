@@ -8,6 +8,7 @@
 //! | `nan` | global step `when` | poisons its input, so the loss is NaN |
 //! | `panic` | global step `when` | panics (the panic hook must take the job down) |
 //! | `exit-after-epoch` | after epoch `when`'s checkpoint | exits (the resume tests) |
+//! | `skip-averaging` | global step `when` | skips that step's gradient averaging (a skipped collective) |
 
 use anyhow::{bail, Context, Result};
 
@@ -18,6 +19,7 @@ enum Kind {
     Nan,
     Panic,
     ExitAfterEpoch,
+    SkipAveraging,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -34,8 +36,8 @@ impl Fault {
         };
         let parsed = parse(&spec).with_context(|| {
             format!(
-                "PARTRAIN_FAULT={spec}: expected <kind>:<rank>:<when> with kind stall, exit, nan, panic or \
-                 exit-after-epoch"
+                "PARTRAIN_FAULT={spec}: expected <kind>:<rank>:<when> with kind stall, exit, nan, panic, \
+                 exit-after-epoch or skip-averaging"
             )
         })?;
         Ok(Fault {
@@ -61,8 +63,13 @@ impl Fault {
             }
             Kind::Panic => panic!("PARTRAIN_FAULT: panicking at step {step}"),
             Kind::Nan => true,
-            Kind::ExitAfterEpoch => false,
+            Kind::ExitAfterEpoch | Kind::SkipAveraging => false,
         }
+    }
+
+    /// Whether this rank skips global step `step`'s gradient averaging.
+    pub fn skips_averaging(&self, step: usize) -> bool {
+        self.what == Some((Kind::SkipAveraging, step))
     }
 
     pub fn after_epoch(&self, epoch: usize) {
@@ -84,6 +91,7 @@ fn parse(spec: &str) -> Result<(Kind, usize, usize)> {
         "nan" => Kind::Nan,
         "panic" => Kind::Panic,
         "exit-after-epoch" => Kind::ExitAfterEpoch,
+        "skip-averaging" => Kind::SkipAveraging,
         other => bail!("unknown kind `{other}`"),
     };
     Ok((kind, rank.parse()?, when.parse()?))

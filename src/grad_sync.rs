@@ -98,6 +98,10 @@ impl Averager {
     /// After backward: averages the gradients across the group as the policy says and names
     /// the gradient the optimizer steps with.
     pub fn average(&mut self, buffer: &mut GradientBuffer) -> GradSource {
+        crate::flight::labelled("gradients", || self.average_labelled(buffer))
+    }
+
+    fn average_labelled(&mut self, buffer: &mut GradientBuffer) -> GradSource {
         let _span = crate::trace::span_with(
             "averaging",
             || format!("average ({})", self.policy.name()),
@@ -127,7 +131,7 @@ impl Averager {
     pub fn after_step(&mut self, buffer: &mut GradientBuffer, global_step: usize, epoch_end: bool) {
         if let GradSync::WeightAverage { every } = self.policy {
             if epoch_end || global_step.is_multiple_of(every) {
-                buffer.average_values(&self.group);
+                crate::flight::labelled("weights", || buffer.average_values(&self.group));
             }
         }
     }

@@ -15,6 +15,7 @@ use partrain::data::fetch::{self, Source};
 use partrain::model::{describe, measure_layer_seconds};
 use partrain::plan::{Plan, Strategy};
 use partrain::run_dir::{self, Start};
+use partrain::trainer::Outcome;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,6 +47,10 @@ struct RunArgs {
     /// Continue the run in the run folder from its latest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Continue from the run folder's checkpoint when it holds an unfinished run (a requeued
+    /// job), else start fresh (with --overwrite replacing a finished run's results).
+    #[arg(long, conflicts_with = "resume")]
+    auto_resume: bool,
     /// Write trace.json: every rank's timeline (Perfetto, chrome://tracing); as run.trace: true.
     #[arg(long)]
     trace: bool,
@@ -106,6 +111,9 @@ enum Command {
     Plan(partrain::perf_model::PlanArgs),
     /// Draws a traced run's timeline (trace.json) as a PNG: one row per rank.
     Timeline(partrain::trace::TimelineArgs),
+    /// Reads a run's flight records (flight/rank<R>.json) and names the first operation at which
+    /// the ranks disagree or stop.
+    Doctor(partrain::doctor::DoctorArgs),
     /// Data set management.
     Data {
         #[command(subcommand)]
@@ -140,19 +148,31 @@ fn load_config(path: &std::path::Path, set: &[String]) -> Result<Config> {
     Ok(cfg)
 }
 
-fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<()> {
+fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<ExitCode> {
     let mut cfg = load_config(&args.config, &args.set)?;
     cfg.run.trace |= args.trace;
     let out = args.out.clone().unwrap_or_else(|| run_dir::default_out_dir(&cfg));
+    let fresh = Start::Fresh {
+        overwrite: args.overwrite,
+    };
     let start = if args.resume {
         Start::Resume
-    } else {
-        Start::Fresh {
-            overwrite: args.overwrite,
+    } else if args.auto_resume {
+        // Decided on rank 0 for all: the others could read the folder after rank 0 changed it.
+        let mut resume = [u64::from(comm.is_root() && run_dir::holds_unfinished_run(&out))];
+        comm.broadcast(&mut resume, 0);
+        if resume[0] == 1 {
+            Start::Resume
+        } else {
+            fresh
         }
+    } else {
+        fresh
     };
-    partrain::trainer::run(strategy, &cfg, &out, start, comm)?;
-    Ok(())
+    match partrain::trainer::run(strategy, &cfg, &out, start, comm)? {
+        Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
+        Outcome::Interrupted { .. } => Ok(ExitCode::from(partrain::stop::REQUEUE_EXIT)),
+    }
 }
 
 fn inspect(args: &InspectArgs) -> Result<()> {
@@ -323,7 +343,7 @@ fn report(
 /// Runs `f` on every rank of an MPI job; a failing or panicking rank takes the others down with
 /// MPI_Abort (they may be waiting in a collective that would otherwise never return, and a
 /// panicking rank could otherwise sit in MPI_Finalize while the others wait out the watchdog).
-fn with_mpi(f: impl FnOnce(&Comm) -> Result<()>) -> ExitCode {
+fn with_mpi(f: impl FnOnce(&Comm) -> Result<ExitCode>) -> ExitCode {
     let comm = match Comm::init_mpi() {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -337,14 +357,21 @@ fn with_mpi(f: impl FnOnce(&Comm) -> Result<()>) -> ExitCode {
         }
         default_hook(info);
     }));
-    if let Err(e) = f(&comm) {
-        eprintln!("partrain rank {rank}/{size}: error: {e:#}");
-        if size > 1 {
-            comm.abort(1);
+    match f(&comm) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("partrain rank {rank}/{size}: error: {e:#}");
+            if size > 1 {
+                comm.abort(1);
+            }
+            ExitCode::FAILURE
         }
-        return ExitCode::FAILURE;
     }
-    ExitCode::SUCCESS
+}
+
+/// `f` on every rank, for commands that end in success or an error.
+fn on_every_rank(f: impl FnOnce(&Comm) -> Result<()>) -> ExitCode {
+    with_mpi(|comm| f(comm).map(|()| ExitCode::SUCCESS))
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
@@ -430,10 +457,16 @@ fn sync_bench(bench: &partrain::sync_bench::SyncBench, comm: &Comm) -> Result<()
 
 fn main() -> ExitCode {
     tune_malloc();
+    if let Err(e) = partrain::stop::install() {
+        return fail(anyhow::anyhow!("cannot install the signal handlers: {e}"));
+    }
     let result = match Cli::parse().command {
         Command::Dp(args) => return with_mpi(|comm| run_training(Strategy::Dp, &args, comm)),
         Command::Hybrid(args) => return with_mpi(|comm| run_training(Strategy::Hybrid, &args, comm)),
-        Command::Serial(args) => run_training(Strategy::Serial, &args, &Comm::solo()),
+        Command::Serial(args) => {
+            return run_training(Strategy::Serial, &args, &Comm::solo()).unwrap_or_else(fail)
+        }
+        Command::Doctor(args) => partrain::doctor::run(&args),
         Command::Inspect(args) => inspect(&args),
         Command::Report {
             runs,
@@ -441,12 +474,12 @@ fn main() -> ExitCode {
             calibration,
             network,
         } => report(&runs, &out, calibration.as_deref(), network.as_deref()),
-        Command::ConvBench(bench) => return with_mpi(|comm| conv_bench(&bench, comm)),
-        Command::Calibrate(args) => return with_mpi(|comm| calibrate(&args, comm)),
+        Command::ConvBench(bench) => return on_every_rank(|comm| conv_bench(&bench, comm)),
+        Command::Calibrate(args) => return on_every_rank(|comm| calibrate(&args, comm)),
         Command::Plan(args) => plan_command(&args),
         Command::Timeline(args) => args.run().map(|png| println!("wrote {}", png.display())),
         Command::Peak(args) => args.run().map(|peak| print_peak(&peak)),
-        Command::SyncBench(bench) => return with_mpi(|comm| sync_bench(&bench, comm)),
+        Command::SyncBench(bench) => return on_every_rank(|comm| sync_bench(&bench, comm)),
         Command::Data {
             command:
                 DataCommand::Fetch {

@@ -100,6 +100,9 @@ pub struct Summary {
     /// Hybrid runs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineSummary>,
+    /// Where the ranks ran and how the node leaders' links measured at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::preflight::Preflight>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -53,19 +53,66 @@ fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create run folder {}", dir.display()))
 }
 
-/// Readies the folder for `start` and marks the run `running` (a crashed run never looks finished).
-pub fn open(dir: &Path, start: Start, cfg: &Config) -> Result<()> {
+/// Readies the folder for `start` and marks the run `running` (a crashed run never looks finished),
+/// with the start-up preflight's figures (kept by every later status).
+pub fn open(dir: &Path, start: Start, cfg: &Config, preflight: &crate::preflight::Preflight) -> Result<()> {
     if let Start::Fresh { overwrite } = start {
         prepare(dir, overwrite)?;
     }
+    // Flight records describe an earlier attempt: `partrain doctor` must not mix them in.
+    if let Ok(entries) = std::fs::read_dir(dir.join("flight")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("rank") && name.ends_with(".json") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     write_atomic(&dir.join("config.yaml"), serde_yaml::to_string(cfg)?.as_bytes())?;
-    write_atomic(&dir.join("summary.json"), br#"{"status": "running"}"#)
+    let running = serde_json::json!({"status": "running", "preflight": preflight});
+    write_atomic(&dir.join("summary.json"), running.to_string().as_bytes())
+}
+
+/// Writes `status` (an object) as the run's summary, keeping the preflight of the summary it
+/// replaces.
+fn set_status(dir: &Path, mut status: serde_json::Value) -> Result<()> {
+    let path = dir.join("summary.json");
+    let before = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if let Some(preflight) = before.as_ref().and_then(|v| v.get("preflight")) {
+        status["preflight"] = preflight.clone();
+    }
+    write_atomic(&path, status.to_string().as_bytes())
 }
 
 /// Marks the run `failed` with the error (best effort: the error itself matters more).
 pub fn mark_failed(dir: &Path, error: &anyhow::Error) {
-    let failed = serde_json::json!({"status": "failed", "error": format!("{error:#}")});
-    let _ = write_atomic(&dir.join("summary.json"), failed.to_string().as_bytes());
+    let _ = set_status(
+        dir,
+        serde_json::json!({"status": "failed", "error": format!("{error:#}")}),
+    );
+}
+
+/// Whether `dir` holds a checkpoint of a run that has not completed (stopped by a signal, failed,
+/// or killed while `running`): what `--auto-resume` continues.
+pub fn holds_unfinished_run(dir: &Path) -> bool {
+    let status = std::fs::read(dir.join("summary.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["status"].as_str().map(str::to_string));
+    dir.join(crate::checkpoint::FILE).exists() && status.as_deref() != Some("completed")
+}
+
+/// Marks the run `interrupted` by `signal` after `global_step`, with its checkpoint in place.
+pub fn mark_interrupted(dir: &Path, signal: &str, global_step: usize) -> Result<()> {
+    let v = serde_json::json!({
+        "status": "interrupted",
+        "signal": signal,
+        "global_step": global_step,
+        "resume": "--resume or --auto-resume continues from the checkpoint",
+    });
+    set_status(dir, v)
 }
 
 /// The final weights, named as PyTorch's state_dict (written atomically).

@@ -70,9 +70,25 @@ impl Sgd {
     }
 }
 
+/// How a training run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Completed(Box<Summary>),
+    /// Stopped by SIGUSR1/SIGTERM after `global_step`, with a checkpoint there.
+    Interrupted {
+        global_step: usize,
+    },
+}
+
+/// How an epoch ended: its row, or a stop.
+enum EpochEnd {
+    Done(EpochRow),
+    Stopped(Outcome),
+}
+
 /// Trains `cfg` as `strategy` on this launch's ranks, writing the run folder `out_dir` (rank 0).
-pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world: &Comm) -> Result<Summary> {
-    world.start_watchdog(cfg.parallel.timeout_s);
+pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world: &Comm) -> Result<Outcome> {
+    start_diagnostics(cfg, out_dir, world)?;
     // Every rank reads the checkpoint (the run folder is on a shared file system, as the outputs
     // of any multi-node job are); its stage split pins a measured one.
     let resume = match start {
@@ -81,20 +97,9 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
     };
     let pinned = resume.as_ref().map(|c| c.meta.layout.stage_boundaries.as_slice());
     let plan = Plan::resolve(cfg, strategy, world, pinned)?;
+    let preflight = crate::preflight::run(world, &plan.world, plan.threads_per_rank)?;
     check_agreement(world, "the resolved config (config file or --set)", cfg.hash())?;
-    let data = data::load(&cfg.data).with_context(|| format!("rank {}: loading data", world.rank()))?;
-    check_agreement(
-        world,
-        "the loaded data (data.dir contents or limits)",
-        data.fingerprint,
-    )?;
-    if data.train.len() < plan.batches.global {
-        bail!(
-            "data.train_limit: {} training images is fewer than one global batch of {}",
-            data.train.len(),
-            plan.batches.global
-        );
-    }
+    let data = load_data(cfg, &plan, world)?;
     let sampler = Sampler::new(
         data.train.len(),
         plan.batches.global,
@@ -106,7 +111,7 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
         check_resumable(ck, cfg, &plan, &sampler, out_dir)?;
     }
     if world.is_root() {
-        run_dir::open(out_dir, start, cfg)?;
+        run_dir::open(out_dir, start, cfg, &preflight)?;
         println!(
             "partrain {}: {} x {} train / {} test images, {} steps per epoch",
             strategy.name(),
@@ -115,7 +120,7 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
             data.test.len(),
             sampler.steps_per_epoch()
         );
-        print!("{}", plan.describe());
+        print!("{}{}", preflight.describe(), plan.describe());
         for w in plan.warnings(crate::util::node_cores()) {
             eprintln!("partrain: warning: {w}");
         }
@@ -129,14 +134,16 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
     };
     let mut trainer = Trainer::new(cfg, &plan, world, &data, out_dir, sampler)?;
     trainer.peak_gflops = peak;
+    trainer.preflight = Some(preflight);
     trainer.clock_offsets = clock_offsets;
     let result = trainer.train(resume.as_ref());
     match result {
-        Ok(summary) => Ok(summary),
+        Ok(outcome) => Ok(outcome),
         Err(e) => {
             if world.is_root() {
                 run_dir::mark_failed(out_dir, &e);
             }
+            crate::flight::dump(&format!("error: {e:#}"));
             // A failing rank must not enter the collective clean-up (freeing shared windows,
             // communicators) that the other ranks will never reach: the job is aborted next.
             std::mem::forget(trainer);
@@ -173,7 +180,7 @@ fn peak_from_env(cfg: &Config, plan: &Plan) -> Result<Option<f64>> {
 
 /// Checks that every rank holds the same value of `what`; names the ranks that differ.
 fn check_agreement(comm: &Comm, what: &str, value: u64) -> Result<()> {
-    let all = comm.all_gather(value);
+    let all = crate::flight::labelled("agreement check", || comm.all_gather(value));
     let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
     if !differ.is_empty() {
         bail!(
@@ -186,6 +193,38 @@ fn check_agreement(comm: &Comm, what: &str, value: u64) -> Result<()> {
     Ok(())
 }
 
+/// The flight recorder's folder, `PARTRAIN_DEBUG`, and the watchdog with its budgets (collective).
+fn start_diagnostics(cfg: &Config, out_dir: &Path, world: &Comm) -> Result<()> {
+    crate::comm::debug_words()?;
+    crate::flight::set_dir(out_dir.join("flight"), world.rank());
+    let p = &cfg.parallel;
+    world.start_watchdog(crate::watchdog::Budgets {
+        train_s: p.timeout_s,
+        eval_s: p.eval_timeout_s,
+        checkpoint_s: p.checkpoint_timeout_s,
+        warn_s: p.warn_s,
+    });
+    Ok(())
+}
+
+/// This rank's data, the same on every rank, with at least one global batch.
+fn load_data(cfg: &Config, plan: &Plan, world: &Comm) -> Result<Dataset> {
+    let data = data::load(&cfg.data).with_context(|| format!("rank {}: loading data", world.rank()))?;
+    check_agreement(
+        world,
+        "the loaded data (data.dir contents or limits)",
+        data.fingerprint,
+    )?;
+    if data.train.len() < plan.batches.global {
+        bail!(
+            "data.train_limit: {} training images is fewer than one global batch of {}",
+            data.train.len(),
+            plan.batches.global
+        );
+    }
+    Ok(data)
+}
+
 /// A checkpoint can continue under this launch when the config is the same (but for how long to
 /// train) and the layout keeps the mathematics: the same global batch, stage split and epoch.
 /// The rank count may change (dp 2 -> 4 ranks with a global batch scope).
@@ -193,7 +232,7 @@ fn check_resumable(ck: &Checkpoint, cfg: &Config, plan: &Plan, sampler: &Sampler
     if ck.meta.config_hash != format!("{:016x}", cfg.resume_hash()) {
         bail!(
             "--resume: the config differs from the one {} was trained with (only train.epochs, \
-             train.max_steps, parallel.timeout_s and checkpoint.* may change)",
+             train.max_steps, the parallel.*timeout_s / warn_s deadlines and checkpoint.* may change)",
             dir.display()
         );
     }
@@ -271,6 +310,8 @@ pub struct Trainer<'a> {
     metrics: Option<MetricsWriter>,
     /// The machine's peak for all ranks, when measured (`PARTRAIN_PEAK`).
     peak_gflops: Option<f64>,
+    /// The start-up preflight's figures, for the summary.
+    preflight: Option<crate::preflight::Preflight>,
     /// With `run.trace`: each rank's clock offset to rank 0 (on rank 0).
     clock_offsets: Vec<f64>,
 }
@@ -321,12 +362,14 @@ impl<'a> Trainer<'a> {
             fault: Fault::from_env(world.rank())?,
             metrics: None,
             peak_gflops: None,
+            preflight: None,
             clock_offsets: Vec::new(),
         })
     }
 
-    /// Trains from the start or from `resume`, and writes the model and the summary.
-    fn train(&mut self, resume: Option<&Checkpoint>) -> Result<Summary> {
+    /// Trains from the start or from `resume`, and writes the model and the summary; or stops at
+    /// a step boundary after a signal, with a checkpoint.
+    fn train(&mut self, resume: Option<&Checkpoint>) -> Result<Outcome> {
         let steps_per_epoch = self.sampler.steps_per_epoch();
         let position = resume.map(|ck| ck.meta.position);
         if let Some(ck) = resume {
@@ -339,18 +382,51 @@ impl<'a> Trainer<'a> {
             None => 1,
         };
         let mut last = None;
+        watchdog::set_phase(watchdog::Phase::Train);
         for epoch in first_epoch..=self.cfg.train.epochs {
             if self.max_steps_reached() {
                 break;
             }
             // A checkpoint taken inside this epoch: continue after its last step, with its sums.
             let partial = position.filter(|p| p.epoch == epoch && p.step_in_epoch < steps_per_epoch);
-            last = Some(self.run_epoch(epoch, partial)?);
+            match self.run_epoch(epoch, partial)? {
+                EpochEnd::Done(row) => last = Some(row),
+                EpochEnd::Stopped(o) => return Ok(o),
+            }
         }
         let last = last.context(
             "nothing left to train: the checkpoint already covers train.epochs (raise it to continue)",
         )?;
-        self.finish(&last)
+        watchdog::set_phase(watchdog::Phase::Finish);
+        Ok(Outcome::Completed(Box::new(self.finish(&last)?)))
+    }
+
+    /// Whether the ranks stop here: any of them got SIGUSR1 or SIGTERM (one all-reduce of a flag
+    /// per step, so that all stop after the same step).
+    fn stop_agreed(&self) -> bool {
+        let mine = u64::from(crate::stop::requested().is_some());
+        if self.world.size() == 1 {
+            return mine == 1;
+        }
+        crate::flight::labelled("stop flag", || self.world.sum(&[mine]))[0] > 0
+    }
+
+    /// Checkpoints at `ep`'s position and marks the run interrupted (rank 0).
+    fn stop_here(&mut self, ep: &EpochState) -> Result<EpochEnd> {
+        let position = self.position(ep);
+        self.checkpoint(position)?;
+        let signal = crate::stop::requested().map_or("a signal on another rank", crate::stop::signal_name);
+        if self.world.is_root() {
+            run_dir::mark_interrupted(self.dir, signal, self.progress.global_step)?;
+            println!(
+                "stopped after global step {} ({signal}): checkpoint written to {}; continue with --resume or --auto-resume",
+                self.progress.global_step,
+                self.dir.display()
+            );
+        }
+        Ok(EpochEnd::Stopped(Outcome::Interrupted {
+            global_step: self.progress.global_step,
+        }))
     }
 
     fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
@@ -399,7 +475,7 @@ impl<'a> Trainer<'a> {
             .is_some_and(|m| self.progress.global_step >= m)
     }
 
-    fn run_epoch(&mut self, epoch: usize, partial: Option<Position>) -> Result<EpochRow> {
+    fn run_epoch(&mut self, epoch: usize, partial: Option<Position>) -> Result<EpochEnd> {
         let steps_per_epoch = self.sampler.steps_per_epoch();
         let order = self.sampler.permutation(epoch - 1);
         let mut ep = EpochState {
@@ -414,6 +490,14 @@ impl<'a> Trainer<'a> {
         };
         let bar = self.progress_bar(epoch, steps_per_epoch);
         while ep.steps < steps_per_epoch && !self.max_steps_reached() {
+            crate::flight::set_step(self.progress.global_step as u64 + 1);
+            watchdog::set_context(format!("epoch {epoch} step {}", ep.steps + 1));
+            if self.stop_agreed() {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                return self.stop_here(&ep);
+            }
             let loss = self.step(&ep, &order)?;
             ep.steps += 1;
             ep.samples += self.sampler.global_batch_at(&order, ep.steps - 1).len();
@@ -433,13 +517,12 @@ impl<'a> Trainer<'a> {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        self.end_epoch(ep, steps_per_epoch)
+        self.end_epoch(ep, steps_per_epoch).map(EpochEnd::Done)
     }
 
     /// One optimizer step: this replica's shard through the engine, averaging, SGD.
     fn step(&mut self, ep: &EpochState, order: &[i64]) -> Result<Option<f64>> {
         let (epoch, step) = (ep.epoch, ep.steps);
-        watchdog::set_context(format!("epoch {epoch} step {}", step + 1));
         let _span = crate::trace::span("step", || format!("step {}", self.progress.global_step + 1));
         let replica = self.plan.topology.replica;
         let batch = StepBatch {
@@ -468,8 +551,12 @@ impl<'a> Trainer<'a> {
                 self.cfg.train.lr
             );
         }
+        let skip = self.fault.skips_averaging(self.progress.global_step + 1);
         let (sync, buffer, sgd) = (&mut self.sync, &mut self.buffer, &mut self.sgd);
-        let source = self.timers.averaging.time(|| sync.average(buffer));
+        let source = match skip {
+            true => crate::grads::GradSource::Local,
+            false => self.timers.averaging.time(|| sync.average(buffer)),
+        };
         self.timers.compute.time(|| {
             sgd.step(buffer.values(), buffer.gradient(source));
             buffer.zero_grads();
@@ -500,9 +587,11 @@ impl<'a> Trainer<'a> {
             )
             .context("replicas drifted apart: gradients were not averaged identically")?;
         }
-        let losses = self.world.sum(&[ep.loss_sum, ep.loss_count as f64]);
+        let losses = crate::flight::labelled("epoch loss sums", || {
+            self.world.sum(&[ep.loss_sum, ep.loss_count as f64])
+        });
         let t_eval = Instant::now();
-        let (test_loss, test_accuracy) = self.evaluate();
+        let (test_loss, test_accuracy) = watchdog::in_phase(watchdog::Phase::Evaluate, || self.evaluate());
         let (now, then) = (self.timers, ep.timers_at_start);
         let row = EpochRow {
             epoch: ep.epoch,
@@ -550,7 +639,9 @@ impl<'a> Trainer<'a> {
         let s = self
             .engine
             .evaluate(self.world, &self.data.test, self.cfg.train.eval_batch_size);
-        let t = self.world.sum(&[s.loss_sum, s.correct, s.count]);
+        let t = crate::flight::labelled("evaluation sums", || {
+            self.world.sum(&[s.loss_sum, s.correct, s.count])
+        });
         (t[0] / t[2], 100.0 * t[1] / t[2])
     }
 
@@ -572,6 +663,10 @@ impl<'a> Trainer<'a> {
     /// Gathers every weight and momentum buffer on rank 0 and writes the checkpoint there.
     /// Called on every rank at the same step.
     fn checkpoint(&self, position: Position) -> Result<()> {
+        watchdog::in_phase(watchdog::Phase::Checkpoint, || self.write_checkpoint(position))
+    }
+
+    fn write_checkpoint(&self, position: Position) -> Result<()> {
         let _span = crate::trace::span("checkpoint", || "checkpoint".into());
         let mut tensors = self.gather_weights();
         let momentum: Vec<(String, Tensor)> = self
@@ -751,6 +846,7 @@ impl Summary {
             first_step_seconds: p.first_step_seconds.unwrap_or(0.0),
             seed: cfg.run.seed,
             config_hash: format!("{:016x}", cfg.hash()),
+            preflight: t.preflight.clone(),
             pipeline: (plan.topology.stages > 1).then(|| {
                 crate::metrics::PipelineSummary::from_measurements(
                     plan,

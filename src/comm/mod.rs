@@ -10,6 +10,8 @@
 //! Every blocking call registers what it waits for with the watchdog (`crate::watchdog`), and
 //! every raw MPI call's return code is checked (`check`).
 
+mod board;
+mod check;
 mod shared;
 mod tags;
 mod worker;
@@ -18,7 +20,7 @@ pub use shared::NodeMean;
 pub use tags::{Tag, GUARANTEED_TAG_UB};
 pub use worker::ReduceWorker;
 
-use crate::watchdog::waiting as waiting_for;
+use crate::flight::{self, Op, OpKind};
 use anyhow::Result;
 use mpi::collective::SystemOperation;
 use mpi::datatype::Equivalence;
@@ -26,8 +28,59 @@ use mpi::ffi;
 use mpi::request::{LocalScope, Request};
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
+
+pub use board::comm_hash;
+
+/// Publishes on the node board that this rank entered `r` (`flight::enter` calls it).
+pub fn board_enter(r: &flight::Record) {
+    board::enter(r)
+}
+
+/// Publishes on the node board that this rank completed `r`.
+pub fn board_leave(r: &flight::Record) {
+    board::leave(r)
+}
+
+/// In check mode: two ranks of this node waiting in checks of different collectives (see
+/// `board::check_cycle`), named.
+pub fn board_check_cycle(r: &flight::Record) -> Option<(String, bool)> {
+    board::check_cycle(r)
+}
+
+/// What the node board shows about the ranks `r` waits for (for the watchdog's messages).
+pub fn board_describe(r: &flight::Record) -> String {
+    board::describe(r)
+}
+
+/// `PARTRAIN_DEBUG=collectives`: before every collective and message the ranks concerned compare
+/// (kind, sequence number, element count, type, step) and stop at the first disagreement.
+pub fn check_mode() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        debug_words()
+            .map(|w| w.contains(&"collectives".to_string()))
+            .unwrap_or(false)
+    })
+}
+
+/// The words of `PARTRAIN_DEBUG` (comma-separated); an unknown word is an error, not silence.
+pub fn debug_words() -> Result<Vec<String>> {
+    let Ok(v) = std::env::var("PARTRAIN_DEBUG") else {
+        return Ok(Vec::new());
+    };
+    let words: Vec<String> = v
+        .split(',')
+        .map(|w| w.trim().to_string())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if let Some(bad) = words.iter().find(|w| w.as_str() != "collectives") {
+        anyhow::bail!("PARTRAIN_DEBUG={v}: unknown word `{bad}` (expected: collectives)");
+    }
+    Ok(words)
+}
 
 /// Panics (and so, through the panic hook, aborts the job) when a raw MPI call fails. With MPI's
 /// default error handler a failing call already aborts; this also covers handlers that return.
@@ -59,6 +112,23 @@ pub struct Comm {
     inner: Inner,
     rank: usize,
     size: usize,
+    /// This process's rank in the world communicator.
+    world_rank: usize,
+    /// Its name in flight records and messages (`world`, `world/stage0.replicas`, ...).
+    name: String,
+    /// Collectives started on it so far (their sequence numbers).
+    seq: Cell<u64>,
+    /// Messages so far per (peer's rank here, is a send).
+    messages: RefCell<HashMap<(usize, bool), u64>>,
+    /// The node board, on the world communicator once the watchdog runs.
+    board: RefCell<Option<board::Board>>,
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        // The board's window is freed before the communicator (and maybe MPI) goes.
+        self.board.borrow_mut().take();
+    }
 }
 
 /// Where every rank of a communicator runs: `node_of_rank[r]` numbers rank r's node (0, 1, ...
@@ -137,10 +207,19 @@ pub fn launched_as_one_of_several() -> Option<(String, usize)> {
 
 impl Comm {
     pub fn solo() -> Comm {
+        Comm::new(Inner::Solo, 0, 1, 0, "solo".into())
+    }
+
+    fn new(inner: Inner, rank: usize, size: usize, world_rank: usize, name: String) -> Comm {
         Comm {
-            inner: Inner::Solo,
-            rank: 0,
-            size: 1,
+            inner,
+            rank,
+            size,
+            world_rank,
+            name,
+            seq: Cell::new(0),
+            messages: RefCell::new(HashMap::new()),
+            board: RefCell::new(None),
         }
     }
 
@@ -151,39 +230,44 @@ impl Comm {
             .ok_or_else(|| anyhow::anyhow!("MPI was already initialised"))?;
         let comm = universe.world();
         let (rank, size) = (comm.rank() as usize, comm.size() as usize);
-        Ok(Comm {
-            inner: Inner::Mpi {
-                universe: Rc::new(universe),
-                comm,
-            },
-            rank,
-            size,
-        })
+        flight::register_comm("world", (0..size).collect());
+        let inner = Inner::Mpi {
+            universe: Rc::new(universe),
+            comm,
+        };
+        Ok(Comm::new(inner, rank, size, rank, "world".into()))
     }
 
-    fn wrap(&self, sub: SimpleCommunicator) -> Comm {
+    /// A sub-communicator named `name`; its members' world ranks are registered for the flight
+    /// records (collective over `sub`).
+    fn wrap(&self, sub: SimpleCommunicator, name: String) -> Comm {
         let Inner::Mpi { universe, .. } = &self.inner else {
             unreachable!("sub-communicators come from MPI communicators")
         };
         let (rank, size) = (sub.rank() as usize, sub.size() as usize);
-        Comm {
-            inner: Inner::Mpi {
-                universe: universe.clone(),
-                comm: sub,
-            },
-            rank,
-            size,
-        }
+        flight::register_comm(&name, world_ranks(&sub, self.world_rank));
+        let inner = Inner::Mpi {
+            universe: universe.clone(),
+            comm: sub,
+        };
+        Comm::new(inner, rank, size, self.world_rank, name)
     }
 
     /// MPI_Comm_split: ranks passing the same `color` form one sub-communicator, ordered by `key`.
     /// Collective over this communicator.
     pub fn split(&self, color: usize, key: usize) -> Comm {
+        self.split_as(color, key, format!("{}/split{color}", self.name))
+    }
+
+    /// `split`, naming the sub-communicator (the same name on all its ranks, another for each
+    /// color).
+    pub fn split_as(&self, color: usize, key: usize, name: String) -> Comm {
         match &self.inner {
             Inner::Solo => Comm::solo(),
             Inner::Mpi { comm, .. } => self.wrap(
                 comm.split_by_color_with_key(Color::with_value(color as i32), key as i32)
                     .expect("a non-negative color always yields a communicator"),
+                name,
             ),
         }
     }
@@ -193,8 +277,63 @@ impl Comm {
     pub fn node_local(&self) -> Comm {
         match &self.inner {
             Inner::Solo => Comm::solo(),
-            Inner::Mpi { comm, .. } => self.wrap(comm.split_shared(self.rank as i32)),
+            Inner::Mpi { comm, .. } => {
+                let sub = comm.split_shared(self.rank as i32);
+                let leader = world_ranks(&sub, self.world_rank).into_iter().min().unwrap_or(0);
+                self.wrap(sub, format!("{}/node{leader}", self.name))
+            }
         }
+    }
+
+    /// The next sequence number of a collective on this communicator.
+    fn next_seq(&self) -> u64 {
+        self.seq.set(self.seq.get() + 1);
+        self.seq.get()
+    }
+
+    /// Records the start of a collective (and, in check mode, compares it across the ranks first).
+    fn collective<T>(&self, kind: OpKind, count: usize) -> flight::OpGuard {
+        let seq = self.next_seq();
+        let dtype = flight::dtype_name::<T>();
+        if check_mode() {
+            self.check_collective(kind, seq, count, dtype);
+        }
+        flight::enter(Op {
+            kind,
+            comm: &self.name,
+            seq,
+            peer: None,
+            count,
+            dtype,
+        })
+    }
+
+    /// Records the start of a message to or from `peer` (a rank of this communicator).
+    fn message<T>(&self, kind: OpKind, peer: usize, count: usize) -> (u64, flight::OpGuard) {
+        let seq = self.next_message(peer, kind == OpKind::Send);
+        let guard = flight::enter(Op {
+            kind,
+            comm: &self.name,
+            seq,
+            peer: Some(self.world_rank_of(peer)),
+            count,
+            dtype: flight::dtype_name::<T>(),
+        });
+        (seq, guard)
+    }
+
+    fn next_message(&self, peer: usize, send: bool) -> u64 {
+        let mut m = self.messages.borrow_mut();
+        let n = m.entry((peer, send)).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// The world rank of rank `r` of this communicator.
+    fn world_rank_of(&self, r: usize) -> usize {
+        flight::members(&self.name)
+            .and_then(|m| m.get(r).copied())
+            .unwrap_or(r)
     }
 
     /// Which node every rank runs on. Collective.
@@ -249,7 +388,10 @@ impl Comm {
         let Inner::Mpi { comm, .. } = &self.inner else {
             panic!("recv on a one-rank communicator")
         };
-        let _w = waiting_for("receive", || format!("rank {src}, {tag:?}"));
+        let (seq, _w) = self.message::<T>(OpKind::Recv, src, buf.len());
+        if check_mode() {
+            self.check_message(comm, src, seq, buf.len(), flight::dtype_name::<T>());
+        }
         let _span = message_span("recv", src, tag, std::mem::size_of_val(buf));
         comm.process_at_rank(src as i32)
             .receive_into_with_tag(buf, tag.value());
@@ -260,7 +402,10 @@ impl Comm {
         let Inner::Mpi { comm, .. } = &self.inner else {
             panic!("send on a one-rank communicator")
         };
-        let _w = waiting_for("send", || format!("rank {dest}, {tag:?}"));
+        let (seq, _w) = self.message::<T>(OpKind::Send, dest, data.len());
+        if check_mode() {
+            self.send_descriptor(comm, dest, seq, data.len(), flight::dtype_name::<T>());
+        }
         let _span = message_span("send", dest, tag, std::mem::size_of_val(data));
         comm.process_at_rank(dest as i32).send_with_tag(data, tag.value())
     }
@@ -282,32 +427,39 @@ impl Comm {
         mpi::request::scope(|scope| {
             let mut sends = AsyncSends {
                 comm,
+                owner: self,
                 scope,
                 free: arena.iter_mut(),
                 pending: Vec::new(),
+                noted: Vec::new(),
             };
             let out = f(&mut sends);
             if !sends.pending.is_empty() {
-                let _w = waiting_for("completion of pipeline sends", || {
-                    "the neighbouring stages".into()
+                let _w = flight::enter(Op {
+                    kind: OpKind::SendsComplete,
+                    comm: &self.name,
+                    seq: self.next_seq(),
+                    peer: None,
+                    count: sends.pending.len(),
+                    dtype: "requests",
                 });
                 for req in sends.pending.drain(..) {
                     req.wait();
                 }
+                sends.noted.drain(..).for_each(flight::complete_noted);
             }
             out
         })
     }
 
-    /// Gives every blocking MPI call of this process a deadline (see `watchdog`).
-    pub fn start_watchdog(&self, timeout_s: f64) {
-        if let Inner::Mpi { .. } = &self.inner {
-            crate::watchdog::start(Duration::from_secs_f64(timeout_s), self.rank, abort_world);
+    /// Gives every blocking MPI call of this process a deadline (see `watchdog`) and sets up the
+    /// node board it reads. Collective over the world communicator.
+    pub fn start_watchdog(&self, budgets: crate::watchdog::Budgets) {
+        if let Inner::Mpi { comm, .. } = &self.inner {
+            let node = comm.split_shared(self.rank as i32);
+            *self.board.borrow_mut() = Some(board::Board::new(&node, self.world_rank));
+            crate::watchdog::start(budgets, self.rank, abort_world);
         }
-    }
-
-    fn group(&self) -> String {
-        format!("all {} ranks of a collective", self.size)
     }
 
     pub fn rank(&self) -> usize {
@@ -325,7 +477,7 @@ impl Comm {
         match &self.inner {
             Inner::Solo => recv.copy_from_slice(send),
             Inner::Mpi { comm, .. } => {
-                let _w = waiting_for("all-reduce", || self.group());
+                let _w = self.collective::<T>(OpKind::AllReduce, send.len());
                 comm.all_reduce_into(send, recv, SystemOperation::sum())
             }
         }
@@ -341,7 +493,7 @@ impl Comm {
     /// Overwrites `buf` on every rank with rank `root`'s contents.
     pub fn broadcast<T: Equivalence>(&self, buf: &mut [T], root: usize) {
         if let Inner::Mpi { comm, .. } = &self.inner {
-            let _w = waiting_for("broadcast", || format!("rank {root}"));
+            let _w = self.collective::<T>(OpKind::Broadcast, buf.len());
             comm.process_at_rank(root as i32).broadcast_into(buf);
         }
     }
@@ -350,7 +502,7 @@ impl Comm {
     pub fn all_gather<T: Equivalence + Copy>(&self, value: T) -> Vec<T> {
         let mut out = vec![value; self.size];
         if let Inner::Mpi { comm, .. } = &self.inner {
-            let _w = waiting_for("all-gather", || self.group());
+            let _w = self.collective::<T>(OpKind::AllGather, 1);
             comm.all_gather_into(&value, &mut out[..]);
         }
         out
@@ -358,7 +510,7 @@ impl Comm {
 
     pub fn barrier(&self) {
         if let Inner::Mpi { comm, .. } = &self.inner {
-            let _w = waiting_for("barrier", || self.group());
+            let _w = self.collective::<()>(OpKind::Barrier, 0);
             comm.barrier();
         }
     }
@@ -380,13 +532,19 @@ impl Comm {
             panic!("node_mean on a one-rank communicator")
         };
         let node = comm.split_shared(self.rank as i32);
+        let node_members = world_ranks(&node, self.world_rank);
+        let leader = node_members.iter().min().copied().unwrap_or(0);
+        let node_name = format!("{}/node{leader}", self.name);
+        flight::register_comm(&node_name, node_members);
         let across = if across_nodes {
             // The ranks holding the same slice on every node: same local rank, ordered by node.
             let local_rank = node.rank();
             let cross = comm
                 .split_by_color_with_key(Color::with_value(local_rank), self.rank as i32)
                 .expect("a non-negative color always yields a communicator");
-            Some((cross, self.size))
+            let name = format!("{}/slice{local_rank}", self.name);
+            flight::register_comm(&name, world_ranks(&cross, self.world_rank));
+            Some((cross, self.size, name))
         } else {
             assert_eq!(
                 node.size() as usize,
@@ -395,7 +553,7 @@ impl Comm {
             );
             None
         };
-        Rc::new(NodeMean::new(node, n, across))
+        Rc::new(NodeMean::new(node, node_name, n, across))
     }
 
     /// Every rank's `values` (the same length on every rank), rank after rank.
@@ -404,7 +562,7 @@ impl Comm {
         match &self.inner {
             Inner::Solo => out.copy_from_slice(values),
             Inner::Mpi { comm, .. } => {
-                let _w = waiting_for("all-gather", || self.group());
+                let _w = self.collective::<T>(OpKind::AllGather, values.len());
                 comm.all_gather_into(values, &mut out[..]);
             }
         }
@@ -413,12 +571,16 @@ impl Comm {
 
     /// Every rank's host name, indexed by rank (up to 63 bytes each). Collective.
     pub fn hostnames(&self) -> Vec<String> {
+        self.all_gather_text(&crate::util::hostname())
+    }
+
+    /// Every rank's `mine` (up to 63 bytes each), indexed by rank. Collective.
+    pub fn all_gather_text(&self, mine: &str) -> Vec<String> {
         const LEN: usize = 64;
-        let mut mine = [0u8; LEN];
-        let host = crate::util::hostname();
-        let n = host.len().min(LEN - 1);
-        mine[..n].copy_from_slice(&host.as_bytes()[..n]);
-        self.all_gather_slice(&mine)
+        let mut bytes = [0u8; LEN];
+        let n = mine.len().min(LEN - 1);
+        bytes[..n].copy_from_slice(&mine.as_bytes()[..n]);
+        self.all_gather_slice(&bytes)
             .chunks(LEN)
             .map(|c| String::from_utf8_lossy(c.split(|&b| b == 0).next().unwrap_or(&[])).into_owned())
             .collect()
@@ -428,9 +590,12 @@ impl Comm {
 /// Non-blocking sends in flight during one `Comm::with_async_sends` call.
 pub struct AsyncSends<'a, 's> {
     comm: Option<&'s SimpleCommunicator>,
+    owner: &'s Comm,
     scope: &'s LocalScope<'a>,
     free: std::slice::IterMut<'a, Vec<f32>>,
     pending: Vec<Request<'a, [f32], &'s LocalScope<'a>>>,
+    /// Flight records of the sends in flight, completed with them.
+    noted: Vec<u64>,
 }
 
 impl<'a, 's> AsyncSends<'a, 's> {
@@ -447,6 +612,19 @@ impl<'a, 's> AsyncSends<'a, 's> {
             .expect("send arena has a buffer for every send of a step");
         buf.resize(len, 0.0);
         fill(&mut buf[..]);
+        let owner = self.owner;
+        let seq = owner.next_message(dest, true);
+        if check_mode() {
+            owner.send_descriptor(comm, dest, seq, len, "f32");
+        }
+        self.noted.push(flight::note(Op {
+            kind: OpKind::Send,
+            comm: &owner.name,
+            seq,
+            peer: Some(owner.world_rank_of(dest)),
+            count: len,
+            dtype: "f32",
+        }));
         let buf: &'a Vec<f32> = buf;
         let req =
             comm.process_at_rank(dest as i32)
@@ -457,11 +635,21 @@ impl<'a, 's> AsyncSends<'a, 's> {
     /// Blocking receive of exactly `buf.len()` f32 from `src`.
     pub fn recv(&mut self, src: usize, tag: Tag, buf: &mut [f32]) {
         let comm = self.comm();
-        let _w = waiting_for("receive", || format!("rank {src}, {tag:?}"));
+        let (seq, _w) = self.owner.message::<f32>(OpKind::Recv, src, buf.len());
+        if check_mode() {
+            self.owner.check_message(comm, src, seq, buf.len(), "f32");
+        }
         let _span = message_span("recv", src, tag, std::mem::size_of_val(buf));
         comm.process_at_rank(src as i32)
             .receive_into_with_tag(buf, tag.value());
     }
+}
+
+/// The world ranks of `comm`'s ranks, in its rank order (collective over `comm`; no flight record).
+fn world_ranks(comm: &SimpleCommunicator, world_rank: usize) -> Vec<usize> {
+    let mut out = vec![0u64; comm.size() as usize];
+    comm.all_gather_into(&(world_rank as u64), &mut out[..]);
+    out.into_iter().map(|r| r as usize).collect()
 }
 
 /// A trace span of a message: its peer, bytes and kind.

@@ -9,10 +9,12 @@
 //! `Rc<NodeMean>` and re-points the `.grad` views at owned memory before it lets go of it, and the
 //! windows are freed (collectively) only when the last `Rc` is dropped.
 
-use super::{check, waiting_for};
+use super::check;
+use crate::flight::{self, Op, OpKind};
 use mpi::ffi;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
+use std::cell::Cell;
 
 /// One shared window of f32: `len` of them from this rank (maybe 0), and every rank's base address.
 struct SharedWindow {
@@ -94,6 +96,8 @@ impl Drop for SharedWindow {
 /// The ranks with this rank's place on every other node, and how many ranks average in all.
 struct AcrossNodes {
     comm: SimpleCommunicator,
+    name: String,
+    seq: Cell<u64>,
     total: usize,
     /// This rank's slice of the node's sum, the all-reduce's send buffer.
     partial: std::cell::RefCell<Vec<f32>>,
@@ -108,6 +112,9 @@ struct AcrossNodes {
 /// MPI_Allreduce + division (1.7 MB).
 pub struct NodeMean {
     comm: SimpleCommunicator,
+    /// The node communicator's name in flight records, and its barriers so far.
+    name: String,
+    seq: Cell<u64>,
     grads: SharedWindow,
     mean: SharedWindow,
     n: usize,
@@ -122,14 +129,17 @@ impl NodeMean {
     /// taken over all nodes (two levels).
     pub(super) fn new(
         comm: SimpleCommunicator,
+        name: String,
         n: usize,
-        across: Option<(SimpleCommunicator, usize)>,
+        across: Option<(SimpleCommunicator, usize, String)>,
     ) -> NodeMean {
         let (rank, size) = (comm.rank() as usize, comm.size() as usize);
         let grads = SharedWindow::allocate(&comm, n);
         let mean = SharedWindow::allocate(&comm, if rank == 0 { n } else { 0 });
         let mut node_mean = NodeMean {
             comm,
+            name,
+            seq: Cell::new(0),
             grads,
             mean,
             n,
@@ -137,8 +147,10 @@ impl NodeMean {
             size,
             across: None,
         };
-        node_mean.across = across.map(|(comm, total)| AcrossNodes {
+        node_mean.across = across.map(|(comm, total, name)| AcrossNodes {
             comm,
+            name,
+            seq: Cell::new(0),
             total,
             partial: std::cell::RefCell::new(vec![0.0; node_mean.slice().len()]),
         });
@@ -176,8 +188,25 @@ impl NodeMean {
 
     fn barrier(&self) {
         let _span = crate::trace::span("wait", || "node barrier".into());
-        let _w = waiting_for("gradient averaging (node-shared memory)", || {
-            format!("all {} ranks on this node", self.size)
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        if super::check_mode() {
+            super::check::check_collective_on(
+                &self.comm,
+                &self.name,
+                OpKind::NodeBarrier,
+                seq,
+                self.n,
+                "f32",
+            );
+        }
+        let _w = flight::enter(Op {
+            kind: OpKind::NodeBarrier,
+            comm: &self.name,
+            seq,
+            peer: None,
+            count: self.n,
+            dtype: "f32",
         });
         self.grads.sync();
         self.mean.sync();
@@ -222,15 +251,26 @@ impl NodeMean {
                     || "all-reduce across nodes".into(),
                     || serde_json::json!({"ranks": across.comm.size(), "elements": partial.len()}),
                 );
-                let _w = waiting_for(
-                    "gradient averaging across nodes (all-reduce of node sums)",
-                    || {
-                        format!(
-                            "the {} ranks holding this slice on every node",
-                            across.comm.size()
-                        )
-                    },
-                );
+                let seq = across.seq.get() + 1;
+                across.seq.set(seq);
+                if super::check_mode() {
+                    super::check::check_collective_on(
+                        &across.comm,
+                        &across.name,
+                        OpKind::NodeSumAllReduce,
+                        seq,
+                        partial.len(),
+                        "f32",
+                    );
+                }
+                let _w = flight::enter(Op {
+                    kind: OpKind::NodeSumAllReduce,
+                    comm: &across.name,
+                    seq,
+                    peer: None,
+                    count: partial.len(),
+                    dtype: "f32",
+                });
                 across
                     .comm
                     .all_reduce_into(&partial[..], out, mpi::collective::SystemOperation::sum());

@@ -15,8 +15,10 @@ pub enum Tag {
     Clock,
     /// A rank's trace events sent to rank 0.
     Trace,
-    /// Ping-pong messages of `partrain calibrate`.
+    /// Ping-pong messages of `partrain calibrate` and of the start-up preflight.
     Calibrate,
+    /// Descriptors of `PARTRAIN_DEBUG=collectives` (ahead of each message).
+    Check,
     /// Micro-batch `i`'s activation, stage s -> s + 1.
     Activation(usize),
     /// The gradient of micro-batch `i`'s activation, stage s + 1 -> s.
@@ -34,6 +36,7 @@ impl Tag {
             Tag::Clock => 3,
             Tag::Trace => 4,
             Tag::Calibrate => 5,
+            Tag::Check => 6,
             Tag::Activation(i) => FIRST_TRAINING_TAG + 2 * i as i64,
             Tag::Gradient(i) => FIRST_TRAINING_TAG + 2 * i as i64 + 1,
         };
@@ -55,10 +58,17 @@ mod tests {
 
     #[test]
     fn tags_are_distinct_and_bounded() {
-        let mut all: Vec<i32> = [Tag::Eval, Tag::Gather, Tag::Clock, Tag::Trace, Tag::Calibrate]
-            .iter()
-            .map(|t| t.value())
-            .collect();
+        let mut all: Vec<i32> = [
+            Tag::Eval,
+            Tag::Gather,
+            Tag::Clock,
+            Tag::Trace,
+            Tag::Calibrate,
+            Tag::Check,
+        ]
+        .iter()
+        .map(|t| t.value())
+        .collect();
         for i in 0..100 {
             all.push(Tag::Activation(i).value());
             all.push(Tag::Gradient(i).value());

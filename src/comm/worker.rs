@@ -2,14 +2,17 @@
 //! they proceed while the main thread computes (MPI runs with MPI_THREAD_MULTIPLE). Used to overlap
 //! the gradient all-reduce of finished layer blocks with the backward of earlier blocks.
 
-use super::{check, waiting_for, Comm, Inner};
+use super::{check, Comm, Inner};
+use crate::flight::{self, Op, OpKind};
 use mpi::ffi;
 
 pub struct ReduceWorker {
+    /// The duplicate's name in flight records (`<parent>/overlap`), and the waits so far.
+    name: String,
+    waits: std::cell::Cell<u64>,
     jobs: Option<std::sync::mpsc::Sender<ReduceJob>>,
     done: std::sync::mpsc::Receiver<()>,
     thread: Option<std::thread::JoinHandle<()>>,
-    ranks: usize,
 }
 
 struct ReduceJob {
@@ -41,13 +44,24 @@ impl Comm {
             )
         };
         let raw = RawComm(dup);
+        let name = format!("{}/overlap", self.name);
+        flight::register_comm(&name, flight::members(&self.name).unwrap_or_default());
+        let thread_name = name.clone();
         let (jobs, rx) = std::sync::mpsc::channel::<ReduceJob>();
         let (tx_done, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("partrain-allreduce".into())
             .spawn(move || {
                 let mut raw = raw;
-                for job in rx {
+                for (seq, job) in (1u64..).zip(rx) {
+                    let _record = flight::enter(Op {
+                        kind: OpKind::OverlappedAllReduce,
+                        comm: &thread_name,
+                        seq,
+                        peer: None,
+                        count: job.len,
+                        dtype: "f32",
+                    });
                     // SAFETY: `submit`'s caller keeps both buffers alive and untouched until the
                     // matching `wait` returns.
                     unsafe {
@@ -72,10 +86,11 @@ impl Comm {
             })
             .expect("spawn all-reduce thread");
         Some(ReduceWorker {
+            name,
+            waits: std::cell::Cell::new(0),
             jobs: Some(jobs),
             done,
             thread: Some(thread),
-            ranks: self.size,
         })
     }
 }
@@ -101,8 +116,14 @@ impl ReduceWorker {
 
     /// Waits until `n` queued jobs have finished.
     pub fn wait(&self, n: usize) {
-        let _w = waiting_for("overlapped gradient all-reduce", || {
-            format!("all {} ranks", self.ranks)
+        self.waits.set(self.waits.get() + 1);
+        let _w = flight::enter(Op {
+            kind: OpKind::OverlappedWait,
+            comm: &self.name,
+            seq: self.waits.get(),
+            peer: None,
+            count: n,
+            dtype: "jobs",
         });
         for _ in 0..n {
             self.done.recv().expect("all-reduce thread alive");
