@@ -420,3 +420,144 @@ fn faults_across_nodes_end_the_job() {
     assert!(log.contains("cancelled, because a node count failed"), "{log}");
     println!("{log}");
 }
+
+/// `scontrol show job ID`'s `Key=` value.
+fn job_field(cluster: &Cluster, id: &str, key: &str) -> String {
+    let (o, _) = run_with_limit(
+        cluster.exec(&["scontrol", "show", "job", id], &root()),
+        Duration::from_secs(30),
+    );
+    let key = format!("{key}=");
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A job whose time limit (2 minutes) is too short for its work (10 epochs of dp on 2 nodes, about
+/// 50 s of training, stopped 90 s before the limit by slurm/requeue.sh's `stop_before`) stops with
+/// a checkpoint, requeues itself, resumes with --auto-resume, and ends with the weights of the same
+/// run uninterrupted. Slurm holds a requeued job for 120 s (BeginTime): the test moves its start to
+/// now, as an administrator could, to keep the suite short.
+#[test]
+fn a_job_past_its_time_limit_is_requeued_and_completes_with_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(&tmp.path().join("cluster"), 2, 19800);
+    let data = format!("data.dir={}", mnist_dir().display());
+    let sets = [
+        data.as_str(),
+        "data.train_limit=25600",
+        "data.test_limit=500",
+        "train.epochs=7",
+    ];
+    let (whole, requeued) = (tmp.path().join("whole"), tmp.path().join("requeued"));
+    let mut args = vec!["dp".to_string(), "--config".into(), config("data_parallel.yaml")];
+    for s in sets {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let mut reference = args.clone();
+    reference.extend(["--out".to_string(), whole.display().to_string()]);
+    run_ok(
+        cluster.launch(Launcher::Srun, 2, 2, &refs(&reference)),
+        "uninterrupted run",
+    );
+
+    let script = tmp.path().join("job.sh");
+    let launch = format!("srun -K --mpi=pmix -N 2 -n 2 {} {}", bin(), args.join(" "));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\nset -euo pipefail\nsource {}/slurm/requeue.sh\n\
+             echo \"attempt $((${{SLURM_RESTART_COUNT:-0}} + 1))\"\n\
+             stop_before 90\n\
+             step {} {launch} --auto-resume --overwrite\n",
+            root().display(),
+            requeued.display()
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("job.out");
+    let (o, _) = run_with_limit(
+        cluster.exec(
+            &[
+                "sbatch",
+                "--time=2",
+                "--requeue",
+                "--open-mode=append",
+                "-N",
+                "2",
+                "-o",
+                &log.display().to_string(),
+                &script.display().to_string(),
+            ],
+            &root(),
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "sbatch: {}", text(&o));
+    let id = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let start = Instant::now();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut pending_since: Option<Instant> = None;
+    let restarts_now =
+        |seen: &[(String, String)]| seen.last().map_or(0, |(_, r)| r.parse::<u32>().unwrap_or(0));
+    let state = loop {
+        let state = job_state(&cluster, &id);
+        let restarts = job_field(&cluster, &id, "Restarts");
+        if seen.last() != Some(&(state.clone(), restarts.clone())) {
+            eprintln!(
+                "{:.1} s: {state} restarts {restarts}",
+                start.elapsed().as_secs_f64()
+            );
+            seen.push((state.clone(), restarts));
+        }
+        if state != "PENDING" || restarts_now(&seen) == 0 {
+            pending_since = None;
+        } else if pending_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(10)
+            && job_field(&cluster, &id, "Reason") == "BeginTime"
+        {
+            // Released at once, the new attempt was killed by the clean-up of the previous one
+            // (same job id, same nodes): give that 10 s, as Slurm's 120 s do.
+            pending_since = None;
+            let release = format!("JobId={id}");
+            run_ok(
+                cluster.exec(&["scontrol", "update", &release, "StartTime=now"], &root()),
+                "release",
+            );
+        }
+        if !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED"].contains(&state.as_str()) {
+            break state;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "job {id} still {state}:\n{}",
+            logs(tmp.path())
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(state, "COMPLETED", "{out}");
+    let restarts: u32 = job_field(&cluster, &id, "Restarts").parse().unwrap();
+    assert!(restarts >= 1, "the job was never requeued:\n{out}");
+    assert!(
+        out.contains("SIGUSR1: stopping at the next step boundary"),
+        "{out}"
+    );
+    assert!(out.contains("requeueing job"), "{out}");
+    assert!(out.contains("resuming at epoch"), "{out}");
+    assert_eq!(summary(&requeued)["status"], "completed");
+    assert!(
+        std::fs::read(requeued.join("model.safetensors")).unwrap()
+            == std::fs::read(whole.join("model.safetensors")).unwrap(),
+        "requeued {restarts} time(s), the weights differ from the uninterrupted run:\n{out}"
+    );
+    println!(
+        "requeued {restarts} time(s) in {:?}; weights bit-identical",
+        start.elapsed()
+    );
+}
