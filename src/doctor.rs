@@ -61,7 +61,11 @@ pub fn load(run: &Path) -> Result<Vec<FlightFile>> {
         );
     }
     if files.is_empty() {
-        bail!("{}: no rank<R>.json flight records", dir.display());
+        bail!(
+            "{}: no flight records (flight/rank<R>.json); ranks write them when the watchdog fires, on an error, \
+             on SIGTERM, and on SIGUSR2",
+            dir.display()
+        );
     }
     files.sort_by_key(|f| f.rank);
     Ok(files)
