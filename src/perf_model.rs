@@ -163,7 +163,9 @@ impl Calibration {
         // efficiency e measured at the largest count.
         let t1 = at(counts[0]);
         let tm = at(max_t);
-        let e = if max_t > 1 {
+        // A layer that takes no measurable time (a ReLU fused into the max-pool) has t1 = tm = 0:
+        // 0 / 0 would make every extrapolated stage time NaN.
+        let e = if max_t > 1 && tm > 0.0 {
             ((t1 / tm) - 1.0) / (max_t as f64 - 1.0)
         } else {
             1.0
@@ -450,6 +452,33 @@ mod tests {
         // A slow link delays the pipeline by its transfer both ways.
         let s = PipelineSchedule::new(ScheduleKind::GPipe, 2, 1);
         assert!((simulate(&s, &[1.0, 1.0], &[1.0, 1.0], &[0.5]) - 5.0).abs() < 1e-9);
+    }
+
+    /// Beyond the calibrated thread counts, a layer measured at 0 s (a ReLU fused into the
+    /// max-pool) once made every extrapolated stage time NaN and `plan --cores-per-node 64` panic.
+    #[test]
+    fn extrapolated_stage_times_stay_finite_with_a_zero_layer() {
+        let row = |threads: usize, batch: usize, conv: f64| {
+            serde_json::json!({"threads": threads, "batch": batch,
+                "forward_s": [conv, 0.0], "backward_s": [2.0 * conv, 0.0], "step_s": 3.5 * conv})
+        };
+        let cal: Calibration = serde_json::from_value(serde_json::json!({
+            "format": FORMAT, "version": VERSION, "date": "2026-11-27",
+            "cpu": {"model_name": "test", "family": "0", "model": "0"},
+            "preset": "mnist_cnn", "dataset": "mnist", "cores_per_node": 2,
+            "layer_names": ["conv", "relu"], "layer_output_elems": [100, 100], "layer_params": [10, 0],
+            "compute": [row(1, 8, 0.008), row(1, 64, 0.064), row(2, 8, 0.005), row(2, 64, 0.040)],
+            "base_rss_mb": 100.0
+        }))
+        .unwrap();
+        for threads in [1, 2, 3, 64] {
+            let (f, b, extrapolated) = cal.stage_seconds(0..2, threads, 32);
+            assert!(
+                f.is_finite() && b.is_finite() && f > 0.0 && b > 0.0,
+                "{threads}: {f} {b}"
+            );
+            assert_eq!(extrapolated, threads > 2);
+        }
     }
 
     #[test]
