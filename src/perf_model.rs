@@ -213,6 +213,8 @@ pub struct Layout {
     /// Ranks sharing one machine's cores: `ranks_per_node`, except on an emulated cluster, whose
     /// nodes are one machine.
     pub ranks_per_machine: usize,
+    /// The cores of that machine (the planned node's, or the calibrating machine's for runs on it).
+    pub cores_per_machine: usize,
     pub threads: usize,
     pub stages: usize,
     pub micro_batches: usize,
@@ -337,10 +339,11 @@ fn averaging_seconds(layout: &Layout, elems: f64, cal: &Calibration, network: Li
 /// the prediction.
 pub fn predict(layout: &Layout, cal: &Calibration, network: Link) -> Prediction {
     let threads = (layout.ranks_per_machine * layout.threads) as f64;
-    let mut slow = corun(cal, threads);
+    let cores = layout.cores_per_machine.max(1) as f64;
+    let mut slow = corun(cal, threads, cores);
     let mut p = predict_at(layout, cal, network, slow);
     for _ in 0..6 {
-        let next = corun(cal, threads * p.busy_fraction);
+        let next = corun(cal, threads * p.busy_fraction, cores);
         if (next - slow).abs() < 1e-3 {
             break;
         }
@@ -356,26 +359,29 @@ struct Stepped {
     busy_fraction: f64,
 }
 
-/// The slowdown of each rank of a machine on which `load` threads compute at once: 1 alone,
-/// the measured co-run factors in between (linear), and past the last measurement time sharing
-/// of the cores (the load over the cores, times the slowdown of a full machine).
-fn corun(cal: &Calibration, load: f64) -> f64 {
+/// The slowdown of each rank of a machine of `cores` cores on which `load` threads compute at
+/// once: contention for caches and memory bandwidth (the measured co-run factors with their time
+/// sharing divided out, linear in between, the last one beyond), times time sharing once the load
+/// exceeds the cores. On the calibrating machine this gives back the measured factors; on a
+/// larger planned node the measured contention is assumed to hold (its time sharing not).
+fn corun(cal: &Calibration, load: f64, cores: f64) -> f64 {
+    let cal_cores = cal.cores_per_node.max(1) as f64;
     let mut points = vec![(1.0, 1.0)];
-    points.extend(cal.corun.iter().map(|c| (c.ranks as f64, c.slowdown)));
+    points.extend(
+        cal.corun
+            .iter()
+            .map(|c| (c.ranks as f64, c.slowdown / (c.ranks as f64 / cal_cores).max(1.0))),
+    );
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut contention = points.last().expect("one point").1;
     for w in points.windows(2) {
         let ((x0, y0), (x1, y1)) = (w[0], w[1]);
         if load <= x1 {
-            return y0 + (y1 - y0) * ((load - x0) / (x1 - x0)).clamp(0.0, 1.0);
+            contention = y0 + (y1 - y0) * ((load - x0) / (x1 - x0)).clamp(0.0, 1.0);
+            break;
         }
     }
-    let (x, y) = *points.last().expect("one point");
-    let cores = cal.cores_per_node.max(1) as f64;
-    if load <= x || load <= cores {
-        return y;
-    }
-    // Past the measurements: time sharing, over what the last measurement already shared.
-    y * (load / cores) / (x / cores).max(1.0)
+    contention * (load / cores).max(1.0)
 }
 
 fn predict_at(layout: &Layout, cal: &Calibration, network: Link, slow: f64) -> Stepped {
@@ -479,6 +485,38 @@ mod tests {
             );
             assert_eq!(extrapolated, threads > 2);
         }
+    }
+
+    /// On the calibrating machine the co-run model gives back what was measured; on a planned node
+    /// with more cores only the contention part applies (a 64-core node running 64 one-thread ranks
+    /// was once charged 32x time sharing of the 2-core calibrating machine).
+    #[test]
+    fn corun_keeps_measurements_and_scales_to_larger_nodes() {
+        let mut cal: Calibration = serde_json::from_value(serde_json::json!({
+            "format": FORMAT, "version": VERSION, "date": "2026-11-27",
+            "cpu": {"model_name": "test", "family": "0", "model": "0"},
+            "preset": "mnist_cnn", "dataset": "mnist", "cores_per_node": 2,
+            "layer_names": [], "layer_output_elems": [], "layer_params": [], "compute": [],
+            "base_rss_mb": 100.0
+        }))
+        .unwrap();
+        cal.corun = vec![
+            CoRun {
+                ranks: 2,
+                slowdown: 1.1,
+            },
+            CoRun {
+                ranks: 4,
+                slowdown: 2.32,
+            },
+        ];
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(corun(&cal, 1.0, 2.0), 1.0));
+        assert!(close(corun(&cal, 2.0, 2.0), 1.1));
+        assert!(close(corun(&cal, 4.0, 2.0), 2.32));
+        assert!(close(corun(&cal, 8.0, 2.0), 1.16 * 4.0));
+        assert!(close(corun(&cal, 64.0, 64.0), 1.16));
+        assert!(close(corun(&cal, 128.0, 64.0), 2.32));
     }
 
     #[test]
@@ -708,6 +746,7 @@ pub fn layouts(
                             nodes,
                             ranks_per_node: per_node,
                             ranks_per_machine: per_node,
+                            cores_per_machine: cores,
                             threads,
                             stages,
                             micro_batches: m,

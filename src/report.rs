@@ -202,6 +202,7 @@ pub fn layout_of(s: &Summary) -> crate::perf_model::Layout {
         nodes: s.nodes.max(1),
         ranks_per_node: s.ranks_per_node.max(1),
         ranks_per_machine: s.world_size.div_ceil(machines),
+        cores_per_machine: s.cores_per_node.max(1),
         threads: s.threads_per_rank.max(1),
         stages: s.stages.max(1),
         micro_batches: s.micro_batches.max(1),
