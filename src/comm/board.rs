@@ -64,45 +64,8 @@ pub struct Board {
 impl Board {
     /// Collective over `node` (ranks sharing one node); `world_rank` is this rank's.
     pub(super) fn new(node: &SimpleCommunicator, world_rank: usize) -> Board {
-        let raw = mpi::raw::AsRaw::as_raw(node);
-        // SAFETY: reading a predefined handle.
-        let mut win: ffi::MPI_Win = unsafe { ffi::RSMPI_WIN_NULL };
-        let mut base: *mut u64 = std::ptr::null_mut();
-        // SAFETY: as in `shared::SharedWindow::allocate`: `base` and `win` are out-parameters;
-        // `base` then holds SLOT u64 of ours, which we zero before anyone reads them.
-        unsafe {
-            check(
-                ffi::MPI_Win_allocate_shared(
-                    (SLOT * 8) as ffi::MPI_Aint,
-                    8,
-                    ffi::RSMPI_INFO_NULL,
-                    raw,
-                    &mut base as *mut *mut u64 as *mut std::ffi::c_void,
-                    &mut win,
-                ),
-                "MPI_Win_allocate_shared (node board)",
-            );
-            std::ptr::write_bytes(base, 0, SLOT);
-        }
-        let slots = (0..node.size())
-            .map(|r| {
-                let (mut size, mut unit, mut ptr) = (0 as ffi::MPI_Aint, 0i32, std::ptr::null_mut::<u64>());
-                // SAFETY: query of a rank of this window's group; all three are out-parameters.
-                unsafe {
-                    check(
-                        ffi::MPI_Win_shared_query(
-                            win,
-                            r,
-                            &mut size,
-                            &mut unit,
-                            &mut ptr as *mut *mut u64 as *mut std::ffi::c_void,
-                        ),
-                        "MPI_Win_shared_query (node board)",
-                    )
-                };
-                ptr as *const AtomicU64
-            })
-            .collect();
+        let (win, bases) = super::shared::allocate_shared::<u64>(node, SLOT, "node board");
+        let slots = bases.into_iter().map(|p| p as *const AtomicU64).collect();
         let view = View {
             slots,
             mine: node.rank() as usize,

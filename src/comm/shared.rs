@@ -22,57 +22,74 @@ struct SharedWindow {
     bases: Vec<*mut f32>,
 }
 
+/// `MPI_Win_allocate_shared` of `len` zeroed values of `T` (plain data: f32, u64) on each rank of
+/// `comm`, whose ranks must all share one node (collective), and every rank's part as
+/// `MPI_Win_shared_query` gives its address. `what` names the window in errors.
+pub(super) fn allocate_shared<T: Copy>(
+    comm: &SimpleCommunicator,
+    len: usize,
+    what: &str,
+) -> (ffi::MPI_Win, Vec<*mut T>) {
+    let raw = mpi::raw::AsRaw::as_raw(comm);
+    let unit = std::mem::size_of::<T>();
+    // SAFETY: reading a predefined handle.
+    let mut win: ffi::MPI_Win = unsafe { ffi::RSMPI_WIN_NULL };
+    let mut base: *mut T = std::ptr::null_mut();
+    // SAFETY: MPI-3 calls on a valid communicator; `base` and `win` are out-parameters of the
+    // sizes MPI writes (a pointer and a window handle); `base` then holds `len` T of ours.
+    unsafe {
+        check(
+            ffi::MPI_Win_allocate_shared(
+                (len * unit) as ffi::MPI_Aint,
+                unit as std::ffi::c_int,
+                ffi::RSMPI_INFO_NULL,
+                raw,
+                &mut base as *mut *mut T as *mut std::ffi::c_void,
+                &mut win,
+            ),
+            &format!("MPI_Win_allocate_shared ({what})"),
+        );
+        // MPI does not promise zeroed memory, and gradients accumulate into it: on a one-rank
+        // node Open MPI's window is heap memory, and its garbage made the first step's
+        // gradients (and so the weights) NaN. Each rank zeroes its own part (all-zero bytes are
+        // a valid T for the plain-data types used here).
+        std::ptr::write_bytes(base, 0, len);
+    }
+    let bases = (0..comm.size())
+        .map(|r| {
+            let (mut size, mut unit, mut ptr) = (0 as ffi::MPI_Aint, 0i32, std::ptr::null_mut::<T>());
+            // SAFETY: query of a rank of this window's group; all three are out-parameters.
+            unsafe {
+                check(
+                    ffi::MPI_Win_shared_query(
+                        win,
+                        r,
+                        &mut size,
+                        &mut unit,
+                        &mut ptr as *mut *mut T as *mut std::ffi::c_void,
+                    ),
+                    &format!("MPI_Win_shared_query ({what})"),
+                )
+            };
+            ptr
+        })
+        .collect();
+    (win, bases)
+}
+
 impl SharedWindow {
     /// Collective over `comm`, whose ranks must all share one node.
     fn allocate(comm: &SimpleCommunicator, len: usize) -> SharedWindow {
-        let raw = mpi::raw::AsRaw::as_raw(comm);
-        // SAFETY: reading a predefined handle.
-        let mut win: ffi::MPI_Win = unsafe { ffi::RSMPI_WIN_NULL };
-        let mut base: *mut f32 = std::ptr::null_mut();
-        // SAFETY: MPI-3 calls on a valid communicator; `base` and `win` are out-parameters of the
-        // sizes MPI writes (a pointer and a window handle); `base` then holds `len` f32 of ours.
+        let (win, bases) = allocate_shared::<f32>(comm, len, "gradient window");
+        // SAFETY: a window just allocated. A passive-target epoch for the window's lifetime:
+        // MPI_Win_sync then orders the plain loads and stores around the barriers (MPI's unified
+        // memory model).
         unsafe {
-            check(
-                ffi::MPI_Win_allocate_shared(
-                    (len * 4) as ffi::MPI_Aint,
-                    4,
-                    ffi::RSMPI_INFO_NULL,
-                    raw,
-                    &mut base as *mut *mut f32 as *mut std::ffi::c_void,
-                    &mut win,
-                ),
-                "MPI_Win_allocate_shared",
-            );
-            // MPI does not promise zeroed memory, and gradients accumulate into it: on a one-rank
-            // node Open MPI's window is heap memory, and its garbage made the first step's
-            // gradients (and so the weights) NaN. Each rank zeroes its own part.
-            std::ptr::write_bytes(base, 0, len);
-            // A passive-target epoch for the window's lifetime: MPI_Win_sync then orders the plain
-            // loads and stores around the barriers (MPI's unified memory model).
             check(
                 ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as i32, win),
                 "MPI_Win_lock_all",
-            );
-        }
-        let bases = (0..comm.size())
-            .map(|r| {
-                let (mut size, mut unit, mut ptr) = (0 as ffi::MPI_Aint, 0i32, std::ptr::null_mut::<f32>());
-                // SAFETY: query of a rank of this window's group; all three are out-parameters.
-                unsafe {
-                    check(
-                        ffi::MPI_Win_shared_query(
-                            win,
-                            r,
-                            &mut size,
-                            &mut unit,
-                            &mut ptr as *mut *mut f32 as *mut std::ffi::c_void,
-                        ),
-                        "MPI_Win_shared_query",
-                    )
-                };
-                ptr
-            })
-            .collect();
+            )
+        };
         SharedWindow { win, bases }
     }
 
