@@ -6,6 +6,7 @@
 #
 #   bash bench/compare.sh /path/to/old/partrain                 # new = target/release/partrain
 #   ROUNDS=6 TRAIN_LIMIT=12800 bash bench/compare.sh OLD [NEW]
+#   ONLY=mnist_serial bash bench/compare.sh OLD          # only the configurations whose name matches
 #
 # Writes results/bench/compare.md (and the raw runs under results/bench/compare/).
 set -euo pipefail
@@ -55,6 +56,7 @@ run() { # run BINARY TAG CONFIG-LINE ROUND
 }
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${configs[@]}"; do
+    [[ "${c%%|*}" =~ ${ONLY:-.} ]] || continue
     run "$OLD" old "$c" "${r}a"; run "$NEW" new "$c" "${r}a"; run "$NEW" new "$c" "${r}b"; run "$OLD" old "$c" "${r}b"
   done
   echo "round $r of $ROUNDS done"
