@@ -99,11 +99,11 @@ ClusterName=partrain
 SlurmctldHost=$CTL(127.0.0.1)
 SlurmctldPort=$BASE_PORT
 SrunPortRange=$((BASE_PORT + 100))-$((BASE_PORT + 199))
-# Job ids of their own per cluster: two clusters up at once (the tests) share /dev/shm, /tmp and
-# the node names node1..nodeN, and an srun step's MPI job id is derived from its Slurm job and step
-# ids, so equal ids made Open MPI's shared-memory files of one cluster's job collide with the
-# other's (measured: "open(2) No such file or directory" during shared memory initialization,
-# then a segmentation fault).
+# Job ids of their own per cluster: two clusters up at once share /dev/shm, /tmp and the node
+# names node1..nodeN, and an srun step's MPI job id is derived from its Slurm job and step ids, so
+# equal ids give two jobs the same Open MPI shared-memory file names (seen once: "open(2) No such
+# file or directory" during shared memory initialization, then a segmentation fault). Two
+# clusters at once still crashed a rank now and then, so the tests run one at a time.
 FirstJobId=$((BASE_PORT * 100))
 SlurmUser=root
 SlurmdUser=root

@@ -231,7 +231,16 @@ pub fn serial_reference(dir: &Path) -> PathBuf {
 pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: usize,
+    /// One emulated cluster at a time in a test binary (released after `down`).
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Emulated clusters share this machine's 2 cores, `/dev/shm`, `/tmp` and the node names
+/// node1..nodeN. With two up at once, an srun rank crashed at start-up (segmentation fault, before
+/// its first output) in 3 of 4 CI runs, and once in 18 runs of two clusters' jobs started together
+/// by hand; never in 26 runs of one cluster alone. The cause is not found (see docs/testing.md);
+/// the tests bring up one cluster at a time.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// How a job's ranks are started on the emulated cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +254,7 @@ pub enum Launcher {
 impl Cluster {
     /// `up` in `dir` with Slurm ports from `port` (distinct per concurrently running cluster).
     pub fn up(dir: &Path, nodes: usize, port: u16) -> Cluster {
+        let guard = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
         let o = Command::new("bash")
             .arg(root().join("scripts/cluster.sh"))
             .args(["up", &nodes.to_string()])
@@ -256,6 +266,7 @@ impl Cluster {
         Cluster {
             dir: dir.to_path_buf(),
             nodes,
+            _one_at_a_time: guard,
         }
     }
 
