@@ -410,14 +410,10 @@ fn bar_panel(
         .y_label_area_size(if names.is_empty() { 10 } else { 150 })
         .build_cartesian_2d(0f64..max, -0.5f64..n as f64 - 0.5)
         .map_err(err)?;
-    // Rows top to bottom: row i at y = n - 1 - i.
     let label = |y: &f64| {
-        let i = n as f64 - 1.0 - y;
-        if (i - i.round()).abs() < 1e-9 && i >= 0.0 {
-            names.get(i.round() as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
+        row_at(n, *y)
+            .and_then(|i| names.get(i).cloned())
+            .unwrap_or_default()
     };
     chart
         .configure_mesh()
@@ -501,12 +497,9 @@ pub fn breakdown_plot(records: &[RunRecord], path: &Path) -> Result<()> {
         .build_cartesian_2d(0f64..max, -0.5f64..n as f64 - 0.5)
         .map_err(err)?;
     let label = |y: &f64| {
-        let i = n as f64 - 1.0 - y;
-        if (i - i.round()).abs() < 1e-9 && i >= 0.0 {
-            names.get(i.round() as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
+        row_at(n, *y)
+            .and_then(|i| names.get(i).cloned())
+            .unwrap_or_default()
     };
     chart
         .configure_mesh()
@@ -574,14 +567,7 @@ pub fn timeline(path: &Path, title: &str, ranks: usize, width_ms: f64, spans: &[
         .y_label_area_size(80)
         .build_cartesian_2d(0f64..width_ms, -0.5f64..ranks as f64 - 0.5)
         .map_err(err)?;
-    let label = |y: &f64| {
-        let r = ranks as f64 - 1.0 - y;
-        if (r - r.round()).abs() < 1e-9 && r >= 0.0 {
-            format!("rank {}", r.round() as usize)
-        } else {
-            String::new()
-        }
-    };
+    let label = |y: &f64| row_at(ranks, *y).map(|r| format!("rank {r}")).unwrap_or_default();
     chart
         .configure_mesh()
         .light_line_style(WHITE)
@@ -615,4 +601,11 @@ pub fn timeline(path: &Path, title: &str, ranks: usize, width_ms: f64, spans: &[
         .collect();
     legend(&side, &entries)?;
     root.present().map_err(err)
+}
+
+/// Horizontal bar charts draw their rows top to bottom, row i at y = rows - 1 - i: the row a
+/// y tick stands for, if it stands for one.
+fn row_at(rows: usize, y: f64) -> Option<usize> {
+    let i = rows as f64 - 1.0 - y;
+    ((i - i.round()).abs() < 1e-9 && i >= 0.0 && i.round() < rows as f64).then(|| i.round() as usize)
 }
