@@ -7,6 +7,12 @@
 #   bash bench/compare.sh /path/to/old/partrain                 # new = target/release/partrain
 #   ROUNDS=6 TRAIN_LIMIT=12800 bash bench/compare.sh OLD [NEW]
 #   ONLY=mnist_serial bash bench/compare.sh OLD          # only the configurations whose name matches
+#   ONLY=mnist_serial_t1_cl ROUNDS=16 bash bench/compare.sh OLD   # a closer look at one row
+#
+# The table also gives a 90 % bootstrap interval for each median ratio: on a shared machine single
+# rounds move by ±10 %, and the interval says whether the rounds resolve a few per cent (on the
+# 2-vCPU development machine a 4-round median once read 0.944 for a pair of binaries that 8 and 16
+# rounds later put at 1.006 and 0.992, intervals 0.984-1.032 and 0.948-1.008).
 #
 # Writes results/bench/compare.md (and the raw runs under results/bench/compare/).
 set -euo pipefail
@@ -62,20 +68,28 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "round $r of $ROUNDS done"
 done
 python3 - "$work" "$ROUNDS" "$OLD" "$NEW" > "$OUT/compare.md" <<'PY'
-import json, os, statistics, sys, datetime
+import json, os, random, statistics, sys, datetime
 work, rounds, old, new = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 ips = lambda n: json.load(open(os.path.join(work, n, "summary.json")))["samples_per_second"]
+
+def interval(ratios, draws=4000):
+    """90 % bootstrap interval of the median of `ratios` (rounds resampled with replacement)."""
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return meds[draws // 20], meds[draws - 1 - draws // 20]
+
 names = sorted({e.rsplit("_", 2)[0] for e in os.listdir(work) if not e.endswith(".log")})
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print(f"Side by side on {datetime.date.today()}, {os.cpu_count()} x {cpu}: old = `{old}`, new = `{new}`;")
 print(f"{rounds} rounds, each old new new old; images/s medians and the median of per-round new/old ratios.\n")
-print("| configuration | old images/s | new images/s | new / old (median of rounds) | per round |")
-print("|---|---:|---:|---:|---|")
+print("| configuration | old images/s | new images/s | new / old (median of rounds) | 90 % interval | per round |")
+print("|---|---:|---:|---:|---|---|")
 for n in names:
     o = [(ips(f"{n}_old_r{r}a") + ips(f"{n}_old_r{r}b")) / 2 for r in range(1, rounds + 1)]
     w = [(ips(f"{n}_new_r{r}a") + ips(f"{n}_new_r{r}b")) / 2 for r in range(1, rounds + 1)]
     ratios = [b / a for a, b in zip(o, w)]
+    lo, hi = interval(ratios)
     print(f"| {n} | {statistics.median(o):.0f} | {statistics.median(w):.0f} | {statistics.median(ratios):.3f} | "
-          + " ".join(f"{x:.3f}" for x in ratios) + " |")
+          f"{lo:.3f}-{hi:.3f} | " + " ".join(f"{x:.3f}" for x in ratios) + " |")
 PY
 cat "$OUT/compare.md"
