@@ -460,6 +460,19 @@ mod tests {
         assert!((simulate(&s, &[1.0, 1.0], &[1.0, 1.0], &[0.5]) - 5.0).abs() < 1e-9);
     }
 
+    /// A 2-core machine's calibration with `layers` (layer names, sizes and compute rows) added.
+    fn test_calibration(layers: serde_json::Value) -> Calibration {
+        let mut cal = serde_json::json!({
+            "format": FORMAT, "version": VERSION, "date": "2026-11-27",
+            "cpu": {"model_name": "test", "family": "0", "model": "0"},
+            "preset": "mnist_cnn", "dataset": "mnist", "cores_per_node": 2, "base_rss_mb": 100.0
+        });
+        for (k, v) in layers.as_object().expect("an object") {
+            cal[k] = v.clone();
+        }
+        serde_json::from_value(cal).expect("a valid calibration")
+    }
+
     /// Beyond the calibrated thread counts, a layer measured at 0 s (a ReLU fused into the
     /// max-pool) once made every extrapolated stage time NaN and `plan --cores-per-node 64` panic.
     #[test]
@@ -468,15 +481,10 @@ mod tests {
             serde_json::json!({"threads": threads, "batch": batch,
                 "forward_s": [conv, 0.0], "backward_s": [2.0 * conv, 0.0], "step_s": 3.5 * conv})
         };
-        let cal: Calibration = serde_json::from_value(serde_json::json!({
-            "format": FORMAT, "version": VERSION, "date": "2026-11-27",
-            "cpu": {"model_name": "test", "family": "0", "model": "0"},
-            "preset": "mnist_cnn", "dataset": "mnist", "cores_per_node": 2,
+        let cal = test_calibration(serde_json::json!({
             "layer_names": ["conv", "relu"], "layer_output_elems": [100, 100], "layer_params": [10, 0],
-            "compute": [row(1, 8, 0.008), row(1, 64, 0.064), row(2, 8, 0.005), row(2, 64, 0.040)],
-            "base_rss_mb": 100.0
-        }))
-        .unwrap();
+            "compute": [row(1, 8, 0.008), row(1, 64, 0.064), row(2, 8, 0.005), row(2, 64, 0.040)]
+        }));
         for threads in [1, 2, 3, 64] {
             let (f, b, extrapolated) = cal.stage_seconds(0..2, threads, 32);
             assert!(
@@ -492,14 +500,9 @@ mod tests {
     /// was once charged 32x time sharing of the 2-core calibrating machine).
     #[test]
     fn corun_keeps_measurements_and_scales_to_larger_nodes() {
-        let mut cal: Calibration = serde_json::from_value(serde_json::json!({
-            "format": FORMAT, "version": VERSION, "date": "2026-11-27",
-            "cpu": {"model_name": "test", "family": "0", "model": "0"},
-            "preset": "mnist_cnn", "dataset": "mnist", "cores_per_node": 2,
-            "layer_names": [], "layer_output_elems": [], "layer_params": [], "compute": [],
-            "base_rss_mb": 100.0
-        }))
-        .unwrap();
+        let mut cal = test_calibration(serde_json::json!({
+            "layer_names": [], "layer_output_elems": [], "layer_params": [], "compute": []
+        }));
         cal.corun = vec![
             CoRun {
                 ranks: 2,

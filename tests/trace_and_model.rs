@@ -3,13 +3,13 @@ mod common;
 use common::*;
 use partrain::schedule::{PipelineSchedule, ScheduleKind};
 
-/// A hybrid 2 x 1 run's trace is valid trace-event JSON, and each rank's forward and backward
-/// spans follow its stage's action list from the schedule (the grid `inspect` prints), step after
-/// step; sends and receives name their peer and bytes.
 /// The model test times the machine: the other test must not run beside it (a calibration taken
 /// while the traced hybrid run shared the 2 cores predicted every run 50-60 % too slow in CI).
 static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A hybrid 2 x 1 run's trace is valid trace-event JSON, and each rank's forward and backward
+/// spans follow its stage's action list from the schedule (the grid `inspect` prints), step after
+/// step; sends and receives name their peer and bytes.
 #[test]
 fn hybrid_trace_follows_the_schedule() {
     let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());

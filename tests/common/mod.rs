@@ -252,7 +252,8 @@ pub enum Launcher {
 }
 
 impl Cluster {
-    /// `up` in `dir` with Slurm ports from `port` (distinct per concurrently running cluster).
+    /// `up` in `dir` with Slurm ports (and job ids, see cluster.sh) from `port`; waits while another
+    /// test's cluster is up.
     pub fn up(dir: &Path, nodes: usize, port: u16) -> Cluster {
         let guard = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
         let o = Command::new("bash")
