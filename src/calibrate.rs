@@ -19,9 +19,9 @@ use crate::grad_sync::{Averager, GradSync};
 use crate::grads::GradientBuffer;
 use crate::metrics::StepTimers;
 use crate::model::{describe, Net};
+use crate::optim::Optimizer;
 use crate::perf_model::{Calibration, ComputeRow, Link, FORMAT, VERSION};
 use crate::plan::{Plan, Strategy};
-use crate::trainer::Sgd;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -131,7 +131,7 @@ fn layer_times(net: &Net, input: [i64; 3], batch: i64, repeats: usize) -> (Vec<f
     (fwd, bwd)
 }
 
-/// One whole one-stage training step (the engine, then SGD) on `batch` random images.
+/// One whole one-stage training step (the engine, then the optimizer) on `batch` random images.
 fn step_time(cfg: &Config, batch: usize, repeats: usize) -> Result<f64> {
     let mut cfg = cfg.clone();
     cfg.train.batch_size = batch;
@@ -149,7 +149,14 @@ fn step_time(cfg: &Config, batch: usize, repeats: usize) -> Result<f64> {
         .collect();
     let refs: Vec<&Tensor> = params.iter().collect();
     let mut buffer = GradientBuffer::bind(&refs, None);
-    let mut sgd = Sgd::new(&buffer, &refs, 0.01, 0.9);
+    let names: Vec<String> = engine
+        .net
+        .named_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    // The config's optimizer: LARS adds a norm per weight tensor to every step.
+    let mut optimizer = Optimizer::new(&buffer, &refs, &names, &plan.optim);
     let s = plan.input_shape;
     let data = crate::data::Split {
         images: Tensor::randn([batch as i64, s[0], s[1], s[2]], (Kind::Float, tch::Device::Cpu)),
@@ -164,8 +171,8 @@ fn step_time(cfg: &Config, batch: usize, repeats: usize) -> Result<f64> {
             seed: 1,
             poison: false,
         };
-        engine.train_step(&solo, &data, &b, &mut timers);
-        sgd.step(buffer.values(), buffer.grads());
+        engine.train_step(&solo, &data, &b, &mut timers, None);
+        optimizer.step(buffer.values(), buffer.grads(), plan.optim.peak_lr);
         buffer.zero_grads();
     }))
 }

@@ -19,8 +19,9 @@ pub const FILE: &str = "checkpoint.safetensors";
 /// What `meta.json`'s `format` field says.
 pub const FORMAT: &str = "partrain-checkpoint";
 /// Version 1 (before 2026-11-27) kept its metadata in two unnamed number arrays (`meta.ints`,
-/// `meta.floats`) and recorded no layout; version 2 is `meta.json`.
-pub const VERSION: u32 = 2;
+/// `meta.floats`) and recorded no layout; version 2 is `meta.json`; version 3 (2026-12-02) adds
+/// the noise-scale averages and the time-to-target books to the position.
+pub const VERSION: u32 = 3;
 const META: &str = "meta.json";
 
 /// Where training stands when the checkpoint is written.
@@ -38,6 +39,10 @@ pub struct Position {
     pub epoch_loss_count: usize,
     pub epoch_samples: usize,
     pub epoch_seconds: f64,
+    /// The smoothed gradient noise scale estimates.
+    pub noise: crate::noise_scale::NoiseState,
+    /// The run clock, evaluations and the first reach of the target.
+    pub target: crate::target::TargetBooks,
 }
 
 /// The checkpoint's `meta.json`.
@@ -167,7 +172,8 @@ fn parse_meta(bytes: &[u8]) -> Result<Meta> {
             }
         );
     }
-    serde_json::from_value(doc).context("`meta.json` does not match checkpoint format version 2")
+    serde_json::from_value(doc)
+        .with_context(|| format!("`meta.json` does not match checkpoint format version {VERSION}"))
 }
 
 /// Collects per-parameter tensors on rank 0: `own` is this rank's share, named `prefix` +
@@ -230,6 +236,24 @@ mod tests {
             epoch_loss_count: 7,
             epoch_samples: 448,
             epoch_seconds: 0.1 + 0.2,
+            noise: crate::noise_scale::NoiseState {
+                g2: 0.1 + 0.7,
+                s: 1e-3 / 3.0,
+                measurements: 57,
+            },
+            target: crate::target::TargetBooks {
+                run_seconds: 2.0 / 3.0,
+                eval_seconds: 0.25,
+                evaluations: 4,
+                reached: Some(crate::target::Reached {
+                    seconds: 1.0 / 7.0,
+                    step: 50,
+                    epochs: 0.9,
+                    images: 3200,
+                    accuracy: 99.01,
+                    noise_scale: Some(1234.5),
+                }),
+            },
         };
         let layout = Layout {
             world_size: 4,
@@ -271,8 +295,9 @@ mod tests {
     fn other_formats_and_versions_are_refused_by_name() {
         let meta = |v: &str| parse_meta(v.as_bytes()).unwrap_err().to_string();
         assert!(meta(r#"{"format": "partrain-checkpoint", "version": 1}"#).contains("version 1"));
-        assert!(meta(r#"{"format": "partrain-checkpoint", "version": 3}"#).contains("newer partrain"));
-        assert!(meta(r#"{"format": "pytorch", "version": 2}"#).contains("expected `partrain-checkpoint`"));
+        assert!(meta(r#"{"format": "partrain-checkpoint", "version": 2}"#).contains("version 2"));
+        assert!(meta(r#"{"format": "partrain-checkpoint", "version": 4}"#).contains("newer partrain"));
+        assert!(meta(r#"{"format": "pytorch", "version": 3}"#).contains("expected `partrain-checkpoint`"));
         assert!(meta("not json").contains("not JSON"));
     }
 }

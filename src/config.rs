@@ -154,6 +154,56 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// Channels-last (NHWC) activations and conv weights: faster oneDNN convolutions.
     pub channels_last: bool,
+    /// The learning rate used is `lr x f(global batch / lr_reference_batch)`: `none` (f = 1),
+    /// `linear` (Goyal et al.) or `sqrt`.
+    pub lr_scaling: LrScaling,
+    pub lr_reference_batch: usize,
+    /// Epochs (fractions allowed) over which the rate ramps linearly from `lr` to the scaled rate.
+    pub warmup_epochs: f64,
+    /// After the warmup: `constant`, `cosine` (to 0 at the end of `epochs`) or `step`
+    /// (x `lr_decay_factor` after each epoch in `lr_decay_epochs`).
+    pub lr_schedule: LrScheduleKind,
+    pub lr_decay_epochs: Vec<usize>,
+    pub lr_decay_factor: f64,
+    /// `sgd` (PyTorch's momentum SGD), `nesterov`, or `lars` (a per-layer trust ratio,
+    /// `lars_trust x |w| / (|g| + weight_decay x |w|)`, on weights, not biases).
+    pub optimizer: OptimizerKind,
+    pub lars_trust: f64,
+    /// L2 weight decay, on weights (not biases).
+    pub weight_decay: f64,
+    /// Test accuracy (percent) whose first reach fixes the time, steps, epochs and images to target.
+    pub target_accuracy: Option<f64>,
+    /// Also evaluate every N optimizer steps inside an epoch (its time counts, as in MLPerf).
+    pub eval_every_steps: Option<usize>,
+    /// End the run at the first evaluation that reaches `target_accuracy`.
+    pub stop_at_target: bool,
+    /// Measure the gradient noise scale every N steps (0 = never): one scalar all-reduce per
+    /// measured step; needs several replicas or micro-batches.
+    pub noise_scale_every: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScaling {
+    None,
+    Linear,
+    Sqrt,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduleKind {
+    Constant,
+    Cosine,
+    Step,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Sgd,
+    Nesterov,
+    Lars,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -332,6 +382,19 @@ impl Default for TrainConfig {
             log_every: 100,
             precision: Precision::Fp32,
             channels_last: false,
+            lr_scaling: LrScaling::None,
+            lr_reference_batch: 64,
+            warmup_epochs: 0.0,
+            lr_schedule: LrScheduleKind::Constant,
+            lr_decay_epochs: Vec::new(),
+            lr_decay_factor: 0.1,
+            optimizer: OptimizerKind::Sgd,
+            lars_trust: 0.02,
+            weight_decay: 0.0,
+            target_accuracy: None,
+            eval_every_steps: None,
+            stop_at_target: false,
+            noise_scale_every: 1,
         }
     }
 }
@@ -479,6 +542,9 @@ impl Config {
             );
         }
         self.validate_pipeline()?;
+        self.validate_optimizer()?;
+        self.validate_schedule()?;
+        self.validate_target()?;
         if self.run.name.is_empty() || self.run.name.contains('/') {
             bail!(
                 "run.name: must be a non-empty folder name without `/`, got `{}`",
@@ -506,6 +572,131 @@ impl Config {
                  0 = OMP_NUM_THREADS or all cores)",
                 self.parallel.threads_per_rank
             );
+        }
+        Ok(())
+    }
+
+    /// The optimizer's own keys, each refused where it does not apply.
+    fn validate_optimizer(&self) -> Result<()> {
+        let (t, d) = (&self.train, TrainConfig::default());
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            bail!(
+                "train.weight_decay: must be a number >= 0, got {}",
+                t.weight_decay
+            );
+        }
+        if t.optimizer == OptimizerKind::Nesterov && t.momentum == 0.0 {
+            bail!("train.optimizer: nesterov needs momentum > 0 (train.momentum is 0)");
+        }
+        if t.optimizer != OptimizerKind::Lars && t.lars_trust != d.lars_trust {
+            bail!(
+                "train.lars_trust: applies to train.optimizer: lars, and the optimizer is {:?}",
+                t.optimizer
+            );
+        }
+        if !(t.lars_trust.is_finite() && t.lars_trust > 0.0) {
+            bail!(
+                "train.lars_trust: must be a positive number, got {}",
+                t.lars_trust
+            );
+        }
+        if t.lr_reference_batch == 0 {
+            bail!("train.lr_reference_batch: must be at least 1, got 0");
+        }
+        if t.lr_scaling == LrScaling::None && t.lr_reference_batch != d.lr_reference_batch {
+            bail!("train.lr_reference_batch: applies to train.lr_scaling linear or sqrt, and lr_scaling is none");
+        }
+        Ok(())
+    }
+
+    /// Warmup and decay, in epochs: each must fall inside the run.
+    fn validate_schedule(&self) -> Result<()> {
+        let (t, d) = (&self.train, TrainConfig::default());
+        let epochs = t.epochs as f64;
+        if !(t.warmup_epochs.is_finite() && t.warmup_epochs >= 0.0) {
+            bail!(
+                "train.warmup_epochs: must be a number of epochs >= 0, got {}",
+                t.warmup_epochs
+            );
+        }
+        if t.warmup_epochs > epochs {
+            bail!(
+                "train.warmup_epochs: {} is longer than the run (train.epochs = {})",
+                t.warmup_epochs,
+                t.epochs
+            );
+        }
+        if t.warmup_epochs > 0.0 && t.lr_scaling == LrScaling::None {
+            bail!(
+                "train.warmup_epochs: the warmup ramps from train.lr to the scaled rate, and train.lr_scaling is none \
+                 (nothing to ramp to): set lr_scaling to linear or sqrt"
+            );
+        }
+        if t.lr_schedule == LrScheduleKind::Cosine && t.warmup_epochs >= epochs {
+            bail!(
+                "train.warmup_epochs: {} leaves no epoch of the {}-epoch run for the cosine decay",
+                t.warmup_epochs,
+                t.epochs
+            );
+        }
+        if t.lr_schedule != LrScheduleKind::Step {
+            if !t.lr_decay_epochs.is_empty() {
+                bail!(
+                    "train.lr_decay_epochs: applies to train.lr_schedule: step, and the schedule is {:?}",
+                    t.lr_schedule
+                );
+            }
+            if t.lr_decay_factor != d.lr_decay_factor {
+                bail!(
+                    "train.lr_decay_factor: applies to train.lr_schedule: step, and the schedule is {:?}",
+                    t.lr_schedule
+                );
+            }
+            return Ok(());
+        }
+        if !(t.lr_decay_factor > 0.0 && t.lr_decay_factor < 1.0) {
+            bail!(
+                "train.lr_decay_factor: must be in (0, 1), got {}",
+                t.lr_decay_factor
+            );
+        }
+        if t.lr_decay_epochs.is_empty() {
+            bail!("train.lr_decay_epochs: lr_schedule step needs at least one epoch to decay after, e.g. [6, 8]");
+        }
+        let mut prev = 0.0f64.max(t.warmup_epochs);
+        for &e in &t.lr_decay_epochs {
+            if e >= t.epochs {
+                bail!(
+                    "train.lr_decay_epochs: {e} is past the end of the run (decays happen after an epoch, and the \
+                     run's last epoch is {})",
+                    t.epochs
+                );
+            }
+            if (e as f64) <= prev {
+                bail!(
+                    "train.lr_decay_epochs: {:?} must increase and start after the warmup ({} epochs)",
+                    t.lr_decay_epochs,
+                    t.warmup_epochs
+                );
+            }
+            prev = e as f64;
+        }
+        Ok(())
+    }
+
+    /// Time to accuracy: the target, evaluation inside epochs, stopping there.
+    fn validate_target(&self) -> Result<()> {
+        let t = &self.train;
+        if let Some(a) = t.target_accuracy {
+            if !(a > 0.0 && a <= 100.0) {
+                bail!("train.target_accuracy: a test accuracy in percent, in (0, 100], got {a}");
+            }
+        }
+        if t.stop_at_target && t.target_accuracy.is_none() {
+            bail!("train.stop_at_target: stops at train.target_accuracy, which is not set");
+        }
+        if t.eval_every_steps == Some(0) {
+            bail!("train.eval_every_steps: must be at least 1 (or null: evaluate at epoch ends only), got 0");
         }
         Ok(())
     }
@@ -562,7 +753,10 @@ impl Config {
     /// resumption (how long to train, the MPI deadline, checkpoint frequency, tracing).
     pub fn resume_hash(&self) -> u64 {
         let mut c = self.clone();
-        c.train.epochs = 0;
+        // A cosine decay ends with train.epochs: its rates depend on it.
+        if c.train.lr_schedule != LrScheduleKind::Cosine {
+            c.train.epochs = 0;
+        }
         c.train.max_steps = None;
         c.checkpoint = CheckpointConfig::default();
         c.run.trace = false;

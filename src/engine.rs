@@ -14,6 +14,7 @@ use crate::fused;
 use crate::grads::GradientBuffer;
 use crate::metrics::StepTimers;
 use crate::model::{LayerSpec, Net, ParamBlock};
+use crate::noise_scale::MicroBatchNorms;
 use crate::plan::{Plan, Topology};
 use crate::schedule::Action;
 use crate::util::mix_seed;
@@ -133,6 +134,7 @@ impl Engine {
         data: &Split,
         batch: &StepBatch,
         timers: &mut StepTimers,
+        norms: Option<&mut MicroBatchNorms>,
     ) -> Option<f64> {
         let m = self.micro_batches;
         let b = (batch.shard.len() / m) as i64;
@@ -155,6 +157,7 @@ impl Engine {
             in_flight: 0,
             peak: self.peak_activation_bytes,
             act_bytes: 4 * b * self.activation_elems_per_sample,
+            norms,
         };
         let actions = &self.actions;
         world.with_async_sends(&mut self.arena, |tx| {
@@ -297,6 +300,8 @@ struct StageStep<'e> {
     in_flight: i64,
     peak: i64,
     act_bytes: i64,
+    /// When the step measures the noise scale with several micro-batches: each one's gradient norm.
+    norms: Option<&'e mut MicroBatchNorms>,
 }
 
 impl StageStep<'_> {
@@ -395,6 +400,9 @@ impl StageStep<'_> {
             self.timers
                 .compute
                 .time(|| fused::backward(&block, &p[0], &p[1], pad, buffers));
+        }
+        if let Some(n) = self.norms.as_mut() {
+            n.after_backward();
         }
         if let Some(p) = self.topo.prev() {
             let gin = input.grad();

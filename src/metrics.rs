@@ -9,10 +9,19 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// One row of `metrics.csv`: one evaluation, at an epoch's end or inside it
+/// (`train.eval_every_steps`). Loss, seconds, images/s and the time split are the epoch's so far,
+/// so the row at an epoch's end covers the whole epoch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochRow {
+pub struct EvalRow {
     pub epoch: usize,
+    /// Steps of this epoch so far.
     pub steps: usize,
+    pub global_step: usize,
+    /// Training images so far, in all epochs.
+    pub images: usize,
+    /// Whether this is the evaluation at the end of the epoch.
+    pub epoch_end: bool,
     pub train_loss: f64,
     pub test_loss: f64,
     pub test_accuracy: f64,
@@ -22,6 +31,13 @@ pub struct EpochRow {
     pub allreduce_s: f64,
     pub pipeline_wait_s: f64,
     pub eval_seconds: f64,
+    /// The run clock (training, evaluations, checkpoints) at the end of this evaluation: the
+    /// time to accuracy axis.
+    pub run_seconds: f64,
+    /// The learning rate of the last step.
+    pub lr: f64,
+    /// The smoothed gradient noise scale B_simple (empty when the layout does not measure it).
+    pub noise_scale: Option<f64>,
     pub peak_rss_mb: f64,
 }
 
@@ -97,6 +113,40 @@ pub struct Summary {
     pub first_step_seconds: f64,
     pub seed: u64,
     pub config_hash: String,
+    /// The optimizer and learning-rate schedule the plan resolved (the peak rate scaled to the
+    /// global batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<crate::optim::OptimPlan>,
+    #[serde(default)]
+    pub steps_per_epoch: usize,
+    /// Time to accuracy (`train.target_accuracy`, percent): the run clock, steps, epochs
+    /// (fractional) and images at the first evaluation at or above it; null when not reached.
+    #[serde(default)]
+    pub target_accuracy: Option<f64>,
+    #[serde(default)]
+    pub time_to_target_s: Option<f64>,
+    #[serde(default)]
+    pub steps_to_target: Option<usize>,
+    #[serde(default)]
+    pub epochs_to_target: Option<f64>,
+    #[serde(default)]
+    pub images_to_target: Option<usize>,
+    /// The run ended at the target (`train.stop_at_target`).
+    #[serde(default)]
+    pub stopped_at_target: bool,
+    /// The run clock at the end: training, evaluations and checkpoints, from the first step.
+    #[serde(default)]
+    pub run_seconds: f64,
+    #[serde(default)]
+    pub evaluations: usize,
+    #[serde(default)]
+    pub eval_seconds: f64,
+    /// The smoothed gradient noise scale B_simple (images) at the end of the run and at the
+    /// first reach of the target; null when the layout does not measure it (one gradient per step).
+    #[serde(default)]
+    pub noise_scale: Option<f64>,
+    #[serde(default)]
+    pub noise_scale_at_target: Option<f64>,
     /// Hybrid runs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineSummary>,
@@ -184,29 +234,37 @@ impl MetricsWriter {
         })
     }
 
-    /// Reopens a resumed run's `metrics.csv`, keeping only the rows of epochs `1..=keep_epochs`.
-    pub fn resume(dir: &Path, keep_epochs: usize) -> Result<Self> {
+    /// Reopens a resumed run's `metrics.csv`, keeping only the rows of evaluations up to global
+    /// step `keep_through` (the checkpoint's): later rows are retaken by the resumed run.
+    pub fn resume(dir: &Path, keep_through: usize) -> Result<Self> {
         let path = dir.join("metrics.csv");
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let mut lines = text.lines();
-        let header = lines.next();
-        let mut keep = String::new();
+        let Some(header) = lines.next() else {
+            return Self::create(dir);
+        };
+        let column = header
+            .split(',')
+            .position(|c| c == "global_step")
+            .with_context(|| {
+                format!(
+                    "{}: no `global_step` column (written by an older partrain)",
+                    path.display()
+                )
+            })?;
+        let mut keep = format!("{header}\n");
         for line in lines {
-            let epoch: usize = line
+            let step: usize = line
                 .split(',')
-                .next()
+                .nth(column)
                 .and_then(|e| e.parse().ok())
                 .unwrap_or(usize::MAX);
-            if epoch <= keep_epochs {
+            if step <= keep_through {
                 keep += line;
                 keep.push('\n');
             }
         }
-        let Some(header) = header else {
-            return Self::create(dir);
-        };
-        std::fs::write(&path, format!("{header}\n{keep}"))
-            .with_context(|| format!("cannot rewrite {}", path.display()))?;
+        write_atomic(&path, keep.as_bytes()).with_context(|| format!("cannot rewrite {}", path.display()))?;
         let file = std::fs::OpenOptions::new().append(true).open(&path)?;
         let csv = csv::WriterBuilder::new().has_headers(false).from_writer(file);
         Ok(MetricsWriter {
@@ -215,7 +273,7 @@ impl MetricsWriter {
         })
     }
 
-    pub fn epoch(&mut self, row: &EpochRow) -> Result<()> {
+    pub fn row(&mut self, row: &EvalRow) -> Result<()> {
         self.csv.serialize(row)?;
         self.csv.flush()?;
         Ok(())

@@ -11,6 +11,8 @@ use crate::comm::{launched_as_one_of_several, Comm, Tag, WorldShape};
 use crate::config::{BatchScope, Config, Placement, Precision, StageBoundaries, SyncMode};
 use crate::grad_sync::GradSync;
 use crate::model::{self, Compute, LayerSpec};
+use crate::noise_scale::NoisePlan;
+use crate::optim::OptimPlan;
 use crate::schedule::{PipelineSchedule, ScheduleKind};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -231,6 +233,10 @@ pub struct Plan {
     pub compute: Compute,
     pub layers: Vec<LayerSpec>,
     pub input_shape: [i64; 3],
+    /// The optimizer and its learning-rate schedule at this global batch.
+    pub optim: OptimPlan,
+    /// Where the gradient noise scale's two batch sizes come from (None: one gradient per step).
+    pub noise: Option<NoisePlan>,
 }
 
 impl Plan {
@@ -300,7 +306,16 @@ impl Plan {
         let topology = Topology::new(shape.size, shape.rank, cfg.parallel.stages, placement)?;
         check_tags(&topology, &batches, tag_ub)?;
         let grad_sync = choose_grad_sync(cfg, &topology, &shape);
+        let averages_gradients = !matches!(grad_sync, GradSync::WeightAverage { .. });
         Ok(Plan {
+            optim: OptimPlan::new(&cfg.train, batches.global),
+            noise: NoisePlan::new(
+                replicas,
+                batches.per_replica,
+                batches.micro_batches,
+                averages_gradients,
+                cfg.train.noise_scale_every,
+            ),
             strategy,
             traffic,
             schedule: PipelineSchedule::new(cfg.parallel.schedule, topology.stages, batches.micro_batches),
@@ -412,6 +427,14 @@ impl Plan {
                 .join(" | ")
         );
         let _ = writeln!(s, "schedule: {}", self.schedule.kind.name());
+        let _ = writeln!(s, "{}", self.optim.describe());
+        if let Some(n) = &self.noise {
+            let _ = writeln!(
+                s,
+                "noise scale: every {} step(s), {} gradients of {} images against their mean of {}",
+                n.every, n.small_count, n.small_batch, n.big_batch
+            );
+        }
         if t.stages > 1 {
             let mb = |b: f64| b / (1024.0 * 1024.0);
             let _ = writeln!(

@@ -99,9 +99,11 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
 fn read_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
     let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
-    for row in rdr.deserialize::<crate::metrics::EpochRow>() {
+    for row in rdr.deserialize::<crate::metrics::EvalRow>() {
         let row = row.with_context(|| format!("{}: malformed row", path.display()))?;
-        out.push((row.epoch, row.train_loss));
+        if row.epoch_end {
+            out.push((row.epoch, row.train_loss));
+        }
     }
     Ok(out)
 }

@@ -19,9 +19,12 @@ use crate::engine::{Engine, StepBatch};
 use crate::faults::Fault;
 use crate::grad_sync::Averager;
 use crate::grads::GradientBuffer;
-use crate::metrics::{EpochRow, MetricsWriter, StepTimers, Summary};
+use crate::metrics::{EvalRow, MetricsWriter, StepTimers, Summary};
+use crate::noise_scale::{MicroBatchNorms, NoiseState};
+use crate::optim::{LrSchedule, Optimizer};
 use crate::plan::{Plan, Strategy};
 use crate::run_dir::{self, Start};
+use crate::target::{Evaluation, TimeToTarget};
 use crate::util::{mix_seed, peak_rss_mb};
 use crate::watchdog;
 use anyhow::{bail, Context, Result};
@@ -30,45 +33,6 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 use tch::Tensor;
-
-/// SGD with momentum, as PyTorch computes it (dampening 0, no Nesterov):
-/// buf = momentum * buf + grad; p -= lr * buf. The buffers start at zero, which equals PyTorch's
-/// first-step `buf = grad`.
-pub struct Sgd {
-    pub lr: f64,
-    pub momentum: f64,
-    /// Flat momentum, laid out like the `GradientBuffer`'s values.
-    velocity: Tensor,
-    /// lr x velocity, written in place every step (allocating it cost a 1.7 MB temporary per
-    /// step for the MNIST net).
-    scaled: Tensor,
-    /// Each parameter's view into `velocity` (what checkpoints save and restore).
-    pub buffers: Vec<Tensor>,
-}
-
-impl Sgd {
-    pub fn new(buffer: &GradientBuffer, params: &[&Tensor], lr: f64, momentum: f64) -> Self {
-        let (velocity, buffers) = buffer.state_like(params);
-        Sgd {
-            lr,
-            momentum,
-            scaled: velocity.zeros_like(),
-            velocity,
-            buffers,
-        }
-    }
-
-    /// One step on every weight at once, over the flat buffers (element by element the same
-    /// arithmetic as a per-parameter loop, in 4 kernels instead of 3 per parameter, no temporary).
-    pub fn step(&mut self, values: &Tensor, grads: &Tensor) {
-        tch::no_grad(|| {
-            let _ = self.velocity.g_mul_scalar_(self.momentum).g_add_(grads);
-            let lr = Tensor::from(self.lr as f32);
-            let _ = self.velocity.mul_out(&self.scaled, &lr);
-            let _ = values.shallow_clone().g_sub_(&self.scaled);
-        })
-    }
-}
 
 /// How a training run ended.
 #[derive(Debug)]
@@ -80,9 +44,10 @@ pub enum Outcome {
     },
 }
 
-/// How an epoch ended: its row, or a stop.
+/// How an epoch ended: its row, its row at the target (`train.stop_at_target`), or a stop.
 enum EpochEnd {
-    Done(EpochRow),
+    Done(EvalRow),
+    AtTarget(EvalRow),
     Stopped(Outcome),
 }
 
@@ -284,12 +249,15 @@ struct EpochState {
     started: Instant,
     /// Seconds of this epoch spent before a mid-epoch resume.
     prior_seconds: f64,
+    /// Seconds of evaluations inside this epoch (`train.eval_every_steps`): not training time.
+    eval_seconds: f64,
     timers_at_start: StepTimers,
 }
 
 impl EpochState {
+    /// Training seconds of this epoch so far.
     fn seconds(&self) -> f64 {
-        self.prior_seconds + self.started.elapsed().as_secs_f64()
+        self.prior_seconds + self.started.elapsed().as_secs_f64() - self.eval_seconds
     }
 }
 
@@ -301,7 +269,15 @@ pub struct Trainer<'a> {
     dir: &'a Path,
     sampler: Sampler,
     engine: Engine,
-    sgd: Sgd,
+    optimizer: Optimizer,
+    schedule: LrSchedule,
+    /// The rate of the last step.
+    lr: f64,
+    /// The smoothed noise-scale estimates, and with several micro-batches their gradients' norms.
+    noise: NoiseState,
+    norms: Option<MicroBatchNorms>,
+    /// The run clock and the first reach of the target.
+    ttt: TimeToTarget,
     sync: Averager,
     buffer: GradientBuffer,
     timers: StepTimers,
@@ -345,8 +321,25 @@ impl<'a> Trainer<'a> {
             // seed anyway; the broadcast makes that a guarantee rather than an assumption).
             buffer.broadcast_values(sync.group(), 0);
         }
-        let sgd = Sgd::new(&buffer, &params, cfg.train.lr, cfg.train.momentum);
+        let names: Vec<String> = engine
+            .net
+            .named_parameters()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let optimizer = Optimizer::new(&buffer, &params, &names, &plan.optim);
+        let schedule = plan.optim.schedule(sampler.steps_per_epoch());
+        let norms = plan
+            .noise
+            .filter(|_| plan.batches.micro_batches > 1)
+            .map(|_| MicroBatchNorms::new(buffer.grads()));
         Ok(Trainer {
+            optimizer,
+            lr: schedule.lr(0),
+            schedule,
+            noise: NoiseState::default(),
+            norms,
+            ttt: TimeToTarget::new(cfg.train.target_accuracy, Default::default()),
             cfg,
             plan,
             world,
@@ -354,7 +347,6 @@ impl<'a> Trainer<'a> {
             dir,
             sampler,
             engine,
-            sgd,
             sync,
             buffer,
             timers: StepTimers::default(),
@@ -384,13 +376,13 @@ impl<'a> Trainer<'a> {
         let mut last = None;
         watchdog::set_phase(watchdog::Phase::Train);
         for epoch in first_epoch..=self.cfg.train.epochs {
-            if self.max_steps_reached() {
+            if self.max_steps_reached() || self.target_stops_the_run() {
                 break;
             }
             // A checkpoint taken inside this epoch: continue after its last step, with its sums.
             let partial = position.filter(|p| p.epoch == epoch && p.step_in_epoch < steps_per_epoch);
             match self.run_epoch(epoch, partial)? {
-                EpochEnd::Done(row) => last = Some(row),
+                EpochEnd::Done(row) | EpochEnd::AtTarget(row) => last = Some(row),
                 EpochEnd::Stopped(o) => return Ok(o),
             }
         }
@@ -431,7 +423,7 @@ impl<'a> Trainer<'a> {
 
     fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
         let names = self.engine.net.named_parameters();
-        for ((name, p), m) in names.iter().zip(&self.sgd.buffers) {
+        for ((name, p), m) in names.iter().zip(&self.optimizer.buffers) {
             ck.restore(name, p, m)
                 .with_context(|| format!("--resume: {}", self.dir.display()))?;
         }
@@ -439,6 +431,9 @@ impl<'a> Trainer<'a> {
         self.progress.global_step = p.global_step;
         self.progress.trained_samples = p.trained_samples;
         self.progress.train_seconds = p.train_seconds;
+        self.noise = p.noise;
+        self.ttt = TimeToTarget::new(self.cfg.train.target_accuracy, p.target);
+        self.lr = self.schedule.lr(p.global_step.saturating_sub(1));
         if self.world.is_root() {
             println!(
                 "resuming at epoch {}, global step {}",
@@ -459,13 +454,15 @@ impl<'a> Trainer<'a> {
         }
         self.metrics = Some(match position {
             None => MetricsWriter::create(self.dir)?,
-            // Rows of epochs the checkpoint does not cover (written after it) are dropped.
-            Some(p) => {
-                let complete = p.step_in_epoch == self.sampler.steps_per_epoch();
-                MetricsWriter::resume(self.dir, if complete { p.epoch } else { p.epoch - 1 })?
-            }
+            // Rows of evaluations the checkpoint does not cover (written after it) are dropped.
+            Some(p) => MetricsWriter::resume(self.dir, p.global_step)?,
         });
         Ok(())
+    }
+
+    /// The run ends at the target (`train.stop_at_target`) and has reached it.
+    fn target_stops_the_run(&self) -> bool {
+        self.cfg.train.stop_at_target && self.ttt.reached().is_some()
     }
 
     fn max_steps_reached(&self) -> bool {
@@ -486,6 +483,7 @@ impl<'a> Trainer<'a> {
             loss_count: partial.map_or(0, |p| p.epoch_loss_count),
             started: Instant::now(),
             prior_seconds: partial.map_or(0.0, |p| p.epoch_seconds),
+            eval_seconds: 0.0,
             timers_at_start: self.timers,
         };
         let bar = self.progress_bar(epoch, steps_per_epoch);
@@ -505,6 +503,18 @@ impl<'a> Trainer<'a> {
                 ep.loss_sum += l;
                 ep.loss_count += 1;
             }
+            let every = self.cfg.train.eval_every_steps;
+            if crate::target::eval_due(every, self.progress.global_step, ep.steps, steps_per_epoch) {
+                let row = self.evaluation_row(&mut ep, false)?;
+                if self.target_stops_the_run() {
+                    if let Some(b) = bar {
+                        b.finish_and_clear();
+                    }
+                    self.progress.train_seconds += ep.seconds();
+                    self.progress.trained_samples += ep.samples;
+                    return Ok(EpochEnd::AtTarget(row));
+                }
+            }
             let due = self.cfg.checkpoint.every_steps;
             if due.is_some_and(|k| self.progress.global_step.is_multiple_of(k)) && ep.steps < steps_per_epoch
             {
@@ -520,7 +530,8 @@ impl<'a> Trainer<'a> {
         self.end_epoch(ep, steps_per_epoch).map(EpochEnd::Done)
     }
 
-    /// One optimizer step: this replica's shard through the engine, averaging, SGD.
+    /// One optimizer step: this replica's shard through the engine, averaging, the optimizer at
+    /// the schedule's rate (and, when due, a noise-scale measurement).
     fn step(&mut self, ep: &EpochState, order: &[i64]) -> Result<Option<f64>> {
         let (epoch, step) = (ep.epoch, ep.steps);
         let _span = crate::trace::span("step", || format!("step {}", self.progress.global_step + 1));
@@ -531,34 +542,32 @@ impl<'a> Trainer<'a> {
             // Dropout masks come from a seed derived from the position, not from hidden RNG state.
             seed: mix_seed(&[self.cfg.run.seed, epoch as u64, step as u64, replica as u64]),
         };
-        let loss = match self.sync.worker() {
-            Some(worker) => Some(self.engine.overlapped_step(
-                &self.data.train,
-                &batch,
-                &self.buffer,
-                worker,
-                &mut self.timers,
-            )),
-            None => self
-                .engine
-                .train_step(self.world, &self.data.train, &batch, &mut self.timers),
-        };
+        self.lr = self.schedule.lr(self.progress.global_step);
+        // A tail batch has other batch sizes than the estimator's.
+        let measure = self.plan.noise.is_some_and(|n| {
+            n.due(self.progress.global_step + 1) && batch.shard.len() == self.plan.batches.per_replica
+        });
+        let loss = self.engine_step(&batch, measure);
         if let Some(loss) = loss.filter(|l| !l.is_finite()) {
             bail!(
-                "rank {}: loss is {loss} at epoch {epoch} step {} (train.lr = {}): training diverged",
+                "rank {}: loss is {loss} at epoch {epoch} step {} (learning rate {}): training diverged",
                 self.world.rank(),
                 step + 1,
-                self.cfg.train.lr
+                self.lr
             );
         }
         let skip = self.fault.skips_averaging(self.progress.global_step + 1);
-        let (sync, buffer, sgd) = (&mut self.sync, &mut self.buffer, &mut self.sgd);
+        let (sync, buffer) = (&mut self.sync, &mut self.buffer);
         let source = match skip {
             true => crate::grads::GradSource::Local,
             false => self.timers.averaging.time(|| sync.average(buffer)),
         };
+        if measure {
+            self.measure_noise(source);
+        }
+        let (buffer, optimizer, lr) = (&mut self.buffer, &mut self.optimizer, self.lr);
         self.timers.compute.time(|| {
-            sgd.step(buffer.values(), buffer.gradient(source));
+            optimizer.step(buffer.values(), buffer.gradient(source), lr);
             buffer.zero_grads();
         });
         let p = &mut self.progress;
@@ -566,18 +575,54 @@ impl<'a> Trainer<'a> {
             .get_or_insert_with(crate::util::seconds_since_process_start);
         p.global_step += 1;
         p.steps_here += 1;
-        let step_now = p.global_step;
+        let (sync, buffer, step_now) = (&mut self.sync, &mut self.buffer, p.global_step);
         self.timers
             .averaging
             .time(|| sync.after_step(buffer, step_now, false));
         Ok(loss)
     }
 
+    /// The engine's part of a step: this stage's forward and backward of every micro-batch
+    /// (the overlapped variant sends finished blocks to the all-reduce thread as it goes).
+    fn engine_step(&mut self, batch: &StepBatch, measure: bool) -> Option<f64> {
+        if let Some(worker) = self.sync.worker() {
+            let (data, buffer) = (&self.data.train, &self.buffer);
+            return Some(
+                self.engine
+                    .overlapped_step(data, batch, buffer, worker, &mut self.timers),
+            );
+        }
+        let norms = self.norms.as_mut().filter(|_| measure);
+        let norms = norms.map(|n| {
+            n.start();
+            n
+        });
+        self.engine
+            .train_step(self.world, &self.data.train, batch, &mut self.timers, norms)
+    }
+
+    /// One noise-scale measurement (collective): the squared norms of the small gradients (each
+    /// replica's, or each micro-batch's) and of their mean, summed over every rank's stage.
+    fn measure_noise(&mut self, source: crate::grads::GradSource) {
+        let plan = self.plan.noise.expect("measured only with a noise plan");
+        let sq = |t: &Tensor| t.norm().double_value(&[]).powi(2);
+        let m = self.plan.batches.micro_batches as f64;
+        let small = match &self.norms {
+            Some(n) => n.sum_sq * m * m,
+            None => sq(self.buffer.grads()),
+        };
+        let big = sq(self.buffer.gradient(source));
+        let (world, timers) = (self.world, &mut self.timers);
+        let t = timers
+            .averaging
+            .time(|| crate::flight::labelled("noise scale", || world.sum(&[small, big])));
+        let replicas = self.plan.topology.replicas as f64;
+        let (g2, s) = crate::noise_scale::estimates(&plan, t[0] / plan.small_count as f64, t[1] / replicas);
+        self.noise.add(g2, s);
+    }
+
     /// The epoch's books: timing, replica agreement, evaluation, metrics row, checkpoint.
-    fn end_epoch(&mut self, ep: EpochState, steps_per_epoch: usize) -> Result<EpochRow> {
-        let epoch_seconds = ep.seconds();
-        self.progress.train_seconds += epoch_seconds;
-        self.progress.trained_samples += ep.samples;
+    fn end_epoch(&mut self, mut ep: EpochState, steps_per_epoch: usize) -> Result<EvalRow> {
         if self.plan.topology.replicas > 1 {
             let sum = self.buffer.checksum_values();
             check_agreement(
@@ -587,15 +632,49 @@ impl<'a> Trainer<'a> {
             )
             .context("replicas drifted apart: gradients were not averaged identically")?;
         }
+        let row = self.evaluation_row(&mut ep, true)?;
+        self.progress.train_seconds += row.epoch_seconds;
+        self.progress.trained_samples += ep.samples;
+        let every = self.cfg.checkpoint.every_epochs;
+        if ep.steps == steps_per_epoch && every > 0 && ep.epoch.is_multiple_of(every) {
+            self.checkpoint(Position {
+                epoch_seconds: row.epoch_seconds,
+                train_seconds: self.progress.train_seconds,
+                trained_samples: self.progress.trained_samples,
+                ..self.position(&ep)
+            })?;
+        }
+        self.fault.after_epoch(ep.epoch);
+        Ok(row)
+    }
+
+    /// Evaluates (collective), books the evaluation against the target and writes its row of
+    /// `metrics.csv` (rank 0). `epoch_end`: the row that closes `ep`'s books.
+    fn evaluation_row(&mut self, ep: &mut EpochState, epoch_end: bool) -> Result<EvalRow> {
+        let epoch_seconds = ep.seconds();
         let losses = crate::flight::labelled("epoch loss sums", || {
             self.world.sum(&[ep.loss_sum, ep.loss_count as f64])
         });
         let t_eval = Instant::now();
         let (test_loss, test_accuracy) = watchdog::in_phase(watchdog::Phase::Evaluate, || self.evaluate());
+        let eval_seconds = t_eval.elapsed().as_secs_f64();
+        ep.eval_seconds += eval_seconds;
+        let images = self.progress.trained_samples + ep.samples;
+        let evaluation = Evaluation {
+            seconds: eval_seconds,
+            accuracy: test_accuracy,
+            step: self.progress.global_step,
+            images,
+            noise_scale: self.noise.value(),
+        };
+        let first_at_target = self.ttt.evaluated(&evaluation, self.sampler.samples_per_epoch());
         let (now, then) = (self.timers, ep.timers_at_start);
-        let row = EpochRow {
+        let row = EvalRow {
             epoch: ep.epoch,
             steps: ep.steps,
+            global_step: self.progress.global_step,
+            images,
+            epoch_end,
             train_loss: losses[0] / losses[1].max(1.0),
             test_loss,
             test_accuracy,
@@ -604,14 +683,27 @@ impl<'a> Trainer<'a> {
             compute_s: now.compute.seconds - then.compute.seconds,
             allreduce_s: now.averaging.seconds - then.averaging.seconds,
             pipeline_wait_s: now.wait.seconds - then.wait.seconds,
-            eval_seconds: t_eval.elapsed().as_secs_f64(),
+            eval_seconds,
+            run_seconds: self.ttt.run_seconds(),
+            lr: self.lr,
+            noise_scale: evaluation.noise_scale,
             peak_rss_mb: peak_rss_mb(),
         };
         if let Some(w) = self.metrics.as_mut() {
-            w.epoch(&row)?;
+            w.row(&row)?;
+            self.print_row(&row, first_at_target);
+        }
+        Ok(row)
+    }
+
+    fn print_row(&self, row: &EvalRow, first_at_target: bool) {
+        let noise = row
+            .noise_scale
+            .map_or(String::new(), |b| format!(", noise scale {b:.0}"));
+        if row.epoch_end {
             println!(
-                "epoch {}/{}: train loss {:.4}, test loss {:.4}, test accuracy {:.2}%, {:.1} s, {:.0} img/s",
-                ep.epoch,
+                "epoch {}/{}: train loss {:.4}, test loss {:.4}, test accuracy {:.2}%, {:.1} s, {:.0} img/s{noise}",
+                row.epoch,
                 self.cfg.train.epochs,
                 row.train_loss,
                 row.test_loss,
@@ -619,18 +711,23 @@ impl<'a> Trainer<'a> {
                 row.epoch_seconds,
                 row.samples_per_second
             );
+        } else {
+            println!(
+                "step {} (epoch {}, step {}): test loss {:.4}, test accuracy {:.2}%, run {:.1} s{noise}",
+                row.global_step, row.epoch, row.steps, row.test_loss, row.test_accuracy, row.run_seconds
+            );
         }
-        let every = self.cfg.checkpoint.every_epochs;
-        if ep.steps == steps_per_epoch && every > 0 && ep.epoch.is_multiple_of(every) {
-            self.checkpoint(Position {
-                epoch_seconds,
-                train_seconds: self.progress.train_seconds,
-                trained_samples: self.progress.trained_samples,
-                ..self.position(&ep)
-            })?;
+        if let (true, Some(r)) = (first_at_target, self.ttt.reached()) {
+            println!(
+                "target {}% reached: test accuracy {:.2}% after {} steps ({:.2} epochs, {} images) in {:.1} s",
+                self.cfg.train.target_accuracy.unwrap_or(0.0),
+                r.accuracy,
+                r.step,
+                r.epochs,
+                r.images,
+                r.seconds
+            );
         }
-        self.fault.after_epoch(ep.epoch);
-        Ok(row)
     }
 
     /// Test loss (mean) and accuracy (percent) of the current weights, sharded across the
@@ -657,6 +754,8 @@ impl<'a> Trainer<'a> {
             epoch_loss_count: ep.loss_count,
             epoch_samples: ep.samples,
             epoch_seconds: ep.seconds(),
+            noise: self.noise,
+            target: self.ttt.books(),
         }
     }
 
@@ -674,7 +773,7 @@ impl<'a> Trainer<'a> {
             .net
             .named_parameters()
             .into_iter()
-            .zip(&self.sgd.buffers)
+            .zip(&self.optimizer.buffers)
             .map(|((n, _), m)| (format!("momentum.{n}"), m.shallow_clone()))
             .collect();
         tensors.extend(gather_to_root(momentum, "momentum.", self.plan, self.world));
@@ -732,7 +831,7 @@ impl<'a> Trainer<'a> {
 
     /// The last epoch's row is in; writes `model.safetensors`, `summary.json` and, when tracing,
     /// `trace.json` (rank 0).
-    fn finish(&mut self, last: &EpochRow) -> Result<Summary> {
+    fn finish(&mut self, last: &EvalRow) -> Result<Summary> {
         let named = self.gather_weights();
         let summary = Summary::collect(self, last);
         if crate::trace::enabled() {
@@ -788,13 +887,14 @@ impl Trainer<'_> {
 
 impl Summary {
     /// The run's summary from the trainer's books and every rank's figures (collective).
-    fn collect(t: &Trainer, last: &EpochRow) -> Summary {
+    fn collect(t: &Trainer, last: &EvalRow) -> Summary {
         let (plan, world, cfg) = (t.plan, t.world, t.cfg);
         let peak = world.all_gather(peak_rss_mb());
         let wait_per_rank = world.all_gather(t.timers.wait.seconds);
         let compute_per_rank = world.all_gather(t.timers.compute.seconds);
         let activation_mb = world.all_gather(t.engine.peak_activation_bytes as f64 / (1024.0 * 1024.0));
         let p = t.progress;
+        let reached = t.ttt.reached();
         let flop = crate::model::training_flop_per_image(&plan.layers, plan.input_shape) as f64;
         let samples_per_second = p.trained_samples as f64 / p.train_seconds;
         let achieved_gflops = samples_per_second * flop / 1e9;
@@ -846,6 +946,19 @@ impl Summary {
             first_step_seconds: p.first_step_seconds.unwrap_or(0.0),
             seed: cfg.run.seed,
             config_hash: format!("{:016x}", cfg.hash()),
+            optimizer: Some(plan.optim.clone()),
+            steps_per_epoch: t.sampler.steps_per_epoch(),
+            target_accuracy: cfg.train.target_accuracy,
+            time_to_target_s: reached.map(|r| r.seconds),
+            steps_to_target: reached.map(|r| r.step),
+            epochs_to_target: reached.map(|r| r.epochs),
+            images_to_target: reached.map(|r| r.images),
+            stopped_at_target: t.target_stops_the_run(),
+            run_seconds: t.ttt.run_seconds(),
+            evaluations: t.ttt.evaluations(),
+            eval_seconds: t.ttt.eval_seconds(),
+            noise_scale: t.noise.value(),
+            noise_scale_at_target: reached.and_then(|r| r.noise_scale),
             preflight: t.preflight.clone(),
             pipeline: (plan.topology.stages > 1).then(|| {
                 crate::metrics::PipelineSummary::from_measurements(

@@ -165,6 +165,114 @@ fn config_errors() {
     );
 }
 
+/// The optimizer, learning-rate schedule and target keys: each combination that makes no sense
+/// is refused with the key named.
+#[test]
+fn optimizer_schedule_and_target_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let good = config("base.yaml");
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["train.optimizer=adam"], &["train.optimizer", "adam", "lars"]),
+        (&["train.lr_scaling=cubic"], &["train.lr_scaling", "sqrt"]),
+        (&["train.lr_schedule=linear"], &["train.lr_schedule", "cosine"]),
+        (
+            &["train.lr_scaling=linear", "train.warmup_epochs=12"],
+            &["train.warmup_epochs", "longer than the run", "train.epochs = 10"],
+        ),
+        (
+            &["train.warmup_epochs=2"],
+            &["train.warmup_epochs", "lr_scaling is none"],
+        ),
+        (
+            &["train.lr_scaling=sqrt", "train.warmup_epochs=-1"],
+            &["train.warmup_epochs", ">= 0"],
+        ),
+        (
+            &[
+                "train.lr_scaling=sqrt",
+                "train.warmup_epochs=10",
+                "train.lr_schedule=cosine",
+            ],
+            &["train.warmup_epochs", "no epoch", "cosine"],
+        ),
+        (
+            &["train.lr_schedule=step", "train.lr_decay_epochs=[4, 12]"],
+            &["train.lr_decay_epochs", "12", "past the end"],
+        ),
+        (
+            &["train.lr_schedule=step", "train.lr_decay_epochs=[6, 3]"],
+            &["train.lr_decay_epochs", "must increase"],
+        ),
+        (
+            &["train.lr_schedule=step"],
+            &["train.lr_decay_epochs", "at least one epoch"],
+        ),
+        (
+            &[
+                "train.lr_schedule=step",
+                "train.lr_decay_epochs=[5]",
+                "train.lr_decay_factor=2",
+            ],
+            &["train.lr_decay_factor", "(0, 1)"],
+        ),
+        (
+            &["train.lr_decay_epochs=[5]"],
+            &["train.lr_decay_epochs", "applies to train.lr_schedule: step"],
+        ),
+        (
+            &[
+                "train.lr_scaling=sqrt",
+                "train.warmup_epochs=3",
+                "train.lr_schedule=step",
+                "train.lr_decay_epochs=[2]",
+            ],
+            &["train.lr_decay_epochs", "after the warmup"],
+        ),
+        (
+            &["train.lars_trust=0.01"],
+            &["train.lars_trust", "applies to train.optimizer: lars"],
+        ),
+        (
+            &["train.optimizer=lars", "train.lars_trust=0"],
+            &["train.lars_trust", "positive"],
+        ),
+        (
+            &["train.optimizer=nesterov", "train.momentum=0"],
+            &["train.optimizer", "nesterov needs momentum"],
+        ),
+        (&["train.weight_decay=-0.1"], &["train.weight_decay", ">= 0"]),
+        (
+            &["train.lr_reference_batch=256"],
+            &["train.lr_reference_batch", "lr_scaling is none"],
+        ),
+        (
+            &["train.lr_scaling=linear", "train.lr_reference_batch=0"],
+            &["train.lr_reference_batch", "at least 1"],
+        ),
+        (
+            &["train.target_accuracy=120"],
+            &["train.target_accuracy", "(0, 100]"],
+        ),
+        (
+            &["train.stop_at_target=true"],
+            &["train.stop_at_target", "not set"],
+        ),
+        (
+            &["train.eval_every_steps=0"],
+            &["train.eval_every_steps", "at least 1"],
+        ),
+    ];
+    for (sets, expected) in cases {
+        let mut args = vec!["serial", "--config", good.as_str(), "--out", o];
+        for s in *sets {
+            args.extend(["--set", s]);
+        }
+        rejects(&args, &out, expected);
+    }
+}
+
 #[test]
 fn data_errors() {
     let tmp = tempfile::tempdir().unwrap();

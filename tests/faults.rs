@@ -331,12 +331,12 @@ fn other_checkpoint_versions_are_refused() {
     assert!(!o.status.success());
     assert!(text(&o).contains("version 1 checkpoint"), "{}", text(&o));
     // A newer version.
-    let meta = br#"{"format": "partrain-checkpoint", "version": 3}"#;
+    let meta = br#"{"format": "partrain-checkpoint", "version": 4}"#;
     rewrite(Some(("meta.json", tch::Tensor::from_slice(&meta[..]))));
     let o = partrain(&refs(&args));
     assert!(!o.status.success());
     assert!(
-        text(&o).contains("version 3") && text(&o).contains("newer partrain"),
+        text(&o).contains("version 4") && text(&o).contains("newer partrain"),
         "{}",
         text(&o)
     );
