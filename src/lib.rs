@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod comm;
 pub mod config;
 pub mod conv_bench;
+pub mod converge;
 pub mod data;
 pub mod doctor;
 pub mod engine;

@@ -114,10 +114,37 @@ enum Command {
     /// Reads a run's flight records (flight/rank<R>.json) and names the first operation at which
     /// the ranks disagree or stop.
     Doctor(partrain::doctor::DoctorArgs),
+    /// The steps-to-target curve from bench/converge.sh's runs: `best` names a batch's best
+    /// recipe, `table` writes the CSV, markdown table and log-log plot.
+    Converge {
+        #[command(subcommand)]
+        command: ConvergeCommand,
+    },
     /// Data set management.
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConvergeCommand {
+    /// Prints the recipe with the fewest steps to the target at `--batch` (nothing when no run).
+    Best {
+        #[arg(long)]
+        runs: PathBuf,
+        #[arg(long)]
+        batch: usize,
+    },
+    /// Writes <out>/<name>.csv, .md and .png and prints the table.
+    Table {
+        #[arg(long)]
+        runs: PathBuf,
+        #[arg(long, default_value = "results/example")]
+        out: PathBuf,
+        /// File stem, e.g. converge_mnist.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -340,6 +367,23 @@ fn report(
     Ok(())
 }
 
+fn converge(command: ConvergeCommand) -> Result<()> {
+    match command {
+        ConvergeCommand::Best { runs, batch } => {
+            let all = partrain::converge::collect(&runs)?;
+            if let Some(r) = partrain::converge::best_recipe(&all, batch) {
+                println!("{r}");
+            }
+        }
+        ConvergeCommand::Table { runs, out, name } => {
+            let rows = partrain::converge::write(&runs, &out, &name)?;
+            print!("{}", partrain::converge::markdown(&rows));
+            println!("wrote {}/{name}.{{csv,md,png}}", out.display());
+        }
+    }
+    Ok(())
+}
+
 /// Runs `f` on every rank of an MPI job; a failing or panicking rank takes the others down with
 /// MPI_Abort (they may be waiting in a collective that would otherwise never return, and a
 /// panicking rank could otherwise sit in MPI_Finalize while the others wait out the watchdog).
@@ -480,6 +524,7 @@ fn main() -> ExitCode {
         Command::Timeline(args) => args.run().map(|png| println!("wrote {}", png.display())),
         Command::Peak(args) => args.run().map(|peak| print_peak(&peak)),
         Command::SyncBench(bench) => return on_every_rank(|comm| sync_bench(&bench, comm)),
+        Command::Converge { command } => converge(command),
         Command::Data {
             command:
                 DataCommand::Fetch {

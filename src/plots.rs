@@ -451,13 +451,23 @@ pub fn comparison_plot(rows: &[Row], path: &Path) -> Result<()> {
         number,
         COLORS[0],
     )?;
+    // Every bar of a 0-100 % accuracy axis reads 99 %: the distance to the target tells them apart.
+    let best = rows.iter().map(|r| r.final_test_accuracy).fold(0.0, f64::max);
+    let target = rows.iter().find_map(|r| r.target_accuracy);
+    let title = match target {
+        Some(t) => format!("Final test accuracy below the {t}% target"),
+        None => format!("Final test accuracy below the best run ({best:.2}%)"),
+    };
     bar_panel(
         &panels[1],
         &names,
-        &rows.iter().map(|r| r.final_test_accuracy).collect::<Vec<_>>(),
-        ("Test accuracy", "accuracy (%)"),
-        Some(100.0),
-        percent,
+        &rows
+            .iter()
+            .map(|r| (r.target_accuracy.or(target).unwrap_or(best) - r.final_test_accuracy).max(0.0))
+            .collect::<Vec<_>>(),
+        (&title, "percentage points (0 = reached)"),
+        None,
+        number,
         COLORS[2],
     )?;
     bar_panel(
@@ -469,6 +479,67 @@ pub fn comparison_plot(rows: &[Row], path: &Path) -> Result<()> {
         number,
         COLORS[1],
     )?;
+    root.present().map_err(err)
+}
+
+/// Test accuracy against the run clock (training, evaluations, checkpoints), one line per run,
+/// with the target as a dashed line: time to accuracy at a glance.
+pub fn accuracy_time_plot(records: &[RunRecord], path: &Path) -> Result<()> {
+    let target = records.iter().find_map(|r| r.summary.target_accuracy);
+    let top = records
+        .iter()
+        .flat_map(|r| r.accuracy.iter().map(|p| p.1))
+        .fold(target.unwrap_or(0.0), f64::max);
+    let y_hi = (top + 0.5).min(100.0);
+    let y_lo = (target.unwrap_or(top) - 5.0).max(0.0);
+    let x_hi = records
+        .iter()
+        .flat_map(|r| r.accuracy.iter().map(|p| p.0))
+        .fold(1.0, f64::max)
+        * 1.05;
+    let (root, plot, side) = canvas(path, (1000, 600), 260)?;
+    let (x_step, y_step) = (step(0.0..x_hi, 8), step(y_lo..y_hi, 8));
+    let mut chart = ChartBuilder::on(&plot)
+        .caption("Test accuracy against time", ("sans-serif", style::CAPTION))
+        .margin(15)
+        .x_label_area_size(55)
+        .y_label_area_size(75)
+        .build_cartesian_2d(0f64..x_hi, y_lo..y_hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_labels(8)
+        .x_label_formatter(&|v| number(*v, x_step))
+        .y_labels(8)
+        .y_label_formatter(&|v| percent(*v, y_step))
+        .label_style(("sans-serif", style::TICKS))
+        .axis_desc_style(("sans-serif", style::AXIS))
+        .x_desc("seconds since the first step (evaluations included)")
+        .y_desc("test accuracy")
+        .draw()
+        .map_err(err)?;
+    let mut entries = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        // Points below the axis sit on its floor, so every curve starts where its run did.
+        let pts: Vec<(f64, f64)> = r.accuracy.iter().map(|&(t, a)| (t, a.max(y_lo))).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(err)?;
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(err)?;
+        entries.push((r.name.clone(), Mark::Line(color)));
+    }
+    if let Some(t) = target {
+        let line = vec![(0.0, t), (x_hi, t)];
+        chart
+            .draw_series(DashedLineSeries::new(line, 8, 6, BLACK.stroke_width(2)))
+            .map_err(err)?;
+        entries.push((format!("target {t}%"), Mark::Line(BLACK)));
+    }
+    legend(&side, &entries)?;
     root.present().map_err(err)
 }
 
@@ -608,4 +679,108 @@ pub fn timeline(path: &Path, title: &str, ranks: usize, width_ms: f64, spans: &[
 fn row_at(rows: usize, y: f64) -> Option<usize> {
     let i = rows as f64 - 1.0 - y;
     ((i - i.round()).abs() < 1e-9 && i >= 0.0 && i.round() < rows as f64).then(|| i.round() as usize)
+}
+
+/// Steps to the target against the global batch on log-log axes (Shallue et al.'s figure): the
+/// median over seeds with min-max bars, the perfect-scaling line through the smallest batch, a
+/// cross at the top for batches that never reached the target, and the knee and the measured
+/// noise scale as vertical lines.
+pub fn converge_plot(
+    rows: &[crate::converge::CurveRow],
+    knee: Option<f64>,
+    noise: Option<f64>,
+    path: &Path,
+) -> Result<()> {
+    let b_lo = rows.iter().map(|r| r.batch).min().unwrap_or(1) as f64 / 1.5;
+    let b_hi = rows.iter().map(|r| r.batch).max().unwrap_or(2) as f64 * 1.5;
+    let steps = rows
+        .iter()
+        .flat_map(|r| [r.steps_median, r.perfect_steps, r.steps_max.map(|s| s as f64)]);
+    let s_hi = steps.clone().flatten().fold(10.0, f64::max) * 3.0;
+    let s_lo = steps.flatten().fold(f64::INFINITY, f64::min).min(s_hi / 10.0) / 2.0;
+    let (root, plot, side) = canvas(path, (1000, 620), 280)?;
+    let title = rows.first().map_or(String::new(), |r| {
+        format!("Steps to {}% test accuracy ({})", r.target_accuracy, r.dataset)
+    });
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(title, ("sans-serif", style::CAPTION))
+        .margin(15)
+        .x_label_area_size(55)
+        .y_label_area_size(80)
+        .build_cartesian_2d((b_lo..b_hi).log_scale(), (s_lo..s_hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_label_formatter(&|v| count(v.round()))
+        .y_label_formatter(&|v| count(v.round()))
+        .label_style(("sans-serif", style::TICKS))
+        .axis_desc_style(("sans-serif", style::AXIS))
+        .x_desc("global batch (images per step, log scale)")
+        .y_desc("optimizer steps to the target (log scale)")
+        .draw()
+        .map_err(err)?;
+    let (measured, ideal, missed, marks) = (COLORS[0], COLORS[7], COLORS[3], (COLORS[2], COLORS[4]));
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.batch as f64, r.steps_median?)))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(pts.clone(), measured.stroke_width(2)))
+        .map_err(err)?;
+    chart
+        .draw_series(pts.iter().map(|p| Circle::new(*p, 5, measured.filled())))
+        .map_err(err)?;
+    for r in rows {
+        if let (Some(lo), Some(hi)) = (r.steps_min, r.steps_max) {
+            let b = r.batch as f64;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(b, lo as f64), (b, hi as f64)],
+                    measured.stroke_width(2),
+                )))
+                .map_err(err)?;
+        }
+        if r.steps_median.is_none() {
+            chart
+                .draw_series(std::iter::once(Cross::new(
+                    (r.batch as f64, s_hi / 1.6),
+                    8,
+                    missed.stroke_width(3),
+                )))
+                .map_err(err)?;
+        }
+    }
+    let line: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.batch as f64, r.perfect_steps?)))
+        .collect();
+    chart
+        .draw_series(DashedLineSeries::new(line, 8, 6, ideal.stroke_width(2)))
+        .map_err(err)?;
+    let vertical = |x: f64, c: RGBColor| PathElement::new(vec![(x, s_lo), (x, s_hi)], c.stroke_width(2));
+    let mut entries = vec![
+        ("median of seeds (min-max)".to_string(), Mark::Line(measured)),
+        ("perfect scaling".to_string(), Mark::Line(ideal)),
+    ];
+    if rows.iter().any(|r| r.steps_median.is_none()) {
+        entries.push(("target not reached".into(), Mark::Dot(missed)));
+    }
+    if let Some(k) = knee.filter(|k| (b_lo..b_hi).contains(k)) {
+        chart
+            .draw_series(std::iter::once(vertical(k, marks.0)))
+            .map_err(err)?;
+        entries.push((
+            format!("knee (2x perfect): {}", count(k.round())),
+            Mark::Line(marks.0),
+        ));
+    }
+    if let Some(b) = noise.filter(|b| (b_lo..b_hi).contains(b)) {
+        chart
+            .draw_series(std::iter::once(vertical(b, marks.1)))
+            .map_err(err)?;
+        entries.push((format!("noise scale: {}", count(b.round())), Mark::Line(marks.1)));
+    }
+    legend(&side, &entries)?;
+    root.present().map_err(err)
 }

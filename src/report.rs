@@ -22,8 +22,12 @@ pub struct RunRecord {
     pub summary: Summary,
     /// (epoch, train loss) from that run's metrics.csv.
     pub losses: Vec<(usize, f64)>,
+    /// (run clock seconds, test accuracy) of every evaluation of that run.
+    pub accuracy: Vec<(f64, f64)>,
     /// images/s of every repeat (one value for a single run).
     pub throughputs: Vec<f64>,
+    /// Time to target of every repeat (None: never reached).
+    pub times_to_target: Vec<Option<f64>>,
 }
 
 /// `dp_2n_t1_r3` -> (`dp_2n_t1`, 3): the repeat suffix the SLURM workflow and sweeps use.
@@ -45,6 +49,7 @@ fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
         .into_iter()
         .map(|(name, mut reps)| {
             let throughputs: Vec<f64> = reps.iter().map(|r| r.summary.samples_per_second).collect();
+            let times_to_target = reps.iter().map(|r| r.summary.time_to_target_s).collect();
             reps.sort_by(|a, b| {
                 a.summary
                     .samples_per_second
@@ -54,6 +59,7 @@ fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
             RunRecord {
                 name,
                 throughputs,
+                times_to_target,
                 ..median
             }
         })
@@ -81,12 +87,14 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
         let name = dir.strip_prefix(runs).unwrap_or(&dir).display().to_string();
         match read_summary(&sp) {
             Ok(summary) if summary.status == "completed" => {
-                let losses = read_losses(&dir.join("metrics.csv"))?;
+                let (losses, accuracy) = read_metrics(&dir.join("metrics.csv"))?;
                 found.push(RunRecord {
                     name,
                     throughputs: vec![summary.samples_per_second],
+                    times_to_target: vec![summary.time_to_target_s],
                     summary,
                     losses,
+                    accuracy,
                 });
             }
             _ => skipped.push(name),
@@ -96,16 +104,47 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
     Ok((group_repeats(found), skipped))
 }
 
-fn read_losses(path: &Path) -> Result<Vec<(usize, f64)>> {
+/// (epoch, train loss) at each epoch's end and (run seconds, test accuracy) of every evaluation.
+type Curves = (Vec<(usize, f64)>, Vec<(f64, f64)>);
+
+fn read_metrics(path: &Path) -> Result<Curves> {
     let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = Vec::new();
+    let (mut losses, mut accuracy) = (Vec::new(), Vec::new());
     for row in rdr.deserialize::<crate::metrics::EvalRow>() {
         let row = row.with_context(|| format!("{}: malformed row", path.display()))?;
         if row.epoch_end {
-            out.push((row.epoch, row.train_loss));
+            losses.push((row.epoch, row.train_loss));
         }
+        accuracy.push((row.run_seconds, row.test_accuracy));
     }
-    Ok(out)
+    Ok((losses, accuracy))
+}
+
+/// The time to target of repeats: one run's; of 2-4 the median; of 5 or more MLPerf Training's
+/// rule, the mean without the fastest and the slowest. A repeat that never reached the target
+/// counts as infinitely slow, so the result is None when it cannot be dropped. Returns the time
+/// and the rule's name.
+pub fn time_to_target(times: &[Option<f64>]) -> (Option<f64>, String) {
+    let mut t: Vec<f64> = times.iter().map(|x| x.unwrap_or(f64::INFINITY)).collect();
+    t.sort_by(f64::total_cmp);
+    let n = t.len();
+    let (value, rule) = match n {
+        0 => (f64::INFINITY, String::new()),
+        1 => (t[0], "one run".into()),
+        2..=4 => {
+            let m = if n % 2 == 1 {
+                t[n / 2]
+            } else {
+                (t[n / 2 - 1] + t[n / 2]) / 2.0
+            };
+            (m, format!("median of {n}"))
+        }
+        _ => (
+            t[1..n - 1].iter().sum::<f64>() / (n - 2) as f64,
+            format!("MLPerf: mean of {} (fastest and slowest dropped)", n - 2),
+        ),
+    };
+    (value.is_finite().then_some(value), rule)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,6 +191,18 @@ pub struct Row {
     /// The GPipe formula (S-1)/(M+S-1) and the bubble predicted from measured stage times.
     pub bubble_formula: Option<f64>,
     pub bubble_predicted: Option<f64>,
+    /// Time to accuracy: the runs' target, the time to it over the repeats (`time_to_target`'s
+    /// rule), repeats that never reached it, the median run's steps and epochs to it, and the
+    /// speedup in time to target over the same baseline as the images/s speedup.
+    pub target_accuracy: Option<f64>,
+    pub time_to_target_s: Option<f64>,
+    pub time_to_target_rule: String,
+    pub repeats_missed_target: usize,
+    pub steps_to_target: Option<usize>,
+    pub epochs_to_target: Option<f64>,
+    pub speedup_time_to_target: Option<f64>,
+    /// The smoothed gradient noise scale (images) at the end of the median run.
+    pub noise_scale: Option<f64>,
 }
 
 fn scaling(s: &Summary) -> &'static str {
@@ -233,6 +284,11 @@ pub fn rows(records: &[RunRecord], predictor: Option<&Predictor>) -> Vec<Row> {
             let s = &r.summary;
             let base = baseline(r, records);
             let base_ips = base.map(|b| b.summary.samples_per_second);
+            let (ttt, rule) = time_to_target(&r.times_to_target);
+            // Only against a baseline trained to the same target.
+            let base_ttt = base
+                .filter(|b| b.summary.target_accuracy == s.target_accuracy)
+                .and_then(|b| time_to_target(&b.times_to_target).0);
             let speedup = base_ips.map(|b| s.samples_per_second / b);
             let predicted = predictor
                 .map(|p| crate::perf_model::predict(&layout_of(s), &p.calibration, p.network).images_per_s);
@@ -293,6 +349,14 @@ pub fn rows(records: &[RunRecord], predictor: Option<&Predictor>) -> Vec<Row> {
                     let v = &p.predicted_bubble_fraction_per_rank;
                     v.iter().sum::<f64>() / v.len().max(1) as f64
                 }),
+                target_accuracy: s.target_accuracy,
+                time_to_target_s: ttt,
+                time_to_target_rule: rule,
+                repeats_missed_target: r.times_to_target.iter().filter(|t| t.is_none()).count(),
+                steps_to_target: s.steps_to_target,
+                epochs_to_target: s.epochs_to_target,
+                speedup_time_to_target: base_ttt.zip(ttt).map(|(b, t)| b / t),
+                noise_scale: s.noise_scale,
             }
         })
         .collect()
@@ -311,14 +375,32 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
 }
 
+/// `12.3 (to 99%)`, with the rule and misses when there were repeats; `never (99%)`; `-` without a target.
+fn ttt_cell(r: &Row) -> String {
+    let Some(target) = r.target_accuracy else {
+        return "-".into();
+    };
+    let mut cell = match r.time_to_target_s {
+        Some(t) => format!("{t:.1} (to {target}%)"),
+        None => format!("never ({target}%)"),
+    };
+    if r.repeats > 1 {
+        cell += &format!(", {}", r.time_to_target_rule);
+    }
+    if r.repeats_missed_target > 0 {
+        cell += &format!(", {} of {} missed", r.repeats_missed_target, r.repeats);
+    }
+    cell
+}
+
 pub fn markdown(rows: &[&Row]) -> String {
     let mut md = String::from(
-        "| run | strategy | scaling | nodes | ranks x threads | stages x replicas | global batch | train s | images/s | predicted (error) | speedup | efficiency | accuracy % | peak RSS MB/rank | averaging | bubble (formula / predicted) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | strategy | scaling | nodes | ranks x threads | stages x replicas | global batch | train s | images/s | predicted (error) | speedup | efficiency | accuracy % | time to target s | speedup in time to target | peak RSS MB/rank | averaging | bubble (formula / predicted) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         md += &format!(
-            "| {} | {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0}{} | {} | {} | {} | {:.2} | {} | {:.1}% | {:.1}%{} |\n",
+            "| {} | {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0}{} | {} | {} | {} | {:.2} | {} | {} | {} | {:.1}% | {:.1}%{} |\n",
             r.run,
             r.strategy,
             r.scaling,
@@ -346,6 +428,8 @@ pub fn markdown(rows: &[&Row]) -> String {
             opt(r.speedup, 2),
             opt(r.efficiency, 3),
             r.final_test_accuracy,
+            ttt_cell(r),
+            opt(r.speedup_time_to_target, 2),
             r.peak_rss_mb_per_rank.replace(';', " / "),
             100.0 * r.allreduce_share,
             100.0 * r.bubble_share,
@@ -391,6 +475,9 @@ pub fn write(records: &[RunRecord], out: &Path, predictor: Option<&Predictor>) -
     let p = plots.join("loss_curves.png");
     crate::plots::loss_plot(records, &p)?;
     written.push(p);
+    let p = plots.join("accuracy_vs_time.png");
+    crate::plots::accuracy_time_plot(records, &p)?;
+    written.push(p);
     let p = plots.join("training_comparison.png");
     crate::plots::comparison_plot(&all, &p)?;
     written.push(p);
@@ -398,4 +485,34 @@ pub fn write(records: &[RunRecord], out: &Path, predictor: Option<&Predictor>) -
     crate::plots::breakdown_plot(records, &p)?;
     written.push(p);
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_to_target_of_repeats() {
+        assert_eq!(time_to_target(&[Some(10.0)]), (Some(10.0), "one run".into()));
+        assert_eq!(time_to_target(&[None]).0, None);
+        assert_eq!(time_to_target(&[Some(10.0), Some(14.0)]).0, Some(12.0));
+        assert_eq!(
+            time_to_target(&[Some(10.0), None, Some(14.0)]).0,
+            Some(14.0),
+            "a miss is the slowest"
+        );
+        assert_eq!(time_to_target(&[Some(10.0), None]).0, None);
+        // MLPerf: 5 runs, drop the fastest and the slowest, mean of the other three.
+        let (t, rule) = time_to_target(&[Some(9.0), Some(30.0), Some(10.0), Some(11.0), Some(12.0)]);
+        assert_eq!(t, Some(11.0));
+        assert!(rule.starts_with("MLPerf"), "{rule}");
+        assert_eq!(
+            time_to_target(&[Some(9.0), None, Some(10.0), Some(11.0), Some(12.0)]).0,
+            Some(11.0)
+        );
+        assert_eq!(
+            time_to_target(&[Some(9.0), None, None, Some(11.0), Some(12.0)]).0,
+            None
+        );
+    }
 }

@@ -18,6 +18,10 @@ fn report_table_traces_back_to_summaries() {
         "data.test_limit=200",
         "--set",
         "train.epochs=2",
+        "--set",
+        "train.target_accuracy=50",
+        "--set",
+        "train.eval_every_steps=5",
     ];
     let (c_base, c_dp, c_hy) = (
         config("base.yaml"),
@@ -85,9 +89,16 @@ fn report_table_traces_back_to_summaries() {
             .collect();
         assert_eq!(num(r, "peak_rss_mb_max"), rss.iter().cloned().fold(0.0, f64::max));
         assert_eq!(r["baseline"], "serial");
+        // Time to accuracy: the run's, and the baseline's over it.
+        let ttt = s["time_to_target_s"].as_f64().expect("50% is reached");
+        assert_eq!(num(r, "time_to_target_s"), ttt);
+        let base_ttt = base["time_to_target_s"].as_f64().unwrap();
+        assert!((num(r, "speedup_time_to_target") - base_ttt / ttt).abs() < 1e-9);
+        assert_eq!(num(r, "steps_to_target"), s["steps_to_target"].as_f64().unwrap());
     }
     let md = std::fs::read_to_string(results.join("metrics/speedup_table.md")).unwrap();
     assert!(md.contains("| dp2 | dp | weak |"), "{md}");
+    assert!(md.contains("(to 50%)"), "{md}");
     for f in [
         "strong_scaling.csv",
         "weak_scaling.csv",

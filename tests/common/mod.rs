@@ -172,6 +172,7 @@ pub fn assert_plots(results: &Path) {
         "loss_curves.png",
         "training_comparison.png",
         "time_breakdown.png",
+        "accuracy_vs_time.png",
     ] {
         let bytes = std::fs::read(results.join("plots").join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
         assert_eq!(&bytes[1..4], b"PNG", "{p}");
