@@ -69,7 +69,7 @@ run() {
   for s in "${sets[@]}"; do args+=(--set "$s"); done
   echo "$(date +%T) b=$b $name seed $seed: ${sets[*]}"
   mpirun -np 2 $(partrain_binding 2 1) partrain dp --config configs/data_parallel.yaml "${args[@]}" \
-    --out "$dir" --overwrite >"$dir.log" 2>&1 || echo "  failed: see $dir.log"
+    --out "$dir" --overwrite </dev/null >"$dir.log" 2>&1 || echo "  failed: see $dir.log"
   grep -E "^target|^done" "$dir.log" | sed 's/^/  /' || true
 }
 

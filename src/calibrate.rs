@@ -20,7 +20,7 @@ use crate::grads::GradientBuffer;
 use crate::metrics::StepTimers;
 use crate::model::{describe, Net};
 use crate::optim::Optimizer;
-use crate::perf_model::{Calibration, ComputeRow, Link, FORMAT, VERSION};
+use crate::perf::{Calibration, ComputeRow, Link, FORMAT, VERSION};
 use crate::plan::{Plan, Strategy};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -283,7 +283,7 @@ impl CalibrateArgs {
         let together = step_time(cfg, batch, self.repeats * 2)?;
         if let Some(alone) = alone {
             cal.corun.retain(|c| c.ranks != size);
-            cal.corun.push(crate::perf_model::CoRun {
+            cal.corun.push(crate::perf::CoRun {
                 ranks: size,
                 slowdown: (together / alone).max(1.0),
             });

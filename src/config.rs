@@ -67,6 +67,13 @@ impl DatasetName {
             DatasetName::Cifar10 => "cifar10",
         }
     }
+    /// Training and test images of the full data set.
+    pub fn split_sizes(self) -> (usize, usize) {
+        match self {
+            DatasetName::Mnist | DatasetName::FashionMnist => (60_000, 10_000),
+            DatasetName::Cifar10 => (50_000, 10_000),
+        }
+    }
     /// Image shape (channels, height, width).
     pub fn image_shape(self) -> [i64; 3] {
         match self {
@@ -89,6 +96,15 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
+    /// Training and test images a run uses (the limits applied to the full sets).
+    pub fn sizes(&self) -> (usize, usize) {
+        let (train, test) = self.dataset.split_sizes();
+        (
+            self.train_limit.map_or(train, |l| l.min(train)),
+            self.test_limit.map_or(test, |l| l.min(test)),
+        )
+    }
+
     pub fn dir(&self) -> String {
         self.dir
             .clone()

@@ -22,7 +22,7 @@ pub mod native;
 pub mod noise_scale;
 pub mod optim;
 pub mod peak;
-pub mod perf_model;
+pub mod perf;
 pub mod plan;
 pub mod plot_style;
 pub mod plots;

@@ -97,6 +97,10 @@ enum Command {
         /// The network between nodes for the predictions (default: the calibration's measured one).
         #[arg(long, requires = "calibration")]
         network: Option<String>,
+        /// Steps to target against the global batch (`partrain converge table`'s CSV): adds the
+        /// predicted time to target of every run trained to that target.
+        #[arg(long, requires = "calibration")]
+        curve: Option<PathBuf>,
     },
     /// Seed 003's convolution benchmark: `mpirun -np N partrain conv-bench --mode strong|weak ...`.
     ConvBench(partrain::conv_bench::ConvBench),
@@ -108,7 +112,7 @@ enum Command {
     /// links inside and between nodes (`mpirun -np N partrain calibrate ...`).
     Calibrate(partrain::calibrate::CalibrateArgs),
     /// Predicts every layout that fits a cluster, best first, and writes plan.csv.
-    Plan(partrain::perf_model::PlanArgs),
+    Plan(partrain::perf::PlanArgs),
     /// Draws a traced run's timeline (trace.json) as a PNG: one row per rank.
     Timeline(partrain::trace::TimelineArgs),
     /// Reads a run's flight records (flight/rank<R>.json) and names the first operation at which
@@ -280,8 +284,30 @@ fn inspect(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn plan_command(args: &partrain::perf_model::PlanArgs) -> Result<()> {
-    let rows = args.run()?;
+fn plan_command(args: &partrain::perf::PlanArgs) -> Result<()> {
+    let plan = args.run()?;
+    let rows: Vec<&partrain::perf::PlanRow> = plan.rows.iter().filter(|r| r.scope != "target").collect();
+    print_plan_rows(&rows, args.top);
+    if let Some(model) = &plan.steps_model {
+        println!(
+            "\ntime to {}% test accuracy ({}; one evaluation every {} epoch(s) counts):",
+            args.target_accuracy.unwrap_or_default(),
+            model.describe(),
+            args.eval_every_epochs
+        );
+        print_target_rows(&plan.rows, args.top);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (scope, r) in &plan.refused {
+        if seen.insert((r.nodes, r.per_replica)) {
+            println!("refused ({scope}): {r}");
+        }
+    }
+    println!("{} layouts in {}", plan.rows.len(), args.out.display());
+    Ok(())
+}
+
+fn print_plan_rows(rows: &[&partrain::perf::PlanRow], top: usize) {
     println!(
         "{:>5} {:>6} {:>6} {:>9} {:>7} {:>6} {:>11} {:>16} {:>9} {:>8} {:>10} {:>9}",
         "nodes",
@@ -298,9 +324,9 @@ fn plan_command(args: &partrain::perf_model::PlanArgs) -> Result<()> {
         "MB/rank"
     );
     let mut shown = std::collections::HashMap::new();
-    for r in &rows {
+    for r in rows {
         let n = shown.entry((r.nodes, r.scope.clone())).or_insert(0);
-        if *n >= args.top {
+        if *n >= top {
             continue;
         }
         *n += 1;
@@ -325,8 +351,54 @@ fn plan_command(args: &partrain::perf_model::PlanArgs) -> Result<()> {
             }
         );
     }
-    println!("{} layouts in {}", rows.len(), args.out.display());
-    Ok(())
+}
+
+/// The target scope, best first per node count: the recommended layout is each node count's first.
+fn print_target_rows(rows: &[partrain::perf::PlanRow], top: usize) {
+    println!(
+        "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>9} {:>7} {:>7} {:>9}",
+        "nodes",
+        "layout",
+        "ranks/nd",
+        "threads",
+        "S x M",
+        "global",
+        "micro",
+        "per-rank",
+        "averaging",
+        "images/s",
+        "steps",
+        "epochs",
+        "seconds"
+    );
+    let mut shown = std::collections::HashMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.scope == "target" && r.time_to_target_s.is_some())
+    {
+        let n = shown.entry(r.nodes).or_insert(0);
+        if *n >= top {
+            continue;
+        }
+        *n += 1;
+        println!(
+            "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>9.0} {:>7.0} {:>7.2} {:>9.1}{}",
+            r.nodes,
+            r.strategy,
+            r.ranks_per_node,
+            r.threads,
+            format!("{}x{}", r.stages, r.micro_batches),
+            r.global_batch,
+            r.micro_batch,
+            r.per_replica_batch,
+            r.averaging,
+            r.images_per_s,
+            r.steps_to_target.unwrap_or(f64::NAN),
+            r.epochs_to_target.unwrap_or(f64::NAN),
+            r.time_to_target_s.unwrap_or(f64::NAN),
+            if *n == 1 { "  <- recommended" } else { "" }
+        );
+    }
 }
 
 fn report(
@@ -334,17 +406,32 @@ fn report(
     out: &std::path::Path,
     calibration: Option<&std::path::Path>,
     network: Option<&str>,
+    curve: Option<&std::path::Path>,
 ) -> Result<()> {
     let predictor = match calibration {
         Some(path) => {
-            let calibration = partrain::perf_model::Calibration::load(path)?;
+            let calibration = partrain::perf::Calibration::load(path)?;
             let network = match network {
-                Some(n) => partrain::perf_model::named_network(n)?,
+                Some(n) => partrain::perf::named_network(n)?,
                 None => calibration
                     .inter_node
-                    .unwrap_or(partrain::perf_model::named_network("ib100")?),
+                    .unwrap_or(partrain::perf::named_network("ib100")?),
             };
-            Some(partrain::report::Predictor { calibration, network })
+            let steps = match curve {
+                Some(c) => {
+                    let rows = partrain::converge::read_curve(c)?;
+                    Some(partrain::perf::StepsModel::from_curve(
+                        c,
+                        rows[0].target_accuracy,
+                    )?)
+                }
+                None => None,
+            };
+            Some(partrain::report::Predictor {
+                calibration,
+                network,
+                steps,
+            })
         }
         None => None,
     };
@@ -517,7 +604,14 @@ fn main() -> ExitCode {
             out,
             calibration,
             network,
-        } => report(&runs, &out, calibration.as_deref(), network.as_deref()),
+            curve,
+        } => report(
+            &runs,
+            &out,
+            calibration.as_deref(),
+            network.as_deref(),
+            curve.as_deref(),
+        ),
         Command::ConvBench(bench) => return on_every_rank(|comm| conv_bench(&bench, comm)),
         Command::Calibrate(args) => return on_every_rank(|comm| calibrate(&args, comm)),
         Command::Plan(args) => plan_command(&args),

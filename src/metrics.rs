@@ -119,6 +119,9 @@ pub struct Summary {
     pub optimizer: Option<crate::optim::OptimPlan>,
     #[serde(default)]
     pub steps_per_epoch: usize,
+    /// `train.eval_every_steps` (evaluations inside epochs), for predictions of time to target.
+    #[serde(default)]
+    pub eval_every_steps: Option<usize>,
     /// Time to accuracy (`train.target_accuracy`, percent): the run clock, steps, epochs
     /// (fractional) and images at the first evaluation at or above it; null when not reached.
     #[serde(default)]

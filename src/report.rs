@@ -203,6 +203,9 @@ pub struct Row {
     pub speedup_time_to_target: Option<f64>,
     /// The smoothed gradient noise scale (images) at the end of the median run.
     pub noise_scale: Option<f64>,
+    /// With `--calibration` and `--curve`: the predicted time to target and predicted / measured - 1.
+    pub predicted_time_to_target_s: Option<f64>,
+    pub time_to_target_error: Option<f64>,
 }
 
 fn scaling(s: &Summary) -> &'static str {
@@ -243,14 +246,33 @@ fn baseline<'a>(r: &RunRecord, records: &'a [RunRecord]) -> Option<&'a RunRecord
 
 /// The calibration and network predictions are made with (`partrain report --calibration`).
 pub struct Predictor {
-    pub calibration: crate::perf_model::Calibration,
-    pub network: crate::perf_model::Link,
+    pub calibration: crate::perf::Calibration,
+    pub network: crate::perf::Link,
+    /// Steps to target against the global batch (`report --curve`), for predicted time to target.
+    pub steps: Option<crate::perf::StepsModel>,
+}
+
+impl Predictor {
+    /// The predicted time to the run's target: the model's step time x the steps to target at the
+    /// run's global batch, plus the evaluations the run's cadence makes on the way (every
+    /// `eval_every_steps` and at each epoch's end). None without a curve for that target.
+    fn time_to_target(&self, s: &Summary, step_s: f64) -> Option<f64> {
+        let model = self
+            .steps
+            .as_ref()
+            .filter(|m| Some(m.target()) == s.target_accuracy)?;
+        let steps = model.steps(s.global_batch)?;
+        let every = s.eval_every_steps.map_or(f64::INFINITY, |k| k as f64);
+        let evals = (steps / every).floor() + (steps / s.steps_per_epoch.max(1) as f64).floor() + 1.0;
+        let eval_s = crate::perf::eval_seconds(&layout_of(s), &self.calibration, s.test_samples);
+        Some(crate::perf::time_to_target(step_s, steps, evals, eval_s))
+    }
 }
 
 /// The layout a finished run had, as the performance model takes it.
-pub fn layout_of(s: &Summary) -> crate::perf_model::Layout {
+pub fn layout_of(s: &Summary) -> crate::perf::Layout {
     let machines = s.machines.max(1);
-    crate::perf_model::Layout {
+    crate::perf::Layout {
         strategy: s.strategy.name().into(),
         nodes: s.nodes.max(1),
         ranks_per_node: s.ranks_per_node.max(1),
@@ -290,8 +312,12 @@ pub fn rows(records: &[RunRecord], predictor: Option<&Predictor>) -> Vec<Row> {
                 .filter(|b| b.summary.target_accuracy == s.target_accuracy)
                 .and_then(|b| time_to_target(&b.times_to_target).0);
             let speedup = base_ips.map(|b| s.samples_per_second / b);
-            let predicted = predictor
-                .map(|p| crate::perf_model::predict(&layout_of(s), &p.calibration, p.network).images_per_s);
+            let prediction =
+                predictor.map(|p| crate::perf::predict(&layout_of(s), &p.calibration, p.network));
+            let predicted = prediction.as_ref().map(|p| p.images_per_s);
+            let predicted_ttt = predictor
+                .zip(prediction.as_ref())
+                .and_then(|(p, pred)| p.time_to_target(s, pred.step_s));
             let (lo, hi) = (
                 r.throughputs.iter().cloned().fold(f64::INFINITY, f64::min),
                 r.throughputs.iter().cloned().fold(0.0, f64::max),
@@ -357,6 +383,8 @@ pub fn rows(records: &[RunRecord], predictor: Option<&Predictor>) -> Vec<Row> {
                 epochs_to_target: s.epochs_to_target,
                 speedup_time_to_target: base_ttt.zip(ttt).map(|(b, t)| b / t),
                 noise_scale: s.noise_scale,
+                predicted_time_to_target_s: predicted_ttt,
+                time_to_target_error: predicted_ttt.zip(ttt).map(|(p, m)| p / m - 1.0),
             }
         })
         .collect()
@@ -384,6 +412,9 @@ fn ttt_cell(r: &Row) -> String {
         Some(t) => format!("{t:.1} (to {target}%)"),
         None => format!("never ({target}%)"),
     };
+    if let (Some(p), Some(e)) = (r.predicted_time_to_target_s, r.time_to_target_error) {
+        cell += &format!(", predicted {p:.1} ({:+.0}%)", 100.0 * e);
+    }
     if r.repeats > 1 {
         cell += &format!(", {}", r.time_to_target_rule);
     }

@@ -948,6 +948,7 @@ impl Summary {
             config_hash: format!("{:016x}", cfg.hash()),
             optimizer: Some(plan.optim.clone()),
             steps_per_epoch: t.sampler.steps_per_epoch(),
+            eval_every_steps: cfg.train.eval_every_steps,
             target_accuracy: cfg.train.target_accuracy,
             time_to_target_s: reached.map(|r| r.seconds),
             steps_to_target: reached.map(|r| r.step),

@@ -511,3 +511,20 @@ fn cli_errors() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("--config"));
 }
+
+/// `plan` without a calibration names the command that makes one; time to target without steps
+/// to target names where they come from; a curve for another target is refused.
+#[test]
+fn plan_errors_name_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let cfg = config("data_parallel.yaml");
+    let missing = tmp.path().join("calibration.json");
+    let plan = |extra: &[&str]| {
+        let mut a = vec!["plan", "--config", cfg.as_str(), "--cores-per-node", "64"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = plan(&["--calibration", missing.to_str().unwrap()]);
+    rejects(&refs(&args), &out, &["calibration.json", "partrain calibrate"]);
+}

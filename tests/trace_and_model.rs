@@ -105,6 +105,8 @@ fn predictions_stay_near_measurements() {
         "data.test_limit=200",
         "train.epochs=1",
         "checkpoint.every_epochs=0",
+        "train.target_accuracy=85",
+        "train.eval_every_steps=10",
     ];
     let run = |name: &str, cmd: &str, cfg: &str, np: usize, extra: &[&str]| {
         let mut sets = slice.to_vec();
@@ -158,4 +160,110 @@ fn predictions_stay_near_measurements() {
             1.0 + e
         );
     }
+    plan_by_time_to_target(tmp.path(), cal_s, &runs);
+}
+
+/// `plan --target-accuracy`: from a measured curve (a fixture) and from the noise-scale model of a
+/// run; layouts beyond the training set are refused with the largest useful replica count; the
+/// recommendation lies inside the curve; every row's time is steps x step + evaluations.
+fn plan_by_time_to_target(tmp: &std::path::Path, cal: &str, runs: &std::path::Path) {
+    let curve = tmp.join("curve.csv");
+    let mut w = csv::Writer::from_path(&curve).unwrap();
+    for (batch, steps) in [(64usize, 3000.0f64), (1024, 300.0), (4096, 150.0), (8192, 140.0)] {
+        w.serialize(partrain::converge::CurveRow {
+            dataset: "mnist".into(),
+            target_accuracy: 99.0,
+            batch,
+            recipe: "x".into(),
+            seeds: 3,
+            reached: 3,
+            steps_median: Some(steps),
+            steps_min: Some(steps as usize),
+            steps_max: Some(steps as usize),
+            epochs_median: None,
+            seconds_median: None,
+            best_accuracy_min: 99.0,
+            best_accuracy_max: 99.1,
+            noise_scale_median: Some(900.0),
+            perfect_steps: None,
+        })
+        .unwrap();
+    }
+    w.flush().unwrap();
+    let dp = config("data_parallel.yaml");
+    let out = tmp.join("plan.csv");
+    let plan = |extra: &[&str]| {
+        let mut a = vec![
+            "plan",
+            "--config",
+            &dp,
+            "--calibration",
+            cal,
+            "--cores-per-node",
+            "64",
+            "--nodes",
+            "1,32",
+        ];
+        a.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        a.extend_from_slice(extra);
+        let o = partrain(&a);
+        assert_ok(&o);
+        text(&o)
+    };
+    let t = plan(&["--target-accuracy", "99", "--curve", curve.to_str().unwrap()]);
+    assert!(t.contains("recommended"), "{t}");
+    assert!(t.contains("at most 937 replicas of 64 are useful"), "{t}");
+    let mut rdr = csv::Reader::from_path(&out).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> =
+        rdr.deserialize().map(|r| r.unwrap()).collect();
+    let f = |r: &std::collections::HashMap<String, String>, k: &str| r[k].parse::<f64>().ok();
+    let target: Vec<_> = rows.iter().filter(|r| r["scope"] == "target").collect();
+    assert!(!target.is_empty());
+    for r in &rows {
+        assert!(f(r, "global_batch").unwrap() <= 60000.0, "{r:?}");
+    }
+    let best = target.iter().find(|r| f(r, "nodes") == Some(32.0)).unwrap();
+    let batch = f(best, "global_batch").unwrap();
+    assert!(
+        (64.0..=8192.0).contains(&batch),
+        "recommended outside the curve: {best:?}"
+    );
+    for r in target.iter().filter(|r| f(r, "time_to_target_s").is_some()) {
+        let (steps, epochs) = (
+            f(r, "steps_to_target").unwrap(),
+            f(r, "epochs_to_target").unwrap(),
+        );
+        let want = steps * f(r, "step_ms").unwrap() / 1e3 + epochs.ceil() * f(r, "eval_s").unwrap();
+        assert!(
+            (f(r, "time_to_target_s").unwrap() - want).abs() < 1e-6 * want.max(1.0),
+            "{r:?}"
+        );
+    }
+    // The noise-scale model, fitted to a measured run.
+    let t = plan(&[
+        "--target-accuracy",
+        "85",
+        "--run",
+        runs.join("dp_2x1").to_str().unwrap(),
+    ]);
+    assert!(t.contains("noise-scale model"), "{t}");
+    // A curve for another target is refused.
+    let o = partrain(&[
+        "plan",
+        "--config",
+        &dp,
+        "--calibration",
+        cal,
+        "--cores-per-node",
+        "64",
+        "--target-accuracy",
+        "98",
+        "--curve",
+        curve.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("measured steps to 99%"),
+        "{}",
+        text(&o)
+    );
 }

@@ -1,0 +1,197 @@
+//! The calibration `partrain calibrate` writes and the performance model reads: per-layer
+//! forward and backward seconds at several batch sizes and thread counts, whole one-stage steps,
+//! links inside and between nodes, shared-memory averaging and the co-run slowdown of ranks that
+//! share a machine. Between measured batch sizes the per-image time is interpolated; beyond the
+//! measured thread counts it is extrapolated from the measured parallel efficiency.
+
+use crate::peak::Cpu;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const FORMAT: &str = "partrain-calibration";
+pub const VERSION: u32 = 1;
+
+/// One (threads, batch) measurement of compute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputeRow {
+    pub threads: usize,
+    pub batch: usize,
+    /// Per layer, seconds for the batch.
+    pub forward_s: Vec<f64>,
+    pub backward_s: Vec<f64>,
+    /// One whole one-stage training step (engine + SGD) on this batch.
+    pub step_s: f64,
+}
+
+/// A link's latency and bandwidth, between two ranks of one node or of two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub latency_us: f64,
+    pub bandwidth_gbs: f64,
+}
+
+impl Link {
+    /// Seconds to move `bytes` one way.
+    pub fn seconds(&self, bytes: f64) -> f64 {
+        self.latency_us * 1e-6 + bytes / (self.bandwidth_gbs * 1e9)
+    }
+}
+
+/// Named network assumptions (stated in docs/performance.md).
+pub fn named_network(name: &str) -> Result<Link> {
+    Ok(match name {
+        // 100 Gb/s InfiniBand (EDR/HDR100): ~1.5 us MPI latency, ~12 GB/s achievable.
+        "ib100" => Link {
+            latency_us: 1.5,
+            bandwidth_gbs: 12.0,
+        },
+        // 25 Gb/s Ethernet with TCP: ~15 us latency, ~2.9 GB/s achievable.
+        "eth25" => Link {
+            latency_us: 15.0,
+            bandwidth_gbs: 2.9,
+        },
+        // 10 Gb/s Ethernet with TCP: ~25 us, ~1.1 GB/s.
+        "eth10" => Link {
+            latency_us: 25.0,
+            bandwidth_gbs: 1.1,
+        },
+        other => bail!("--network: unknown network `{other}`: expected ib100, eth25 or eth10"),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub format: String,
+    pub version: u32,
+    pub date: String,
+    pub cpu: Cpu,
+    pub preset: String,
+    pub dataset: String,
+    pub cores_per_node: usize,
+    pub layer_names: Vec<String>,
+    /// Per layer: elements of its output per image, and parameters.
+    pub layer_output_elems: Vec<i64>,
+    pub layer_params: Vec<i64>,
+    pub compute: Vec<ComputeRow>,
+    /// Between two ranks of one node (shared memory).
+    pub intra_node: Option<Link>,
+    /// Between two nodes.
+    pub inter_node: Option<Link>,
+    /// Node-shared-memory averaging: seconds per f32 element with 2 ranks (memory bound).
+    pub shared_memory_s_per_elem: Option<f64>,
+    /// Peak resident memory of a one-rank run (libtorch, data set, net), MiB.
+    pub base_rss_mb: f64,
+    /// How much slower a one-thread step runs while `ranks` one-thread ranks of one machine
+    /// compute at once: shared caches and memory bandwidth, and past the cores time sharing
+    /// (measured by `calibrate` launched on one node with that many ranks).
+    #[serde(default)]
+    pub corun: Vec<CoRun>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CoRun {
+    pub ranks: usize,
+    pub slowdown: f64,
+}
+
+impl Calibration {
+    pub fn load(path: &Path) -> Result<Calibration> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the calibration {}: `mpirun -np 2 partrain calibrate --config CONFIG --out {}` measures \
+                 this machine and writes one (docs/performance.md)",
+                path.display(),
+                path.display()
+            )
+        })?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+        if doc["format"] != FORMAT || doc["version"] != VERSION {
+            bail!(
+                "{}: format {} version {}, expected {FORMAT} version {VERSION} (partrain calibrate writes it)",
+                path.display(),
+                doc["format"],
+                doc["version"]
+            );
+        }
+        serde_json::from_value(doc)
+            .with_context(|| format!("{}: does not match calibration version {VERSION}", path.display()))
+    }
+
+    fn thread_counts(&self) -> Vec<usize> {
+        let mut t: Vec<usize> = self.compute.iter().map(|r| r.threads).collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    /// Per-image seconds of `pick` (a layer's forward, ...) at `threads` and `batch`:
+    /// interpolated over batch sizes, extrapolated past the measured thread counts.
+    fn per_image(&self, threads: usize, batch: usize, pick: &dyn Fn(&ComputeRow) -> f64) -> (f64, bool) {
+        let counts = self.thread_counts();
+        let max_t = *counts.last().expect("calibration has compute rows");
+        let at = |t: usize| -> f64 {
+            let mut rows: Vec<&ComputeRow> = self.compute.iter().filter(|r| r.threads == t).collect();
+            rows.sort_by_key(|r| r.batch);
+            let per = |r: &ComputeRow| pick(r) / r.batch as f64;
+            let b = batch as f64;
+            if b <= rows[0].batch as f64 {
+                return per(rows[0]);
+            }
+            for w in rows.windows(2) {
+                let (lo, hi) = (w[0].batch as f64, w[1].batch as f64);
+                if b <= hi {
+                    let f = (b - lo) / (hi - lo);
+                    return per(w[0]) * (1.0 - f) + per(w[1]) * f;
+                }
+            }
+            per(rows.last().expect("rows"))
+        };
+        if counts.contains(&threads) {
+            return (at(threads), false);
+        }
+        // Between or beyond measured counts: t(T) = t(1) / (1 + (T - 1) e), with the parallel
+        // efficiency e measured at the largest count.
+        let t1 = at(counts[0]);
+        let tm = at(max_t);
+        // A layer that takes no measurable time (a ReLU fused into the max-pool) has t1 = tm = 0:
+        // 0 / 0 would make every extrapolated stage time NaN.
+        let e = if max_t > 1 && tm > 0.0 {
+            ((t1 / tm) - 1.0) / (max_t as f64 - 1.0)
+        } else {
+            1.0
+        };
+        (
+            t1 / (1.0 + (threads as f64 - 1.0) * e.clamp(0.0, 1.0)),
+            threads > max_t,
+        )
+    }
+
+    /// Seconds of the forward and backward of `layers` on a micro-batch of `batch` images at
+    /// `threads`, scaled to the measured whole step; and whether that was an extrapolation.
+    pub fn stage_seconds(
+        &self,
+        layers: std::ops::Range<usize>,
+        threads: usize,
+        batch: usize,
+    ) -> (f64, f64, bool) {
+        let n = self.layer_names.len();
+        let (whole, x1) = self.per_image(threads, batch, &|r| r.step_s);
+        let (sum_all, _) = self.per_image(threads, batch, &|r| {
+            r.forward_s.iter().sum::<f64>() + r.backward_s.iter().sum::<f64>()
+        });
+        let scale = if sum_all > 0.0 { whole / sum_all } else { 1.0 };
+        let (mut f, mut b) = (0.0, 0.0);
+        for i in layers.clone().filter(|&i| i < n) {
+            f += self.per_image(threads, batch, &|r| r.forward_s[i]).0;
+            b += self.per_image(threads, batch, &|r| r.backward_s[i]).0;
+        }
+        (f * scale * batch as f64, b * scale * batch as f64, x1)
+    }
+
+    /// Images/s of the serial baseline (1 thread, `batch`).
+    pub fn serial_images_per_s(&self, batch: usize) -> f64 {
+        1.0 / self.per_image(1, batch, &|r| r.step_s).0
+    }
+}

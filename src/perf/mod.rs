@@ -1,0 +1,15 @@
+//! Performance: the calibration of this machine, the model that predicts a layout's step from it,
+//! the layouts a cluster allows, and `partrain plan`, which ranks them by images/s or by predicted
+//! time to a target accuracy.
+
+pub mod calibration;
+pub mod layouts;
+pub mod planner;
+pub mod predict;
+pub mod steps;
+
+pub use calibration::{named_network, Calibration, CoRun, ComputeRow, Link, FORMAT, VERSION};
+pub use layouts::layouts;
+pub use planner::{PlanArgs, PlanRow};
+pub use predict::{eval_seconds, predict, simulate, time_to_target, Layout, Prediction};
+pub use steps::StepsModel;

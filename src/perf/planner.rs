@@ -1,0 +1,266 @@
+//! `partrain plan`: every layout of N nodes x C cores predicted, best first, into plan.csv; with
+//! `--target-accuracy`, each layout's predicted time to that accuracy (step time x steps to target
+//! at its global batch) decides the order instead of images/s.
+
+use super::calibration::{named_network, Calibration, Link};
+use super::layouts::{layouts, Scope};
+use super::predict::{eval_seconds, predict, time_to_target, Layout};
+use super::steps::StepsModel;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+/// `partrain plan`: every layout that fits, predicted, best first.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Node counts to plan for.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
+    pub nodes: Vec<usize>,
+    #[arg(long)]
+    pub cores_per_node: usize,
+    #[arg(long, default_value = "calibration.json")]
+    pub calibration: std::path::PathBuf,
+    /// A named network between nodes: ib100, eth25, eth10 (default: the calibration's measured
+    /// link between nodes, else ib100).
+    #[arg(long, conflicts_with_all = ["latency_us", "bandwidth_gbs"])]
+    pub network: Option<String>,
+    #[arg(long, requires = "bandwidth_gbs")]
+    pub latency_us: Option<f64>,
+    #[arg(long, requires = "latency_us")]
+    pub bandwidth_gbs: Option<f64>,
+    /// Layouts printed per node count and batch scope (plan.csv has them all).
+    #[arg(long, default_value_t = 3)]
+    pub top: usize,
+    #[arg(long, default_value = "plan.csv")]
+    pub out: std::path::PathBuf,
+    /// Also rank layouts, per-rank batches and accumulation by predicted time to this test
+    /// accuracy (percent): step time x steps to target at the layout's global batch.
+    #[arg(long)]
+    pub target_accuracy: Option<f64>,
+    /// Steps to target from a measured curve (`partrain converge table`'s CSV).
+    #[arg(long, requires = "target_accuracy", conflicts_with = "run")]
+    pub curve: Option<std::path::PathBuf>,
+    /// Steps to target from the noise-scale model fitted to this run folder (its steps to target
+    /// and noise scale).
+    #[arg(long, requires = "target_accuracy")]
+    pub run: Option<std::path::PathBuf>,
+    /// How often the predicted runs evaluate (their time counts, as in MLPerf), in epochs.
+    #[arg(long, default_value_t = 1.0)]
+    pub eval_every_epochs: f64,
+}
+
+/// One row of `plan.csv`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub nodes: usize,
+    pub scope: String,
+    pub strategy: String,
+    pub ranks_per_node: usize,
+    pub threads: usize,
+    pub stages: usize,
+    pub replicas: usize,
+    pub micro_batches: usize,
+    pub schedule: String,
+    pub placement: String,
+    pub averaging: String,
+    pub global_batch: usize,
+    pub images_per_s: f64,
+    pub speedup: f64,
+    pub efficiency: f64,
+    pub step_ms: f64,
+    pub pipeline_ms: f64,
+    pub averaging_ms: f64,
+    pub memory_mb_per_rank: f64,
+    pub extrapolated: bool,
+    /// Images per replica and step (micro_batch x micro_batches) and per micro-batch.
+    pub per_replica_batch: usize,
+    pub micro_batch: usize,
+    /// With --target-accuracy: steps and epochs to it at this global batch, the seconds of one
+    /// evaluation, and step time x steps + evaluations (None where the steps are unknown).
+    pub steps_to_target: Option<f64>,
+    pub epochs_to_target: Option<f64>,
+    pub eval_s: f64,
+    pub time_to_target_s: Option<f64>,
+}
+
+/// What `plan` found: every layout predicted, the batches refused, and where steps to target come from.
+pub struct PlanOutput {
+    pub rows: Vec<PlanRow>,
+    pub refused: Vec<(String, super::layouts::Refusal)>,
+    pub steps_model: Option<StepsModel>,
+}
+
+impl PlanArgs {
+    pub fn network(&self, cal: &Calibration) -> Result<Link> {
+        match (&self.network, self.latency_us, self.bandwidth_gbs) {
+            (Some(n), _, _) => named_network(n),
+            (None, Some(latency_us), Some(bandwidth_gbs)) => Ok(Link {
+                latency_us,
+                bandwidth_gbs,
+            }),
+            _ => Ok(cal.inter_node.unwrap_or(named_network("ib100")?)),
+        }
+    }
+
+    fn steps_model(&self) -> Result<Option<StepsModel>> {
+        let Some(target) = self.target_accuracy else {
+            return Ok(None);
+        };
+        if !(target > 0.0 && target <= 100.0) {
+            bail!("--target-accuracy: a test accuracy in percent, in (0, 100], got {target}");
+        }
+        if !(self.eval_every_epochs > 0.0) {
+            bail!(
+                "--eval-every-epochs: must be positive, got {}",
+                self.eval_every_epochs
+            );
+        }
+        Ok(Some(match (&self.curve, &self.run) {
+            (Some(curve), _) => StepsModel::from_curve(curve, target)?,
+            (None, Some(run)) => StepsModel::from_run(run, target)?,
+            (None, None) => bail!(
+                "--target-accuracy needs steps to target: --curve FILE (bash bench/converge.sh and partrain converge \
+                 table make one) or --run DIR (a run trained to that target with train.target_accuracy)"
+            ),
+        }))
+    }
+
+    pub fn run(&self) -> Result<PlanOutput> {
+        let cfg = crate::config::load(&self.config, &self.set)?;
+        let cal = Calibration::load(&self.calibration)?;
+        if cal.preset != cfg.model.preset.as_str() {
+            bail!(
+                "--calibration: {} was measured for {}, and the config's net is {}",
+                self.calibration.display(),
+                cal.preset,
+                cfg.model.preset.as_str()
+            );
+        }
+        let steps_model = self.steps_model()?;
+        let network = self.network(&cal)?;
+        let sizes = cfg.data.sizes();
+        let mut scopes = vec![Scope::Strong, Scope::Weak];
+        scopes.extend(steps_model.is_some().then_some(Scope::Target));
+        let (mut rows, mut refused) = (Vec::new(), Vec::new());
+        for &nodes in &self.nodes {
+            for &scope in &scopes {
+                let at = (nodes, self.cores_per_node);
+                let (found, no) = layouts(cfg.train.batch_size, &cal, at, scope, sizes.0);
+                let ctx = Predictor {
+                    cal: &cal,
+                    network,
+                    cfg: &cfg,
+                    scope,
+                    model: steps_model.as_ref(),
+                    sizes,
+                    eval_every: self.eval_every_epochs,
+                };
+                rows.extend(found.iter().map(|l| ctx.row(l)));
+                refused.extend(no.into_iter().map(|r| (scope.name().to_string(), r)));
+            }
+        }
+        rows.sort_by(|a, b| (a.nodes, &a.scope).cmp(&(b.nodes, &b.scope)).then(order(a, b)));
+        let mut w = csv::Writer::from_path(&self.out)
+            .with_context(|| format!("cannot write {}", self.out.display()))?;
+        for r in &rows {
+            w.serialize(r)?;
+        }
+        w.flush()?;
+        Ok(PlanOutput {
+            rows,
+            refused,
+            steps_model,
+        })
+    }
+}
+
+/// Best first: the least predicted time to target in the target scope (unknown last), else the
+/// most images/s.
+fn order(a: &PlanRow, b: &PlanRow) -> std::cmp::Ordering {
+    if a.scope == Scope::Target.name() {
+        let t = |r: &PlanRow| r.time_to_target_s.unwrap_or(f64::INFINITY);
+        return t(a).total_cmp(&t(b));
+    }
+    b.images_per_s.total_cmp(&a.images_per_s)
+}
+
+/// What every row of one (nodes, scope) is predicted with.
+struct Predictor<'a> {
+    cal: &'a Calibration,
+    network: Link,
+    cfg: &'a crate::config::Config,
+    scope: Scope,
+    model: Option<&'a StepsModel>,
+    /// Training and test images.
+    sizes: (usize, usize),
+    eval_every: f64,
+}
+
+impl Predictor<'_> {
+    fn row(&self, l: &Layout) -> PlanRow {
+        let mut r = row(l, self.cal, self.network, self.cfg, self.scope.name());
+        let (train, test) = self.sizes;
+        r.eval_s = eval_seconds(l, self.cal, test);
+        r.steps_to_target = self.model.and_then(|m| m.steps(l.global_batch));
+        r.epochs_to_target = r
+            .steps_to_target
+            .map(|s| s * l.global_batch as f64 / train as f64);
+        r.time_to_target_s = r.steps_to_target.zip(r.epochs_to_target).map(|(steps, epochs)| {
+            time_to_target(
+                r.step_ms / 1e3,
+                steps,
+                (epochs / self.eval_every).ceil(),
+                r.eval_s,
+            )
+        });
+        r
+    }
+}
+
+fn row(l: &Layout, cal: &Calibration, network: Link, cfg: &crate::config::Config, scope: &str) -> PlanRow {
+    let p = predict(l, cal, network);
+    // The serial baseline at the batch each of its steps would take: the global batch (strong)
+    // or the per-replica batch (weak).
+    let base_batch = if scope == "strong" {
+        l.global_batch
+    } else {
+        cfg.train.batch_size.min(l.global_batch / l.replicas())
+    };
+    let speedup = p.images_per_s / cal.serial_images_per_s(base_batch);
+    PlanRow {
+        nodes: l.nodes,
+        scope: scope.into(),
+        strategy: l.strategy.clone(),
+        ranks_per_node: l.ranks_per_node,
+        threads: l.threads,
+        stages: l.stages,
+        replicas: l.replicas(),
+        micro_batches: l.micro_batches,
+        schedule: l.schedule.name().into(),
+        placement: if l.pipeline_in_node {
+            "pipeline_in_node"
+        } else {
+            "replicas_in_node"
+        }
+        .into(),
+        averaging: l.grad_sync.name().into(),
+        global_batch: l.global_batch,
+        images_per_s: p.images_per_s,
+        speedup,
+        efficiency: speedup / (l.nodes * l.ranks_per_node * l.threads) as f64,
+        step_ms: p.step_s * 1e3,
+        pipeline_ms: p.pipeline_s * 1e3,
+        averaging_ms: p.averaging_s * 1e3,
+        memory_mb_per_rank: p.memory_mb_per_rank,
+        extrapolated: p.extrapolated,
+        per_replica_batch: l.global_batch / l.replicas(),
+        micro_batch: l.global_batch / l.replicas() / l.micro_batches,
+        steps_to_target: None,
+        epochs_to_target: None,
+        eval_s: 0.0,
+        time_to_target_s: None,
+    }
+}
