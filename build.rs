@@ -1,10 +1,10 @@
 // Bakes libtorch's library folder into the binary's rpath, so `partrain` runs without
 // LD_LIBRARY_PATH (LIBTORCH comes from .cargo/config.toml or the environment), and compiles
-// src/native/ops.cpp: two libtorch calls the tch crate does not expose (src/native.rs).
+// src/model/ops.cpp: two libtorch calls the tch crate does not expose (src/model/native.rs).
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    println!("cargo:rerun-if-changed=src/native/ops.cpp");
+    println!("cargo:rerun-if-changed=src/model/ops.cpp");
     let libtorch = std::env::var("LIBTORCH").expect(
         "LIBTORCH is not set: scripts/setup.sh installs the venv's torch, which .cargo/config.toml names",
     );
@@ -13,7 +13,7 @@ fn main() {
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
-        .file("src/native/ops.cpp")
+        .file("src/model/ops.cpp")
         .include(format!("{libtorch}/include"))
         .include(format!("{libtorch}/include/torch/csrc/api/include"))
         .flag("-std=c++17")

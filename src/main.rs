@@ -14,8 +14,8 @@ use partrain::config::{self, Config, DatasetName};
 use partrain::data::fetch::{self, Source};
 use partrain::model::{describe, measure_layer_seconds};
 use partrain::plan::{Plan, Strategy};
-use partrain::run_dir::{self, Start};
-use partrain::trainer::Outcome;
+use partrain::train::run_dir::{self, Start};
+use partrain::train::trainer::Outcome;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -103,21 +103,21 @@ enum Command {
         curve: Option<PathBuf>,
     },
     /// Seed 003's convolution benchmark: `mpirun -np N partrain conv-bench --mode strong|weak ...`.
-    ConvBench(partrain::conv_bench::ConvBench),
+    ConvBench(partrain::perf::conv_bench::ConvBench),
     /// Measures this machine's fp32 and bf16 peak (GEMM and a large convolution, the faster).
-    Peak(partrain::peak::PeakArgs),
+    Peak(partrain::perf::peak::PeakArgs),
     /// Times each gradient-averaging path on its own: `mpirun -np N partrain sync-bench`.
-    SyncBench(partrain::sync_bench::SyncBench),
+    SyncBench(partrain::perf::sync_bench::SyncBench),
     /// Measures what `plan` predicts from: per-layer compute at each thread count and batch size,
     /// links inside and between nodes (`mpirun -np N partrain calibrate ...`).
-    Calibrate(partrain::calibrate::CalibrateArgs),
+    Calibrate(partrain::perf::calibrate::CalibrateArgs),
     /// Predicts every layout that fits a cluster, best first, and writes plan.csv.
     Plan(partrain::perf::PlanArgs),
     /// Draws a traced run's timeline (trace.json) as a PNG: one row per rank.
-    Timeline(partrain::trace::TimelineArgs),
+    Timeline(partrain::report::timeline::TimelineArgs),
     /// Reads a run's flight records (flight/rank<R>.json) and names the first operation at which
     /// the ranks disagree or stop.
-    Doctor(partrain::doctor::DoctorArgs),
+    Doctor(partrain::diag::doctor::DoctorArgs),
     /// The steps-to-target curve from bench/converge.sh's runs: `best` names a batch's best
     /// recipe, `table` writes the CSV, markdown table and log-log plot.
     Converge {
@@ -200,9 +200,9 @@ fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<ExitC
     } else {
         fresh
     };
-    match partrain::trainer::run(strategy, &cfg, &out, start, comm)? {
+    match partrain::train::trainer::run(strategy, &cfg, &out, start, comm)? {
         Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
-        Outcome::Interrupted { .. } => Ok(ExitCode::from(partrain::stop::REQUEUE_EXIT)),
+        Outcome::Interrupted { .. } => Ok(ExitCode::from(partrain::train::stop::REQUEUE_EXIT)),
     }
 }
 
@@ -419,7 +419,7 @@ fn report(
             };
             let steps = match curve {
                 Some(c) => {
-                    let rows = partrain::converge::read_curve(c)?;
+                    let rows = partrain::perf::curve::read_curve(c)?;
                     Some(partrain::perf::StepsModel::from_curve(
                         c,
                         rows[0].target_accuracy,
@@ -427,7 +427,7 @@ fn report(
                 }
                 None => None,
             };
-            Some(partrain::report::Predictor {
+            Some(partrain::report::table::Predictor {
                 calibration,
                 network,
                 steps,
@@ -435,7 +435,7 @@ fn report(
         }
         None => None,
     };
-    let (records, skipped) = partrain::report::collect(runs)?;
+    let (records, skipped) = partrain::report::table::collect(runs)?;
     if records.is_empty() {
         anyhow::bail!(
             "no finished run (summary.json with status completed) under {}",
@@ -446,8 +446,11 @@ fn report(
         eprintln!("report: skipping {s}: not a completed run");
     }
     let files = partrain::report::write(&records, out, predictor.as_ref())?;
-    let rows = partrain::report::rows(&records, predictor.as_ref());
-    print!("{}", partrain::report::markdown(&rows.iter().collect::<Vec<_>>()));
+    let rows = partrain::report::table::rows(&records, predictor.as_ref());
+    print!(
+        "{}",
+        partrain::report::table::markdown(&rows.iter().collect::<Vec<_>>())
+    );
     for f in files {
         println!("wrote {}", f.display());
     }
@@ -457,14 +460,14 @@ fn report(
 fn converge(command: ConvergeCommand) -> Result<()> {
     match command {
         ConvergeCommand::Best { runs, batch } => {
-            let all = partrain::converge::collect(&runs)?;
-            if let Some(r) = partrain::converge::best_recipe(&all, batch) {
+            let all = partrain::report::converge::collect(&runs)?;
+            if let Some(r) = partrain::report::converge::best_recipe(&all, batch) {
                 println!("{r}");
             }
         }
         ConvergeCommand::Table { runs, out, name } => {
-            let rows = partrain::converge::write(&runs, &out, &name)?;
-            print!("{}", partrain::converge::markdown(&rows));
+            let rows = partrain::report::converge::write(&runs, &out, &name)?;
+            print!("{}", partrain::report::converge::markdown(&rows));
             println!("wrote {}/{name}.{{csv,md,png}}", out.display());
         }
     }
@@ -525,7 +528,7 @@ fn tune_malloc() {
     }
 }
 
-fn conv_bench(bench: &partrain::conv_bench::ConvBench, comm: &Comm) -> Result<()> {
+fn conv_bench(bench: &partrain::perf::conv_bench::ConvBench, comm: &Comm) -> Result<()> {
     let row = bench.run(comm)?;
     if comm.is_root() {
         println!(
@@ -540,7 +543,7 @@ fn conv_bench(bench: &partrain::conv_bench::ConvBench, comm: &Comm) -> Result<()
     Ok(())
 }
 
-fn calibrate(args: &partrain::calibrate::CalibrateArgs, comm: &Comm) -> Result<()> {
+fn calibrate(args: &partrain::perf::calibrate::CalibrateArgs, comm: &Comm) -> Result<()> {
     if let Some(cal) = args.run(comm)? {
         println!(
             "wrote {}: {} compute rows, link inside a node {:?}, between nodes {:?}",
@@ -553,7 +556,7 @@ fn calibrate(args: &partrain::calibrate::CalibrateArgs, comm: &Comm) -> Result<(
     Ok(())
 }
 
-fn print_peak(peak: &partrain::peak::Peak) {
+fn print_peak(peak: &partrain::record::peak::Peak) {
     println!("{} on {}:", peak.date, peak.cpu);
     for r in &peak.rows {
         println!(
@@ -563,7 +566,7 @@ fn print_peak(peak: &partrain::peak::Peak) {
     }
 }
 
-fn sync_bench(bench: &partrain::sync_bench::SyncBench, comm: &Comm) -> Result<()> {
+fn sync_bench(bench: &partrain::perf::sync_bench::SyncBench, comm: &Comm) -> Result<()> {
     let rows = bench.run(comm)?;
     if comm.is_root() {
         println!("path label ranks nodes ranks/node elements median_us p10_us p90_us GB/s");
@@ -588,7 +591,7 @@ fn sync_bench(bench: &partrain::sync_bench::SyncBench, comm: &Comm) -> Result<()
 
 fn main() -> ExitCode {
     tune_malloc();
-    if let Err(e) = partrain::stop::install() {
+    if let Err(e) = partrain::train::stop::install() {
         return fail(anyhow::anyhow!("cannot install the signal handlers: {e}"));
     }
     let result = match Cli::parse().command {
@@ -597,7 +600,7 @@ fn main() -> ExitCode {
         Command::Serial(args) => {
             return run_training(Strategy::Serial, &args, &Comm::solo()).unwrap_or_else(fail)
         }
-        Command::Doctor(args) => partrain::doctor::run(&args),
+        Command::Doctor(args) => partrain::diag::doctor::run(&args),
         Command::Inspect(args) => inspect(&args),
         Command::Report {
             runs,

@@ -157,7 +157,7 @@ fn kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    let ckpt = out.join(partrain::checkpoint::FILE);
+    let ckpt = out.join(partrain::train::checkpoint::FILE);
     while !ckpt.exists() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -190,7 +190,7 @@ fn kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes() {
     println!("ended {:?} after kill -9:\n{err}", killed_at.elapsed());
     assert!(err.contains("rank 1"), "mpirun names the lost rank:\n{err}");
     // The checkpoint is intact and resumable.
-    let ck = partrain::checkpoint::Checkpoint::load(&out).unwrap();
+    let ck = partrain::train::checkpoint::Checkpoint::load(&out).unwrap();
     assert!(ck.meta.position.global_step >= 5);
     // Resume and train to the end of the next epoch (train.epochs may change on resume).
     let mut resume = args.clone();
@@ -228,7 +228,7 @@ fn nan_loss_stops_the_run_and_keeps_the_good_checkpoint() {
     let s = summary(&out);
     assert_eq!(s["status"], "failed");
     assert!(s["error"].as_str().unwrap().contains("NaN"));
-    let ck = partrain::checkpoint::Checkpoint::load(&out).unwrap();
+    let ck = partrain::train::checkpoint::Checkpoint::load(&out).unwrap();
     assert_eq!(ck.meta.position.global_step, 10);
     for (name, t) in &ck.tensors {
         assert_eq!(t.isfinite().all().int64_value(&[]), 1, "{name} is not finite");
@@ -289,7 +289,7 @@ fn resume_on_another_rank_count() {
     let mut args = rescale_args(&per_rank, "train.batch_scope=per_rank", "train.batch_size=32");
     let (o, _) = mpirun_with_fault(2, &refs(&args), "exit-after-epoch:0:1");
     assert!(!o.status.success());
-    let before = std::fs::read(per_rank.join(partrain::checkpoint::FILE)).unwrap();
+    let before = std::fs::read(per_rank.join(partrain::train::checkpoint::FILE)).unwrap();
     args.push("--resume".into());
     let (o, took) = mpirun(4, &refs(&args));
     let msg = text(&o);
@@ -301,7 +301,7 @@ fn resume_on_another_rank_count() {
         "{msg}"
     );
     assert_eq!(
-        std::fs::read(per_rank.join(partrain::checkpoint::FILE)).unwrap(),
+        std::fs::read(per_rank.join(partrain::train::checkpoint::FILE)).unwrap(),
         before
     );
 }
@@ -313,7 +313,7 @@ fn other_checkpoint_versions_are_refused() {
     let out = tmp.path().join("run");
     let mut args = slice_args("serial", "base.yaml", &out, &["train.epochs=1"]);
     assert_ok(&partrain(&refs(&args)));
-    let ck = out.join(partrain::checkpoint::FILE);
+    let ck = out.join(partrain::train::checkpoint::FILE);
     let tensors = tch::Tensor::read_safetensors(&ck).unwrap();
     let rewrite = |meta: Option<(&str, tch::Tensor)>| {
         let mut t: Vec<(String, tch::Tensor)> = tensors

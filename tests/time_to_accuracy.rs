@@ -151,7 +151,7 @@ fn time_to_target_follows_the_evaluations() {
     assert!(text(&o).contains("target 90% reached"), "{}", text(&o));
     let s = summary(&out);
     let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
-    let rows: Vec<partrain::metrics::EvalRow> = r.deserialize().map(|x| x.unwrap()).collect();
+    let rows: Vec<partrain::record::metrics_csv::EvalRow> = r.deserialize().map(|x| x.unwrap()).collect();
     let first = rows
         .iter()
         .find(|r| r.test_accuracy >= 90.0)

@@ -170,7 +170,7 @@ fn plan_by_time_to_target(tmp: &std::path::Path, cal: &str, runs: &std::path::Pa
     let curve = tmp.join("curve.csv");
     let mut w = csv::Writer::from_path(&curve).unwrap();
     for (batch, steps) in [(64usize, 3000.0f64), (1024, 300.0), (4096, 150.0), (8192, 140.0)] {
-        w.serialize(partrain::converge::CurveRow {
+        w.serialize(partrain::perf::curve::CurveRow {
             dataset: "mnist".into(),
             target_accuracy: 99.0,
             batch,

@@ -7,8 +7,8 @@
 //! Only the owner writes a slot, anyone reads it, all through atomics: a torn read across two
 //! fields can mix two operations, which a diagnostic message tolerates.
 
-use super::check;
-use crate::flight::{OpKind, Record};
+use super::raw::mpi_ok;
+use crate::diag::flight::{OpKind, Record};
 use mpi::ffi;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
@@ -64,7 +64,7 @@ pub struct Board {
 impl Board {
     /// Collective over `node` (ranks sharing one node); `world_rank` is this rank's.
     pub(super) fn new(node: &SimpleCommunicator, world_rank: usize) -> Board {
-        let (win, bases) = super::shared::allocate_shared::<u64>(node, SLOT, "node board");
+        let (win, bases) = super::raw::allocate_shared::<u64>(node, SLOT, "node board");
         let slots = bases.into_iter().map(|p| p as *const AtomicU64).collect();
         let view = View {
             slots,
@@ -87,7 +87,7 @@ impl Drop for Board {
         }
         // SAFETY: no view points into the window any more (cleared above, under the lock every
         // reader holds); every rank of the node drops its world communicator at the same point.
-        unsafe { check(ffi::MPI_Win_free(&mut self.win), "MPI_Win_free (node board)") };
+        unsafe { mpi_ok(ffi::MPI_Win_free(&mut self.win), "MPI_Win_free (node board)") };
     }
 }
 
@@ -135,7 +135,7 @@ fn op_text(kind: u64, comm: u64, seq: u64, peer: u64) -> String {
 }
 
 fn comm_name(hash: u64) -> String {
-    crate::flight::comm_names()
+    crate::diag::flight::comm_names()
         .into_iter()
         .find(|n| comm_hash(n) == hash)
         .unwrap_or_else(|| "a communicator of other ranks".into())
@@ -152,8 +152,11 @@ pub fn check_cycle(r: &Record) -> Option<(String, bool)> {
     let guard = VIEW.read().ok()?;
     let v = guard.as_ref()?;
     let me = v.get(v.mine, WORLD_RANK).checked_sub(1)? as usize;
-    let mine = crate::flight::comm_names();
-    for rank in crate::flight::members(&r.comm)?.into_iter().filter(|&x| x != me) {
+    let mine = crate::diag::flight::comm_names();
+    for rank in crate::diag::flight::members(&r.comm)?
+        .into_iter()
+        .filter(|&x| x != me)
+    {
         let Some(slot) = (0..v.slots.len()).find(|&s| v.get(s, WORLD_RANK) == rank as u64 + 1) else {
             continue;
         };
@@ -190,7 +193,7 @@ pub fn describe(r: &Record) -> String {
     let me = v.get(v.mine, WORLD_RANK).saturating_sub(1) as usize;
     let waited_for: Vec<usize> = match r.peer {
         Some(p) => vec![p],
-        None => crate::flight::members(&r.comm)
+        None => crate::diag::flight::members(&r.comm)
             .unwrap_or_default()
             .into_iter()
             .filter(|&x| x != me)
@@ -239,7 +242,7 @@ impl View {
     /// Where the rank in `slot` is: inside which operation for how long, or outside MPI since which
     /// last completed operation.
     fn whereabouts(&self, slot: usize) -> String {
-        let now = crate::flight::unix_us();
+        let now = crate::diag::flight::unix_us();
         let op = |kind, comm, seq, peer| {
             op_text(
                 self.get(slot, kind),

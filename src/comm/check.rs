@@ -6,7 +6,7 @@
 //! Off by default: it adds an all-gather per collective and a small message per message.
 
 use super::{abort_world, board::comm_hash, Comm, Tag};
-use crate::flight::{self, Op, OpKind};
+use crate::diag::flight::{self, Op, OpKind};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
@@ -29,7 +29,7 @@ fn describe(d: &Descriptor) -> String {
     format!(
         "{kind} #{} ({} {dtype}) at step {}",
         d[1],
-        crate::plot_style::number(d[2] as f64, 1.0),
+        crate::util::format::number(d[2] as f64, 1.0),
         d[4]
     )
 }
@@ -61,14 +61,15 @@ pub(super) fn check_collective_on(
     let mine = descriptor(kind, seq, count, dtype);
     let mut all = vec![[0u64; 5]; size];
     {
-        let _w = flight::enter(Op {
+        let op = Op {
             kind: OpKind::Check,
             comm: name,
             seq,
             peer: None,
             count: 5,
             dtype: "u64",
-        });
+        };
+        let _op = super::guard::enter(op, || {}, crate::diag::trace::Span::none());
         comm.all_gather_into(&mine[..], all.as_flattened_mut());
     }
     let differ: Vec<usize> = (0..size).filter(|&r| all[r] != all[0]).collect();
@@ -129,14 +130,15 @@ impl Comm {
     ) {
         let mut theirs = [0u64; 5];
         {
-            let _w = flight::enter(Op {
+            let op = Op {
                 kind: OpKind::Check,
                 comm: &self.name,
                 seq,
                 peer: Some(self.world_rank_of(src)),
                 count: 5,
                 dtype: "u64",
-            });
+            };
+            let _op = super::guard::enter(op, || {}, crate::diag::trace::Span::none());
             comm.process_at_rank(src as i32)
                 .receive_into_with_tag(&mut theirs[..], Tag::Check.value());
         }

@@ -7,11 +7,14 @@
 //! - `tags.rs`: every message tag;
 //! - `worker.rs`: the all-reduce thread that overlaps averaging with backward.
 //!
-//! Every blocking call registers what it waits for with the watchdog (`crate::watchdog`), and
+//! Every blocking call registers what it waits for with the watchdog (`crate::diag::watchdog`), and
 //! every raw MPI call's return code is checked (`check`).
 
 mod board;
 mod check;
+mod debug;
+mod guard;
+mod raw;
 mod shared;
 mod tags;
 mod worker;
@@ -20,7 +23,8 @@ pub use shared::NodeMean;
 pub use tags::{Tag, GUARANTEED_TAG_UB};
 pub use worker::ReduceWorker;
 
-use crate::flight::{self, Op, OpKind};
+use crate::diag::flight::{self, Op, OpKind};
+use crate::diag::trace;
 use anyhow::Result;
 use mpi::collective::SystemOperation;
 use mpi::datatype::Equivalence;
@@ -33,70 +37,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 pub use board::comm_hash;
-
-/// Publishes on the node board that this rank entered `r` (`flight::enter` calls it).
-pub fn board_enter(r: &flight::Record) {
-    board::enter(r)
-}
-
-/// Publishes on the node board that this rank completed `r`.
-pub fn board_leave(r: &flight::Record) {
-    board::leave(r)
-}
-
-/// In check mode: two ranks of this node waiting in checks of different collectives (see
-/// `board::check_cycle`), named.
-pub fn board_check_cycle(r: &flight::Record) -> Option<(String, bool)> {
-    board::check_cycle(r)
-}
-
-/// What the node board shows about the ranks `r` waits for (for the watchdog's messages).
-pub fn board_describe(r: &flight::Record) -> String {
-    board::describe(r)
-}
-
-/// `PARTRAIN_DEBUG=collectives`: before every collective and message the ranks concerned compare
-/// (kind, sequence number, element count, type, step) and stop at the first disagreement.
-pub fn check_mode() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        debug_words()
-            .map(|w| w.contains(&"collectives".to_string()))
-            .unwrap_or(false)
-    })
-}
-
-/// The words of `PARTRAIN_DEBUG` (comma-separated); an unknown word is an error, not silence.
-pub fn debug_words() -> Result<Vec<String>> {
-    let Ok(v) = std::env::var("PARTRAIN_DEBUG") else {
-        return Ok(Vec::new());
-    };
-    let words: Vec<String> = v
-        .split(',')
-        .map(|w| w.trim().to_string())
-        .filter(|w| !w.is_empty())
-        .collect();
-    if let Some(bad) = words.iter().find(|w| w.as_str() != "collectives") {
-        anyhow::bail!("PARTRAIN_DEBUG={v}: unknown word `{bad}` (expected: collectives)");
-    }
-    Ok(words)
-}
-
-/// Panics (and so, through the panic hook, aborts the job) when a raw MPI call fails. With MPI's
-/// default error handler a failing call already aborts; this also covers handlers that return.
-pub(crate) fn check(code: std::ffi::c_int, call: &str) {
-    if code != ffi::MPI_SUCCESS as std::ffi::c_int {
-        panic!("{call} failed with MPI error code {code}");
-    }
-}
-
-/// MPI_Abort on the world communicator; safe from any thread (MPI_THREAD_MULTIPLE).
-pub fn abort_world(code: i32) {
-    // SAFETY: plain FFI call on the predefined world communicator; it does not return.
-    unsafe {
-        ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, code);
-    }
-}
+pub use debug::debug_words;
+pub use raw::abort_world;
+use raw::mpi_ok;
 
 enum Inner {
     Solo,
@@ -291,35 +234,49 @@ impl Comm {
         self.seq.get()
     }
 
-    /// Records the start of a collective (and, in check mode, compares it across the ranks first).
-    fn collective<T>(&self, kind: OpKind, count: usize) -> flight::OpGuard {
+    /// Starts a collective on this communicator (its next sequence number) through the one
+    /// instrumented path; in check mode its descriptor is compared across the ranks first.
+    fn collective<T>(&self, kind: OpKind, count: usize) -> guard::Guard {
         let seq = self.next_seq();
         let dtype = flight::dtype_name::<T>();
-        if check_mode() {
-            self.check_collective(kind, seq, count, dtype);
-        }
-        flight::enter(Op {
+        let op = Op {
             kind,
             comm: &self.name,
             seq,
             peer: None,
             count,
             dtype,
-        })
+        };
+        guard::enter(
+            op,
+            || self.check_collective(kind, seq, count, dtype),
+            trace::Span::none(),
+        )
     }
 
-    /// Records the start of a message to or from `peer` (a rank of this communicator).
-    fn message<T>(&self, kind: OpKind, peer: usize, count: usize) -> (u64, flight::OpGuard) {
+    /// Starts a blocking message to or from `peer` (a rank of this communicator) through the one
+    /// instrumented path; in check mode the sender's descriptor travels first.
+    fn message<T>(&self, kind: OpKind, peer: usize, tag: Tag, count: usize) -> guard::Guard {
         let seq = self.next_message(peer, kind == OpKind::Send);
-        let guard = flight::enter(Op {
+        let dtype = flight::dtype_name::<T>();
+        let op = Op {
             kind,
             comm: &self.name,
             seq,
             peer: Some(self.world_rank_of(peer)),
             count,
-            dtype: flight::dtype_name::<T>(),
-        });
-        (seq, guard)
+            dtype,
+        };
+        let Inner::Mpi { comm, .. } = &self.inner else {
+            panic!("a message on a one-rank communicator")
+        };
+        let check = || match kind {
+            OpKind::Send => self.send_descriptor(comm, peer, seq, count, dtype),
+            _ => self.check_message(comm, peer, seq, count, dtype),
+        };
+        let name = if kind == OpKind::Send { "send" } else { "recv" };
+        let span = message_span(name, peer, tag, count * std::mem::size_of::<T>());
+        guard::enter(op, check, span)
     }
 
     fn next_message(&self, peer: usize, send: bool) -> u64 {
@@ -366,7 +323,7 @@ impl Comm {
         // SAFETY: MPI_TAG_UB is a predefined attribute of every communicator; MPI stores a pointer
         // to its int value in `value` (an out-parameter) and sets `flag`.
         unsafe {
-            check(
+            mpi_ok(
                 ffi::MPI_Comm_get_attr(
                     mpi::raw::AsRaw::as_raw(comm),
                     ffi::MPI_TAG_UB as std::ffi::c_int,
@@ -385,28 +342,20 @@ impl Comm {
 
     /// Blocking receive of exactly `buf.len()` values from `src`.
     pub fn recv<T: Equivalence>(&self, src: usize, tag: Tag, buf: &mut [T]) {
+        let _op = self.message::<T>(OpKind::Recv, src, tag, buf.len());
         let Inner::Mpi { comm, .. } = &self.inner else {
-            panic!("recv on a one-rank communicator")
+            unreachable!("message checked it")
         };
-        let (seq, _w) = self.message::<T>(OpKind::Recv, src, buf.len());
-        if check_mode() {
-            self.check_message(comm, src, seq, buf.len(), flight::dtype_name::<T>());
-        }
-        let _span = message_span("recv", src, tag, std::mem::size_of_val(buf));
         comm.process_at_rank(src as i32)
             .receive_into_with_tag(buf, tag.value());
     }
 
     /// Blocking send of `data` to `dest` (one-directional flows only: evaluation, gathers).
     pub fn send<T: Equivalence>(&self, dest: usize, tag: Tag, data: &[T]) {
+        let _op = self.message::<T>(OpKind::Send, dest, tag, data.len());
         let Inner::Mpi { comm, .. } = &self.inner else {
-            panic!("send on a one-rank communicator")
+            unreachable!("message checked it")
         };
-        let (seq, _w) = self.message::<T>(OpKind::Send, dest, data.len());
-        if check_mode() {
-            self.send_descriptor(comm, dest, seq, data.len(), flight::dtype_name::<T>());
-        }
-        let _span = message_span("send", dest, tag, std::mem::size_of_val(data));
         comm.process_at_rank(dest as i32).send_with_tag(data, tag.value())
     }
 
@@ -435,18 +384,19 @@ impl Comm {
             };
             let out = f(&mut sends);
             if !sends.pending.is_empty() {
-                let _w = flight::enter(Op {
+                let op = Op {
                     kind: OpKind::SendsComplete,
                     comm: &self.name,
                     seq: self.next_seq(),
                     peer: None,
                     count: sends.pending.len(),
                     dtype: "requests",
-                });
+                };
+                let _op = guard::enter(op, || {}, trace::Span::none());
                 for req in sends.pending.drain(..) {
                     req.wait();
                 }
-                sends.noted.drain(..).for_each(flight::complete_noted);
+                sends.noted.drain(..).for_each(guard::completed);
             }
             out
         })
@@ -454,11 +404,11 @@ impl Comm {
 
     /// Gives every blocking MPI call of this process a deadline (see `watchdog`) and sets up the
     /// node board it reads. Collective over the world communicator.
-    pub fn start_watchdog(&self, budgets: crate::watchdog::Budgets) {
+    pub fn start_watchdog(&self, budgets: crate::diag::watchdog::Budgets) {
         if let Inner::Mpi { comm, .. } = &self.inner {
             let node = comm.split_shared(self.rank as i32);
             *self.board.borrow_mut() = Some(board::Board::new(&node, self.world_rank));
-            crate::watchdog::start(budgets, self.rank, abort_world);
+            crate::diag::watchdog::start(budgets, self.rank, guard::watchdog_hooks());
         }
     }
 
@@ -614,17 +564,16 @@ impl<'a, 's> AsyncSends<'a, 's> {
         fill(&mut buf[..]);
         let owner = self.owner;
         let seq = owner.next_message(dest, true);
-        if check_mode() {
-            owner.send_descriptor(comm, dest, seq, len, "f32");
-        }
-        self.noted.push(flight::note(Op {
+        let op = Op {
             kind: OpKind::Send,
             comm: &owner.name,
             seq,
             peer: Some(owner.world_rank_of(dest)),
             count: len,
             dtype: "f32",
-        }));
+        };
+        let check = || owner.send_descriptor(comm, dest, seq, len, "f32");
+        self.noted.push(guard::started(op, check));
         let buf: &'a Vec<f32> = buf;
         let req =
             comm.process_at_rank(dest as i32)
@@ -635,11 +584,7 @@ impl<'a, 's> AsyncSends<'a, 's> {
     /// Blocking receive of exactly `buf.len()` f32 from `src`.
     pub fn recv(&mut self, src: usize, tag: Tag, buf: &mut [f32]) {
         let comm = self.comm();
-        let (seq, _w) = self.owner.message::<f32>(OpKind::Recv, src, buf.len());
-        if check_mode() {
-            self.owner.check_message(comm, src, seq, buf.len(), "f32");
-        }
-        let _span = message_span("recv", src, tag, std::mem::size_of_val(buf));
+        let _op = self.owner.message::<f32>(OpKind::Recv, src, tag, buf.len());
         comm.process_at_rank(src as i32)
             .receive_into_with_tag(buf, tag.value());
     }
@@ -653,8 +598,8 @@ fn world_ranks(comm: &SimpleCommunicator, world_rank: usize) -> Vec<usize> {
 }
 
 /// A trace span of a message: its peer, bytes and kind.
-fn message_span(kind: &'static str, peer: usize, tag: Tag, bytes: usize) -> crate::trace::Span {
-    crate::trace::span_with(
+fn message_span(kind: &'static str, peer: usize, tag: Tag, bytes: usize) -> crate::diag::trace::Span {
+    crate::diag::trace::span_with(
         "comm",
         || format!("{kind} {tag:?}"),
         || serde_json::json!({"peer": peer, "bytes": bytes}),
@@ -671,18 +616,18 @@ impl Comm {
             let mut best = (f64::INFINITY, 0.0);
             for _ in 0..rounds {
                 if self.rank == 0 {
-                    let t0 = crate::trace::now_us();
+                    let t0 = crate::diag::trace::now_us();
                     self.send(r, Tag::Clock, &[t0]);
                     let mut t1 = [0.0f64];
                     self.recv(r, Tag::Clock, &mut t1);
-                    let t2 = crate::trace::now_us();
+                    let t2 = crate::diag::trace::now_us();
                     if t2 - t0 < best.0 {
                         best = (t2 - t0, (t0 + t2) / 2.0 - t1[0]);
                     }
                 } else if self.rank == r {
                     let mut t0 = [0.0f64];
                     self.recv(0, Tag::Clock, &mut t0);
-                    self.send(0, Tag::Clock, &[crate::trace::now_us()]);
+                    self.send(0, Tag::Clock, &[crate::diag::trace::now_us()]);
                 }
             }
             *offset = best.1;

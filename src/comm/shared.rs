@@ -9,8 +9,8 @@
 //! `Rc<NodeMean>` and re-points the `.grad` views at owned memory before it lets go of it, and the
 //! windows are freed (collectively) only when the last `Rc` is dropped.
 
-use super::check;
-use crate::flight::{self, Op, OpKind};
+use super::raw::{allocate_shared, mpi_ok};
+use crate::diag::flight::{Op, OpKind};
 use mpi::ffi;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
@@ -22,61 +22,6 @@ struct SharedWindow {
     bases: Vec<*mut f32>,
 }
 
-/// `MPI_Win_allocate_shared` of `len` zeroed values of `T` (plain data: f32, u64) on each rank of
-/// `comm`, whose ranks must all share one node (collective), and every rank's part as
-/// `MPI_Win_shared_query` gives its address. `what` names the window in errors.
-pub(super) fn allocate_shared<T: Copy>(
-    comm: &SimpleCommunicator,
-    len: usize,
-    what: &str,
-) -> (ffi::MPI_Win, Vec<*mut T>) {
-    let raw = mpi::raw::AsRaw::as_raw(comm);
-    let unit = std::mem::size_of::<T>();
-    // SAFETY: reading a predefined handle.
-    let mut win: ffi::MPI_Win = unsafe { ffi::RSMPI_WIN_NULL };
-    let mut base: *mut T = std::ptr::null_mut();
-    // SAFETY: MPI-3 calls on a valid communicator; `base` and `win` are out-parameters of the
-    // sizes MPI writes (a pointer and a window handle); `base` then holds `len` T of ours.
-    unsafe {
-        check(
-            ffi::MPI_Win_allocate_shared(
-                (len * unit) as ffi::MPI_Aint,
-                unit as std::ffi::c_int,
-                ffi::RSMPI_INFO_NULL,
-                raw,
-                &mut base as *mut *mut T as *mut std::ffi::c_void,
-                &mut win,
-            ),
-            &format!("MPI_Win_allocate_shared ({what})"),
-        );
-        // MPI does not promise zeroed memory, and gradients accumulate into it: on a one-rank
-        // node Open MPI's window is heap memory, and its garbage made the first step's
-        // gradients (and so the weights) NaN. Each rank zeroes its own part (all-zero bytes are
-        // a valid T for the plain-data types used here).
-        std::ptr::write_bytes(base, 0, len);
-    }
-    let bases = (0..comm.size())
-        .map(|r| {
-            let (mut size, mut unit, mut ptr) = (0 as ffi::MPI_Aint, 0i32, std::ptr::null_mut::<T>());
-            // SAFETY: query of a rank of this window's group; all three are out-parameters.
-            unsafe {
-                check(
-                    ffi::MPI_Win_shared_query(
-                        win,
-                        r,
-                        &mut size,
-                        &mut unit,
-                        &mut ptr as *mut *mut T as *mut std::ffi::c_void,
-                    ),
-                    &format!("MPI_Win_shared_query ({what})"),
-                )
-            };
-            ptr
-        })
-        .collect();
-    (win, bases)
-}
-
 impl SharedWindow {
     /// Collective over `comm`, whose ranks must all share one node.
     fn allocate(comm: &SimpleCommunicator, len: usize) -> SharedWindow {
@@ -85,7 +30,7 @@ impl SharedWindow {
         // MPI_Win_sync then orders the plain loads and stores around the barriers (MPI's unified
         // memory model).
         unsafe {
-            check(
+            mpi_ok(
                 ffi::MPI_Win_lock_all(ffi::MPI_MODE_NOCHECK as i32, win),
                 "MPI_Win_lock_all",
             )
@@ -95,7 +40,7 @@ impl SharedWindow {
 
     fn sync(&self) {
         // SAFETY: a valid window inside its lock_all epoch.
-        unsafe { check(ffi::MPI_Win_sync(self.win), "MPI_Win_sync") };
+        unsafe { mpi_ok(ffi::MPI_Win_sync(self.win), "MPI_Win_sync") };
     }
 }
 
@@ -104,8 +49,8 @@ impl Drop for SharedWindow {
         // SAFETY: every rank drops its `NodeMean` at the same point (the end of a run), so this
         // collective call is matched; no tensor views the memory any more (see the module comment).
         unsafe {
-            check(ffi::MPI_Win_unlock_all(self.win), "MPI_Win_unlock_all");
-            check(ffi::MPI_Win_free(&mut self.win), "MPI_Win_free");
+            mpi_ok(ffi::MPI_Win_unlock_all(self.win), "MPI_Win_unlock_all");
+            mpi_ok(ffi::MPI_Win_free(&mut self.win), "MPI_Win_free");
         }
     }
 }
@@ -204,27 +149,21 @@ impl NodeMean {
     }
 
     fn barrier(&self) {
-        let _span = crate::trace::span("wait", || "node barrier".into());
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
-        if super::check_mode() {
-            super::check::check_collective_on(
-                &self.comm,
-                &self.name,
-                OpKind::NodeBarrier,
-                seq,
-                self.n,
-                "f32",
-            );
-        }
-        let _w = flight::enter(Op {
+        let op = Op {
             kind: OpKind::NodeBarrier,
             comm: &self.name,
             seq,
             peer: None,
             count: self.n,
             dtype: "f32",
-        });
+        };
+        let check = || {
+            super::check::check_collective_on(&self.comm, &self.name, OpKind::NodeBarrier, seq, self.n, "f32")
+        };
+        let span = crate::diag::trace::span("wait", || "node barrier".into());
+        let _op = super::guard::enter(op, check, span);
         self.grads.sync();
         self.mean.sync();
         self.comm.barrier();
@@ -251,43 +190,37 @@ impl NodeMean {
             )
         };
         match &self.across {
-            None => crate::trace::time(
+            None => crate::diag::trace::time(
                 "averaging",
                 || "node sum".into(),
                 || sum_into(out, &segments, Some(self.size as f32)),
             ),
             Some(across) => {
                 let mut partial = across.partial.borrow_mut();
-                crate::trace::time(
+                crate::diag::trace::time(
                     "averaging",
                     || "node sum".into(),
                     || sum_into(&mut partial, &segments, None),
                 );
-                let _span = crate::trace::span_with(
+                let span = crate::diag::trace::span_with(
                     "averaging",
                     || "all-reduce across nodes".into(),
                     || serde_json::json!({"ranks": across.comm.size(), "elements": partial.len()}),
                 );
                 let seq = across.seq.get() + 1;
                 across.seq.set(seq);
-                if super::check_mode() {
-                    super::check::check_collective_on(
-                        &across.comm,
-                        &across.name,
-                        OpKind::NodeSumAllReduce,
-                        seq,
-                        partial.len(),
-                        "f32",
-                    );
-                }
-                let _w = flight::enter(Op {
-                    kind: OpKind::NodeSumAllReduce,
+                let (kind, count) = (OpKind::NodeSumAllReduce, partial.len());
+                let op = Op {
+                    kind,
                     comm: &across.name,
                     seq,
                     peer: None,
-                    count: partial.len(),
+                    count,
                     dtype: "f32",
-                });
+                };
+                let check =
+                    || super::check::check_collective_on(&across.comm, &across.name, kind, seq, count, "f32");
+                let _op = super::guard::enter(op, check, span);
                 across
                     .comm
                     .all_reduce_into(&partial[..], out, mpi::collective::SystemOperation::sum());

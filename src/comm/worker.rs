@@ -2,8 +2,9 @@
 //! they proceed while the main thread computes (MPI runs with MPI_THREAD_MULTIPLE). Used to overlap
 //! the gradient all-reduce of finished layer blocks with the backward of earlier blocks.
 
-use super::{check, Comm, Inner};
-use crate::flight::{self, Op, OpKind};
+use super::raw::mpi_ok;
+use super::{Comm, Inner};
+use crate::diag::flight::{self, Op, OpKind};
 use mpi::ffi;
 
 pub struct ReduceWorker {
@@ -38,7 +39,7 @@ impl Comm {
         let mut dup: ffi::MPI_Comm = unsafe { ffi::RSMPI_COMM_NULL };
         // SAFETY: plain FFI on a valid communicator; `dup` is an out-parameter.
         unsafe {
-            check(
+            mpi_ok(
                 ffi::MPI_Comm_dup(mpi::raw::AsRaw::as_raw(comm), &mut dup),
                 "MPI_Comm_dup",
             )
@@ -54,18 +55,19 @@ impl Comm {
             .spawn(move || {
                 let mut raw = raw;
                 for (seq, job) in (1u64..).zip(rx) {
-                    let _record = flight::enter(Op {
+                    let op = Op {
                         kind: OpKind::OverlappedAllReduce,
                         comm: &thread_name,
                         seq,
                         peer: None,
                         count: job.len,
                         dtype: "f32",
-                    });
+                    };
+                    let _op = super::guard::enter(op, || {}, crate::diag::trace::Span::none());
                     // SAFETY: `submit`'s caller keeps both buffers alive and untouched until the
                     // matching `wait` returns.
                     unsafe {
-                        check(
+                        mpi_ok(
                             ffi::MPI_Allreduce(
                                 job.send as *const std::ffi::c_void,
                                 job.recv as *mut std::ffi::c_void,
@@ -82,7 +84,7 @@ impl Comm {
                     }
                 }
                 // SAFETY: every rank frees its duplicate when its worker stops.
-                unsafe { check(ffi::MPI_Comm_free(&mut raw.0), "MPI_Comm_free") };
+                unsafe { mpi_ok(ffi::MPI_Comm_free(&mut raw.0), "MPI_Comm_free") };
             })
             .expect("spawn all-reduce thread");
         Some(ReduceWorker {
@@ -117,14 +119,15 @@ impl ReduceWorker {
     /// Waits until `n` queued jobs have finished.
     pub fn wait(&self, n: usize) {
         self.waits.set(self.waits.get() + 1);
-        let _w = flight::enter(Op {
+        let op = Op {
             kind: OpKind::OverlappedWait,
             comm: &self.name,
             seq: self.waits.get(),
             peer: None,
             count: n,
             dtype: "jobs",
-        });
+        };
+        let _op = super::guard::enter(op, || {}, crate::diag::trace::Span::none());
         for _ in 0..n {
             self.done.recv().expect("all-reduce thread alive");
         }

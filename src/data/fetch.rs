@@ -89,9 +89,7 @@ fn verify(name: &str, bytes: &[u8], expected: &str) -> Result<()> {
 /// Writes `bytes` to `dir/name` through a temporary name, so the final name only ever holds
 /// verified, complete data.
 fn install(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.part"));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("cannot move {} into place", tmp.display()))
+    crate::util::atomic::write(&dir.join(name), bytes)
 }
 
 /// True when every file exists in `dir` with its expected checksum.

@@ -4,7 +4,7 @@
 //! share a machine. Between measured batch sizes the per-image time is interpolated; beyond the
 //! measured thread counts it is extrapolated from the measured parallel efficiency.
 
-use crate::peak::Cpu;
+use crate::util::machine::Cpu;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;

@@ -6,7 +6,7 @@
 
 use super::calibration::Calibration;
 use super::predict::Layout;
-use crate::grad_sync::GradSync;
+use crate::plan::averaging::GradSync;
 use crate::schedule::ScheduleKind;
 
 /// How a layout's global batch is chosen.

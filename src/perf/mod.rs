@@ -2,11 +2,16 @@
 //! the layouts a cluster allows, and `partrain plan`, which ranks them by images/s or by predicted
 //! time to a target accuracy.
 
+pub mod calibrate;
 pub mod calibration;
+pub mod conv_bench;
+pub mod curve;
 pub mod layouts;
+pub mod peak;
 pub mod planner;
 pub mod predict;
 pub mod steps;
+pub mod sync_bench;
 
 pub use calibration::{named_network, Calibration, CoRun, ComputeRow, Link, FORMAT, VERSION};
 pub use layouts::layouts;

@@ -6,7 +6,7 @@ use super::calibration::{named_network, Calibration, Link};
 use super::layouts::{layouts, Scope};
 use super::predict::{eval_seconds, predict, time_to_target, Layout};
 use super::steps::StepsModel;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 /// `partrain plan`: every layout that fits, predicted, best first.
@@ -163,12 +163,7 @@ impl PlanArgs {
             }
         }
         rows.sort_by(|a, b| (a.nodes, &a.scope).cmp(&(b.nodes, &b.scope)).then(order(a, b)));
-        let mut w = csv::Writer::from_path(&self.out)
-            .with_context(|| format!("cannot write {}", self.out.display()))?;
-        for r in &rows {
-            w.serialize(r)?;
-        }
-        w.flush()?;
+        crate::util::atomic::write_csv(&self.out, &rows)?;
         Ok(PlanOutput {
             rows,
             refused,

@@ -13,7 +13,7 @@
 //!   named assumption (`--network ib100`, `eth25`), or given (`--latency-us`, `--bandwidth-gbs`).
 
 use super::calibration::{Calibration, Link};
-use crate::grad_sync::GradSync;
+use crate::plan::averaging::GradSync;
 use crate::schedule::{Action, PipelineSchedule, ScheduleKind};
 use serde::Serialize;
 

@@ -4,7 +4,7 @@
 //! nobody knows whether the target is reached at all), or from the noise-scale model of McCandlish
 //! et al., S(B) = S_min (1 + B_noise / B), fitted to one run's steps to target and noise scale.
 
-use crate::converge::CurveRow;
+use super::curve::CurveRow;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
@@ -25,7 +25,7 @@ pub enum StepsModel {
 impl StepsModel {
     /// The measured curve in `path`, which must be for `target`.
     pub fn from_curve(path: &Path, target: f64) -> Result<StepsModel> {
-        let rows = crate::converge::read_curve(path)?;
+        let rows = super::curve::read_curve(path)?;
         let have = rows[0].target_accuracy;
         if (have - target).abs() > 1e-9 {
             bail!(
@@ -41,7 +41,7 @@ impl StepsModel {
 
     /// The noise-scale model through the run in `dir` (its summary.json), trained to `target`.
     pub fn from_run(dir: &Path, target: f64) -> Result<StepsModel> {
-        let s = crate::metrics::read_summary(&dir.join("summary.json"))?;
+        let s = crate::record::summary::read_summary(&dir.join("summary.json"))?;
         if s.target_accuracy != Some(target) {
             bail!(
                 "--run: {} was trained to target {:?}%, and --target-accuracy is {target}%",
@@ -81,7 +81,7 @@ impl StepsModel {
             StepsModel::Curve { rows, .. } => {
                 let largest = rows.last()?.batch;
                 (batch <= largest)
-                    .then(|| crate::converge::steps_at(rows, batch as f64))
+                    .then(|| super::curve::steps_at(rows, batch as f64))
                     .flatten()
             }
             StepsModel::NoiseScale { s_min, b_noise, .. } => Some(s_min * (1.0 + b_noise / batch as f64)),

@@ -1,0 +1,254 @@
+//! `summary.json`: the run's status while it runs (`running`, `failed`, `interrupted`) and its
+//! figures once `completed`. Every version carries `format` and `version`, which the reader checks
+//! by name first; a file without them is version 1 (written before 2026-12-02), read the same way.
+
+use crate::config::{BatchScope, SyncMode};
+use crate::plan::Strategy;
+use crate::schedule::ScheduleKind;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const FILE: &str = "summary.json";
+pub const FORMAT: &str = "partrain-summary";
+pub const VERSION: u32 = 2;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// `partrain-summary` and its version (absent in version 1).
+    #[serde(default = "format_name")]
+    pub format: String,
+    #[serde(default = "legacy_version")]
+    pub version: u32,
+    /// `completed` for a finished run; anything else is not a result.
+    pub status: String,
+    pub strategy: Strategy,
+    pub dataset: String,
+    pub model: String,
+    pub world_size: usize,
+    /// Distinct nodes the ranks ran on, the most ranks on one of them, and the cores of rank 0's
+    /// node.
+    pub nodes: usize,
+    #[serde(default)]
+    pub ranks_per_node: usize,
+    pub cores_per_node: usize,
+    /// Each rank's host name, indexed by rank.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Distinct machines (kernels) under the nodes: fewer than `nodes` on an emulated cluster,
+    /// whose nodes share one machine's cores.
+    #[serde(default)]
+    pub machines: usize,
+    pub stages: usize,
+    pub replicas: usize,
+    pub threads_per_rank: usize,
+    pub epochs: usize,
+    pub steps: usize,
+    pub global_batch: usize,
+    /// Micro-batches per replica and step (pipeline stages' units of work; on one stage,
+    /// gradient accumulation).
+    #[serde(default)]
+    pub micro_batches: usize,
+    /// The first layer of stages 1.., and how the stages and replicas were laid over the ranks.
+    #[serde(default)]
+    pub stage_boundaries: Vec<usize>,
+    #[serde(default = "default_placement")]
+    pub placement: crate::config::Placement,
+    pub batch_scope: BatchScope,
+    pub sync_mode: SyncMode,
+    /// The plan's averaging path (`GradSync::name`): `none` (one replica), `shared_memory`,
+    /// `mpi_allreduce`, `mpi_allreduce_overlapped` or `weight_average`.
+    pub gradient_averaging: String,
+    pub parameters: i64,
+    pub train_samples: usize,
+    pub test_samples: usize,
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    /// Floating-point operations of one training image (forward, weight and input gradients).
+    #[serde(default)]
+    pub training_flop_per_image: f64,
+    /// samples_per_second x training_flop_per_image, in GFLOP/s.
+    #[serde(default)]
+    pub achieved_gflops: f64,
+    /// The machine's measured peak for all ranks of this run (`partrain peak`, named by
+    /// `PARTRAIN_PEAK`) and achieved / peak; absent without a peak measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gflops: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction_of_peak: Option<f64>,
+    pub final_test_accuracy: f64,
+    pub final_test_loss: f64,
+    pub final_train_loss: f64,
+    /// One entry per rank, in MiB.
+    pub peak_rss_mb: Vec<f64>,
+    pub compute_seconds: f64,
+    pub allreduce_seconds: f64,
+    pub pipeline_wait_seconds: f64,
+    /// Seconds from rank 0's process start to the end of its first optimizer step (start-up cost:
+    /// libraries, MPI, data loading, first kernels).
+    #[serde(default)]
+    pub first_step_seconds: f64,
+    pub seed: u64,
+    pub config_hash: String,
+    /// The optimizer and learning-rate schedule the plan resolved (the peak rate scaled to the
+    /// global batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<crate::plan::optim::OptimPlan>,
+    #[serde(default)]
+    pub steps_per_epoch: usize,
+    /// `train.eval_every_steps` (evaluations inside epochs), for predictions of time to target.
+    #[serde(default)]
+    pub eval_every_steps: Option<usize>,
+    /// Time to accuracy (`train.target_accuracy`, percent): the run clock, steps, epochs
+    /// (fractional) and images at the first evaluation at or above it; null when not reached.
+    #[serde(default)]
+    pub target_accuracy: Option<f64>,
+    #[serde(default)]
+    pub time_to_target_s: Option<f64>,
+    #[serde(default)]
+    pub steps_to_target: Option<usize>,
+    #[serde(default)]
+    pub epochs_to_target: Option<f64>,
+    #[serde(default)]
+    pub images_to_target: Option<usize>,
+    /// The run ended at the target (`train.stop_at_target`).
+    #[serde(default)]
+    pub stopped_at_target: bool,
+    /// The run clock at the end: training, evaluations and checkpoints, from the first step.
+    #[serde(default)]
+    pub run_seconds: f64,
+    #[serde(default)]
+    pub evaluations: usize,
+    #[serde(default)]
+    pub eval_seconds: f64,
+    /// The smoothed gradient noise scale B_simple (images) at the end of the run and at the
+    /// first reach of the target; null when the layout does not measure it (one gradient per step).
+    #[serde(default)]
+    pub noise_scale: Option<f64>,
+    #[serde(default)]
+    pub noise_scale_at_target: Option<f64>,
+    /// Hybrid runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineSummary>,
+    /// Where the ranks ran and how the node leaders' links measured at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::record::preflight::Preflight>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineSummary {
+    pub schedule: ScheduleKind,
+    pub micro_batches: usize,
+    /// Layer ranges per stage, e.g. `[0..4, 4..11]`.
+    pub stage_layers: String,
+    pub compute_seconds_per_rank: Vec<f64>,
+    /// Time blocked receiving activations or gradients (the bubble), per rank.
+    pub pipeline_wait_seconds_per_rank: Vec<f64>,
+    /// pipeline_wait / train_seconds per rank.
+    pub bubble_fraction_per_rank: Vec<f64>,
+    /// The GPipe formula (S-1)/(M+S-1) for comparison.
+    pub bubble_formula: f64,
+    /// The bubble predicted from the measured stage compute times (first replica's stages): a step
+    /// lasts at least (M - 1) x the slowest stage's time per micro-batch + the sum of all stages'
+    /// times per micro-batch, so rank r idles 1 - compute_r / (steps x that).
+    pub predicted_bubble_fraction_per_rank: Vec<f64>,
+    /// Images/s bound: global batch / that step time.
+    pub predicted_samples_per_second: f64,
+    /// Activations held at once: micro-batches in flight x their layers' output sizes, per rank.
+    pub peak_activation_mb_per_rank: Vec<f64>,
+}
+
+impl PipelineSummary {
+    /// The pipeline's figures from every rank's measured compute and wait seconds over the
+    /// `steps` steps taken in this process. With uniform micro-batches a step lasts at least
+    /// (M - 1) x the slowest stage's time per micro-batch + the sum of all stages' times per
+    /// micro-batch (fill and drain): the bound the bubble is predicted from.
+    pub fn from_measurements(
+        plan: &crate::plan::Plan,
+        steps: usize,
+        train_seconds: f64,
+        compute_per_rank: Vec<f64>,
+        wait_per_rank: Vec<f64>,
+        activation_mb: Vec<f64>,
+    ) -> PipelineSummary {
+        let (steps, micro) = (steps.max(1) as f64, plan.batches.micro_batches as f64);
+        let per_micro: Vec<f64> = compute_per_rank
+            .iter()
+            .take(plan.topology.stages)
+            .map(|c| c / (steps * micro))
+            .collect();
+        let slowest = per_micro.iter().cloned().fold(0.0, f64::max);
+        let predicted_step = (micro - 1.0) * slowest + per_micro.iter().sum::<f64>();
+        PipelineSummary {
+            schedule: plan.schedule.kind,
+            micro_batches: plan.batches.micro_batches,
+            stage_layers: format!("{:?}", plan.split.ranges),
+            bubble_fraction_per_rank: wait_per_rank.iter().map(|w| w / train_seconds).collect(),
+            bubble_formula: crate::schedule::bubble_formula(plan.topology.stages, plan.batches.micro_batches),
+            predicted_bubble_fraction_per_rank: compute_per_rank
+                .iter()
+                .map(|c| 1.0 - c / (steps * predicted_step))
+                .collect(),
+            predicted_samples_per_second: plan.batches.global as f64 / predicted_step,
+            compute_seconds_per_rank: compute_per_rank,
+            pipeline_wait_seconds_per_rank: wait_per_rank,
+            peak_activation_mb_per_rank: activation_mb,
+        }
+    }
+}
+
+fn format_name() -> String {
+    FORMAT.into()
+}
+
+fn legacy_version() -> u32 {
+    1
+}
+
+/// Checks `doc`'s format and version by name: the format must be ours (or absent: version 1) and
+/// the version one this partrain reads.
+pub fn check_version(doc: &serde_json::Value, path: &Path) -> Result<()> {
+    let format = doc.get("format").map(|f| f.as_str().unwrap_or("?"));
+    if format.is_some_and(|f| f != FORMAT) {
+        anyhow::bail!(
+            "{}: format {:?}, expected {FORMAT}",
+            path.display(),
+            format.unwrap_or_default()
+        );
+    }
+    let version = doc.get("version").map_or(Some(1), |v| v.as_u64());
+    match version {
+        Some(1) | Some(2) => Ok(()),
+        other => anyhow::bail!(
+            "{}: {FORMAT} version {:?} is not one this partrain reads (1-{VERSION}; a newer partrain wrote it?)",
+            path.display(),
+            other
+        ),
+    }
+}
+
+/// A status document (`running`, `failed`, ...) with the format and version.
+pub fn status_doc(fields: serde_json::Value) -> serde_json::Value {
+    let mut doc = serde_json::json!({"format": FORMAT, "version": VERSION});
+    if let (Some(d), Some(f)) = (doc.as_object_mut(), fields.as_object()) {
+        d.extend(f.clone());
+    }
+    doc
+}
+
+pub fn read_summary(path: &Path) -> Result<Summary> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not JSON (a torn or foreign file)", path.display()))?;
+    check_version(&doc, path)?;
+    serde_json::from_value(doc).with_context(|| format!("{}: not a partrain summary", path.display()))
+}
+
+/// Writes `summary` into the run folder `dir`, atomically.
+pub fn write_summary(dir: &Path, summary: &Summary) -> Result<()> {
+    crate::util::atomic::write(&dir.join(FILE), serde_json::to_string_pretty(summary)?.as_bytes())
+}
+
+fn default_placement() -> crate::config::Placement {
+    crate::config::Placement::PipelineInNode
+}

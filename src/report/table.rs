@@ -1,0 +1,499 @@
+//! `partrain report [--runs results/runs] [--out results]`: speedup / efficiency tables and plots
+//! from every finished run's `summary.json` and `metrics.csv` under a runs folder.
+//!
+//! Speedup of a run = its images/s over the images/s of its serial baseline (same data set and
+//! net, 1 thread, the same global batch for strong scaling or the same per-rank batch for weak
+//! scaling): for the same number of training images that is T_serial / T_run. Efficiency =
+//! speedup / total cores (ranks x threads per rank).
+
+use crate::config::BatchScope;
+use crate::plan::Strategy;
+use crate::record::summary::{read_summary, Summary};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::Path;
+
+pub struct RunRecord {
+    /// Path of the run folder relative to the runs folder; for repeats (`<name>_r1`, `_r2`, ...)
+    /// the name without the suffix.
+    pub name: String,
+    /// The run itself, or of repeats the one with the median images/s (the lower median for an
+    /// even count), so every number in the table traces back to one run's summary.
+    pub summary: Summary,
+    /// (epoch, train loss) from that run's metrics.csv.
+    pub losses: Vec<(usize, f64)>,
+    /// (run clock seconds, test accuracy) of every evaluation of that run.
+    pub accuracy: Vec<(f64, f64)>,
+    /// images/s of every repeat (one value for a single run).
+    pub throughputs: Vec<f64>,
+    /// Time to target of every repeat (None: never reached).
+    pub times_to_target: Vec<Option<f64>>,
+}
+
+/// `dp_2n_t1_r3` -> (`dp_2n_t1`, 3): the repeat suffix the SLURM workflow and sweeps use.
+pub fn repeat_of(name: &str) -> Option<(&str, usize)> {
+    let (base, k) = name.rsplit_once("_r")?;
+    let k: usize = k.parse().ok()?;
+    (!base.is_empty()).then_some((base, k))
+}
+
+/// Repeats of one configuration become one record (see `RunRecord`).
+fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
+    runs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut groups: std::collections::BTreeMap<String, Vec<RunRecord>> = Default::default();
+    for r in runs {
+        let key = repeat_of(&r.name).map_or(r.name.clone(), |(base, _)| base.to_string());
+        groups.entry(key).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(name, mut reps)| {
+            let throughputs: Vec<f64> = reps.iter().map(|r| r.summary.samples_per_second).collect();
+            let times_to_target = reps.iter().map(|r| r.summary.time_to_target_s).collect();
+            reps.sort_by(|a, b| {
+                a.summary
+                    .samples_per_second
+                    .total_cmp(&b.summary.samples_per_second)
+            });
+            let median = reps.swap_remove((reps.len() - 1) / 2);
+            RunRecord {
+                name,
+                throughputs,
+                times_to_target,
+                ..median
+            }
+        })
+        .collect()
+}
+
+/// Every folder below `runs` with a completed `summary.json`; unfinished runs are listed in the
+/// second value and left out of the tables.
+pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    let mut stack = vec![runs.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .with_context(|| format!("runs folder {} cannot be read", dir.display()))?;
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+        let sp = dir.join("summary.json");
+        if !sp.exists() {
+            continue;
+        }
+        let name = dir.strip_prefix(runs).unwrap_or(&dir).display().to_string();
+        match read_summary(&sp) {
+            Ok(summary) if summary.status == "completed" => {
+                let (losses, accuracy) = read_metrics(&dir.join("metrics.csv"))?;
+                found.push(RunRecord {
+                    name,
+                    throughputs: vec![summary.samples_per_second],
+                    times_to_target: vec![summary.time_to_target_s],
+                    summary,
+                    losses,
+                    accuracy,
+                });
+            }
+            _ => skipped.push(name),
+        }
+    }
+    skipped.sort();
+    Ok((group_repeats(found), skipped))
+}
+
+/// (epoch, train loss) at each epoch's end and (run seconds, test accuracy) of every evaluation.
+type Curves = (Vec<(usize, f64)>, Vec<(f64, f64)>);
+
+fn read_metrics(path: &Path) -> Result<Curves> {
+    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (mut losses, mut accuracy) = (Vec::new(), Vec::new());
+    for row in rdr.deserialize::<crate::record::metrics_csv::EvalRow>() {
+        let row = row.with_context(|| format!("{}: malformed row", path.display()))?;
+        if row.epoch_end {
+            losses.push((row.epoch, row.train_loss));
+        }
+        accuracy.push((row.run_seconds, row.test_accuracy));
+    }
+    Ok((losses, accuracy))
+}
+
+/// The time to target of repeats: one run's; of 2-4 the median; of 5 or more MLPerf Training's
+/// rule, the mean without the fastest and the slowest. A repeat that never reached the target
+/// counts as infinitely slow, so the result is None when it cannot be dropped. Returns the time
+/// and the rule's name.
+pub fn time_to_target(times: &[Option<f64>]) -> (Option<f64>, String) {
+    let mut t: Vec<f64> = times.iter().map(|x| x.unwrap_or(f64::INFINITY)).collect();
+    t.sort_by(f64::total_cmp);
+    let n = t.len();
+    let (value, rule) = match n {
+        0 => (f64::INFINITY, String::new()),
+        1 => (t[0], "one run".into()),
+        2..=4 => {
+            let m = if n % 2 == 1 {
+                t[n / 2]
+            } else {
+                (t[n / 2 - 1] + t[n / 2]) / 2.0
+            };
+            (m, format!("median of {n}"))
+        }
+        _ => (
+            t[1..n - 1].iter().sum::<f64>() / (n - 2) as f64,
+            format!("MLPerf: mean of {} (fastest and slowest dropped)", n - 2),
+        ),
+    };
+    (value.is_finite().then_some(value), rule)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub run: String,
+    pub strategy: String,
+    pub dataset: String,
+    /// `baseline` (serial), `strong` (fixed global batch) or `weak` (fixed batch per replica).
+    pub scaling: String,
+    pub ranks: usize,
+    pub nodes: usize,
+    pub ranks_per_node: usize,
+    pub threads_per_rank: usize,
+    pub stages: usize,
+    pub replicas: usize,
+    pub total_cores: usize,
+    /// More ranks x threads than the nodes' cores: the timing is not a scaling measurement.
+    pub oversubscribed: bool,
+    pub global_batch: usize,
+    pub epochs: usize,
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    /// Repeats of this configuration, and the range of their images/s (the row shows the median).
+    pub repeats: usize,
+    pub samples_per_second_min: f64,
+    pub samples_per_second_max: f64,
+    pub baseline: String,
+    pub speedup: Option<f64>,
+    /// The speedup of the slowest and the fastest repeat.
+    pub speedup_min: Option<f64>,
+    pub speedup_max: Option<f64>,
+    /// With `--calibration`: the performance model's images/s for this layout, its speedup
+    /// against the measured baseline, and predicted / measured - 1.
+    pub predicted_samples_per_second: Option<f64>,
+    pub predicted_speedup: Option<f64>,
+    pub prediction_error: Option<f64>,
+    pub efficiency: Option<f64>,
+    pub final_test_accuracy: f64,
+    pub peak_rss_mb_max: f64,
+    pub peak_rss_mb_per_rank: String,
+    pub allreduce_share: f64,
+    /// Pipeline wait / training time, mean over ranks (hybrid).
+    pub bubble_share: f64,
+    /// The GPipe formula (S-1)/(M+S-1) and the bubble predicted from measured stage times.
+    pub bubble_formula: Option<f64>,
+    pub bubble_predicted: Option<f64>,
+    /// Time to accuracy: the runs' target, the time to it over the repeats (`time_to_target`'s
+    /// rule), repeats that never reached it, the median run's steps and epochs to it, and the
+    /// speedup in time to target over the same baseline as the images/s speedup.
+    pub target_accuracy: Option<f64>,
+    pub time_to_target_s: Option<f64>,
+    pub time_to_target_rule: String,
+    pub repeats_missed_target: usize,
+    pub steps_to_target: Option<usize>,
+    pub epochs_to_target: Option<f64>,
+    pub speedup_time_to_target: Option<f64>,
+    /// The smoothed gradient noise scale (images) at the end of the median run.
+    pub noise_scale: Option<f64>,
+    /// With `--calibration` and `--curve`: the predicted time to target and predicted / measured - 1.
+    pub predicted_time_to_target_s: Option<f64>,
+    pub time_to_target_error: Option<f64>,
+}
+
+fn scaling(s: &Summary) -> &'static str {
+    match (s.strategy, s.batch_scope) {
+        (Strategy::Serial, _) => "baseline",
+        (_, BatchScope::Global) => "strong",
+        (_, BatchScope::PerRank) => "weak",
+    }
+}
+
+/// The serial run `r` is measured against (see the module comment). Preference, in order: the
+/// same folder (the same sweep), 1 thread, the matching batch, the same training set size; a
+/// serial run that qualifies is its own baseline.
+fn baseline<'a>(r: &RunRecord, records: &'a [RunRecord]) -> Option<&'a RunRecord> {
+    let s = &r.summary;
+    let folder = |name: &str| Path::new(name).parent().map(Path::to_path_buf);
+    let want_batch = match scaling(s) {
+        "weak" => s.global_batch / s.replicas.max(1),
+        _ => s.global_batch,
+    };
+    records
+        .iter()
+        .filter(|b| {
+            b.summary.strategy == Strategy::Serial
+                && b.summary.dataset == s.dataset
+                && b.summary.model == s.model
+        })
+        .min_by_key(|b| {
+            (
+                folder(&b.name) != folder(&r.name),
+                b.summary.threads_per_rank != 1,
+                b.summary.global_batch != want_batch,
+                b.summary.train_samples != s.train_samples,
+                b.name != r.name,
+            )
+        })
+}
+
+/// The calibration and network predictions are made with (`partrain report --calibration`).
+pub struct Predictor {
+    pub calibration: crate::perf::Calibration,
+    pub network: crate::perf::Link,
+    /// Steps to target against the global batch (`report --curve`), for predicted time to target.
+    pub steps: Option<crate::perf::StepsModel>,
+}
+
+impl Predictor {
+    /// The predicted time to the run's target: the model's step time x the steps to target at the
+    /// run's global batch, plus the evaluations the run's cadence makes on the way (every
+    /// `eval_every_steps` and at each epoch's end). None without a curve for that target.
+    fn time_to_target(&self, s: &Summary, step_s: f64) -> Option<f64> {
+        let model = self
+            .steps
+            .as_ref()
+            .filter(|m| Some(m.target()) == s.target_accuracy)?;
+        let steps = model.steps(s.global_batch)?;
+        let every = s.eval_every_steps.map_or(f64::INFINITY, |k| k as f64);
+        let evals = (steps / every).floor() + (steps / s.steps_per_epoch.max(1) as f64).floor() + 1.0;
+        let eval_s = crate::perf::eval_seconds(&layout_of(s), &self.calibration, s.test_samples);
+        Some(crate::perf::time_to_target(step_s, steps, evals, eval_s))
+    }
+}
+
+/// The layout a finished run had, as the performance model takes it.
+pub fn layout_of(s: &Summary) -> crate::perf::Layout {
+    let machines = s.machines.max(1);
+    crate::perf::Layout {
+        strategy: s.strategy.name().into(),
+        nodes: s.nodes.max(1),
+        ranks_per_node: s.ranks_per_node.max(1),
+        ranks_per_machine: s.world_size.div_ceil(machines),
+        cores_per_machine: s.cores_per_node.max(1),
+        threads: s.threads_per_rank.max(1),
+        stages: s.stages.max(1),
+        micro_batches: s.micro_batches.max(1),
+        schedule: s
+            .pipeline
+            .as_ref()
+            .map_or(crate::schedule::ScheduleKind::OneFOneB, |p| p.schedule),
+        global_batch: s.global_batch,
+        boundaries: s.stage_boundaries.clone(),
+        grad_sync: match s.gradient_averaging.as_str() {
+            "shared_memory" => crate::plan::averaging::GradSync::SharedMemory,
+            "two_level" => crate::plan::averaging::GradSync::TwoLevel,
+            "mpi_allreduce" => crate::plan::averaging::GradSync::Allreduce,
+            "mpi_allreduce_overlapped" => crate::plan::averaging::GradSync::Overlapped,
+            "weight_average" => crate::plan::averaging::GradSync::WeightAverage { every: 1 },
+            _ => crate::plan::averaging::GradSync::None,
+        },
+        pipeline_in_node: s.placement != crate::config::Placement::ReplicasInNode,
+    }
+}
+
+pub fn rows(records: &[RunRecord], predictor: Option<&Predictor>) -> Vec<Row> {
+    records
+        .iter()
+        .map(|r| {
+            let s = &r.summary;
+            let base = baseline(r, records);
+            let base_ips = base.map(|b| b.summary.samples_per_second);
+            let (ttt, rule) = time_to_target(&r.times_to_target);
+            // Only against a baseline trained to the same target.
+            let base_ttt = base
+                .filter(|b| b.summary.target_accuracy == s.target_accuracy)
+                .and_then(|b| time_to_target(&b.times_to_target).0);
+            let speedup = base_ips.map(|b| s.samples_per_second / b);
+            let prediction =
+                predictor.map(|p| crate::perf::predict(&layout_of(s), &p.calibration, p.network));
+            let predicted = prediction.as_ref().map(|p| p.images_per_s);
+            let predicted_ttt = predictor
+                .zip(prediction.as_ref())
+                .and_then(|(p, pred)| p.time_to_target(s, pred.step_s));
+            let (lo, hi) = (
+                r.throughputs.iter().cloned().fold(f64::INFINITY, f64::min),
+                r.throughputs.iter().cloned().fold(0.0, f64::max),
+            );
+            let total_cores = s.world_size * s.threads_per_rank;
+            let bubble = s
+                .pipeline
+                .as_ref()
+                .map(|p| {
+                    p.bubble_fraction_per_rank.iter().sum::<f64>()
+                        / p.bubble_fraction_per_rank.len().max(1) as f64
+                })
+                .unwrap_or(0.0);
+            Row {
+                run: r.name.clone(),
+                strategy: s.strategy.name().into(),
+                dataset: s.dataset.clone(),
+                scaling: scaling(s).into(),
+                ranks: s.world_size,
+                nodes: s.nodes.max(1),
+                ranks_per_node: s.ranks_per_node.max(1),
+                threads_per_rank: s.threads_per_rank,
+                stages: s.stages,
+                replicas: s.replicas,
+                total_cores,
+                oversubscribed: s.ranks_per_node.max(1) * s.threads_per_rank > s.cores_per_node
+                    || total_cores > s.nodes.max(1) * s.cores_per_node,
+                global_batch: s.global_batch,
+                epochs: s.epochs,
+                train_seconds: s.train_seconds,
+                samples_per_second: s.samples_per_second,
+                repeats: r.throughputs.len(),
+                samples_per_second_min: lo,
+                samples_per_second_max: hi,
+                baseline: base.map(|b| b.name.clone()).unwrap_or_default(),
+                speedup,
+                speedup_min: base_ips.map(|b| lo / b),
+                speedup_max: base_ips.map(|b| hi / b),
+                predicted_samples_per_second: predicted,
+                predicted_speedup: predicted.zip(base_ips).map(|(p, b)| p / b),
+                prediction_error: predicted.map(|p| p / s.samples_per_second - 1.0),
+                efficiency: speedup.map(|x| x / total_cores as f64),
+                final_test_accuracy: s.final_test_accuracy,
+                peak_rss_mb_max: s.peak_rss_mb.iter().cloned().fold(0.0, f64::max),
+                peak_rss_mb_per_rank: s
+                    .peak_rss_mb
+                    .iter()
+                    .map(|m| format!("{m:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                allreduce_share: s.allreduce_seconds / s.train_seconds,
+                bubble_share: bubble,
+                bubble_formula: s.pipeline.as_ref().map(|p| p.bubble_formula),
+                bubble_predicted: s.pipeline.as_ref().map(|p| {
+                    let v = &p.predicted_bubble_fraction_per_rank;
+                    v.iter().sum::<f64>() / v.len().max(1) as f64
+                }),
+                target_accuracy: s.target_accuracy,
+                time_to_target_s: ttt,
+                time_to_target_rule: rule,
+                repeats_missed_target: r.times_to_target.iter().filter(|t| t.is_none()).count(),
+                steps_to_target: s.steps_to_target,
+                epochs_to_target: s.epochs_to_target,
+                speedup_time_to_target: base_ttt.zip(ttt).map(|(b, t)| b / t),
+                noise_scale: s.noise_scale,
+                predicted_time_to_target_s: predicted_ttt,
+                time_to_target_error: predicted_ttt.zip(ttt).map(|(p, m)| p / m - 1.0),
+            }
+        })
+        .collect()
+}
+
+pub fn write_csv(path: &Path, rows: &[&Row]) -> Result<()> {
+    crate::util::atomic::write_csv(path, rows)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+/// `12.3 (to 99%)`, with the rule and misses when there were repeats; `never (99%)`; `-` without a target.
+fn ttt_cell(r: &Row) -> String {
+    let Some(target) = r.target_accuracy else {
+        return "-".into();
+    };
+    let mut cell = match r.time_to_target_s {
+        Some(t) => format!("{t:.1} (to {target}%)"),
+        None => format!("never ({target}%)"),
+    };
+    if let (Some(p), Some(e)) = (r.predicted_time_to_target_s, r.time_to_target_error) {
+        cell += &format!(", predicted {p:.1} ({:+.0}%)", 100.0 * e);
+    }
+    if r.repeats > 1 {
+        cell += &format!(", {}", r.time_to_target_rule);
+    }
+    if r.repeats_missed_target > 0 {
+        cell += &format!(", {} of {} missed", r.repeats_missed_target, r.repeats);
+    }
+    cell
+}
+
+pub fn markdown(rows: &[&Row]) -> String {
+    let mut md = String::from(
+        "| run | strategy | scaling | nodes | ranks x threads | stages x replicas | global batch | train s | images/s | predicted (error) | speedup | efficiency | accuracy % | time to target s | speedup in time to target | peak RSS MB/rank | averaging | bubble (formula / predicted) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        md += &format!(
+            "| {} | {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0}{} | {} | {} | {} | {:.2} | {} | {} | {} | {:.1}% | {:.1}%{} |\n",
+            r.run,
+            r.strategy,
+            r.scaling,
+            r.nodes,
+            r.ranks,
+            r.threads_per_rank,
+            if r.oversubscribed { " (oversubscribed)" } else { "" },
+            r.stages,
+            r.replicas,
+            r.global_batch,
+            r.train_seconds,
+            r.samples_per_second,
+            if r.repeats > 1 {
+                format!(
+                    " ({:.0}-{:.0}, {} runs)",
+                    r.samples_per_second_min, r.samples_per_second_max, r.repeats
+                )
+            } else {
+                String::new()
+            },
+            match (r.predicted_samples_per_second, r.prediction_error) {
+                (Some(p), Some(e)) => format!("{p:.0} ({:+.0}%)", 100.0 * e),
+                _ => "-".into(),
+            },
+            opt(r.speedup, 2),
+            opt(r.efficiency, 3),
+            r.final_test_accuracy,
+            ttt_cell(r),
+            opt(r.speedup_time_to_target, 2),
+            r.peak_rss_mb_per_rank.replace(';', " / "),
+            100.0 * r.allreduce_share,
+            100.0 * r.bubble_share,
+            match (r.bubble_formula, r.bubble_predicted) {
+                (Some(f), Some(p)) => format!(" ({:.1}% / {:.1}%)", 100.0 * f, 100.0 * p),
+                _ => String::new(),
+            }
+        );
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_to_target_of_repeats() {
+        assert_eq!(time_to_target(&[Some(10.0)]), (Some(10.0), "one run".into()));
+        assert_eq!(time_to_target(&[None]).0, None);
+        assert_eq!(time_to_target(&[Some(10.0), Some(14.0)]).0, Some(12.0));
+        assert_eq!(
+            time_to_target(&[Some(10.0), None, Some(14.0)]).0,
+            Some(14.0),
+            "a miss is the slowest"
+        );
+        assert_eq!(time_to_target(&[Some(10.0), None]).0, None);
+        // MLPerf: 5 runs, drop the fastest and the slowest, mean of the other three.
+        let (t, rule) = time_to_target(&[Some(9.0), Some(30.0), Some(10.0), Some(11.0), Some(12.0)]);
+        assert_eq!(t, Some(11.0));
+        assert!(rule.starts_with("MLPerf"), "{rule}");
+        assert_eq!(
+            time_to_target(&[Some(9.0), None, Some(10.0), Some(11.0), Some(12.0)]).0,
+            Some(11.0)
+        );
+        assert_eq!(
+            time_to_target(&[Some(9.0), None, None, Some(11.0), Some(12.0)]).0,
+            None
+        );
+    }
+}

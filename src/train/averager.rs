@@ -1,0 +1,105 @@
+//! The runtime of the plan's averaging path (`plan::averaging::GradSync`): the `Averager` owns
+//! what the path needs (a node-shared window, an all-reduce thread).
+//!
+//! One step, read top-down: backward fills the flat gradient buffer -> `Averager::average` ->
+//! the optimizer steps with the gradient it names -> `Averager::after_step` (model averaging when due).
+
+use crate::comm::{Comm, NodeMean, ReduceWorker};
+use crate::plan::averaging::GradSync;
+use crate::train::grads::{GradSource, GradientBuffer};
+use std::rc::Rc;
+
+/// The runtime of a `GradSync` over one replica group (the ranks that hold the same stage).
+pub struct Averager {
+    policy: GradSync,
+    group: Comm,
+    node_mean: Option<Rc<NodeMean>>,
+    worker: Option<ReduceWorker>,
+    /// Blocks the overlapped backward submits per step.
+    blocks: usize,
+}
+
+impl Averager {
+    /// Collective over `group`: allocates the shared window (`SharedMemory`, `TwoLevel`; `len`
+    /// f32 per rank)
+    /// or starts the all-reduce thread (`Overlapped`, which submits `blocks` spans per step).
+    pub fn new(policy: GradSync, group: Comm, len: usize, blocks: usize) -> Averager {
+        let node_mean = match policy {
+            GradSync::SharedMemory => Some(group.node_mean(len, false)),
+            GradSync::TwoLevel => Some(group.node_mean(len, true)),
+            _ => None,
+        };
+        let worker = if policy == GradSync::Overlapped {
+            group.reduce_worker()
+        } else {
+            None
+        };
+        Averager {
+            policy,
+            group,
+            node_mean,
+            worker,
+            blocks,
+        }
+    }
+
+    pub fn policy(&self) -> GradSync {
+        self.policy
+    }
+
+    /// The shared window the gradient buffer must live in (`SharedMemory` only).
+    pub fn node_mean(&self) -> Option<Rc<NodeMean>> {
+        self.node_mean.clone()
+    }
+
+    /// The all-reduce thread backward hands finished blocks to (`Overlapped` only).
+    pub fn worker(&self) -> Option<&ReduceWorker> {
+        self.worker.as_ref()
+    }
+
+    /// After backward: averages the gradients across the group as the policy says and names
+    /// the gradient the optimizer steps with.
+    pub fn average(&mut self, buffer: &mut GradientBuffer) -> GradSource {
+        crate::diag::flight::labelled("gradients", || self.average_labelled(buffer))
+    }
+
+    fn average_labelled(&mut self, buffer: &mut GradientBuffer) -> GradSource {
+        let _span = crate::diag::trace::span_with(
+            "averaging",
+            || format!("average ({})", self.policy.name()),
+            || serde_json::json!({"ranks": self.group.size(), "elements": buffer.len()}),
+        );
+        match self.policy {
+            GradSync::None | GradSync::WeightAverage { .. } => GradSource::Local,
+            GradSync::SharedMemory | GradSync::TwoLevel => {
+                self.node_mean.as_ref().expect("allocated in new").mean();
+                GradSource::Mean
+            }
+            GradSync::Allreduce => {
+                buffer.all_reduce_mean_grads(&self.group);
+                GradSource::Mean
+            }
+            GradSync::Overlapped => {
+                // Only the part of the overlapped all-reduces that outlasted the backward.
+                self.worker.as_ref().expect("started in new").wait(self.blocks);
+                buffer.finish_mean(self.group.size());
+                GradSource::Mean
+            }
+        }
+    }
+
+    /// After the optimizer step `global_step` (1-based), or at the end of an epoch: model
+    /// averaging when it is due.
+    pub fn after_step(&mut self, buffer: &mut GradientBuffer, global_step: usize, epoch_end: bool) {
+        if let GradSync::WeightAverage { every } = self.policy {
+            if epoch_end || global_step.is_multiple_of(every) {
+                crate::diag::flight::labelled("weights", || buffer.average_values(&self.group));
+            }
+        }
+    }
+
+    /// The replica group (checksums of replica weights are compared over it).
+    pub fn group(&self) -> &Comm {
+        &self.group
+    }
+}

@@ -1,0 +1,130 @@
+//! A run's folder: what a run writes there, and the rule that an existing run is never
+//! overwritten by accident. Only rank 0 writes.
+
+use crate::config::Config;
+use crate::record::summary::status_doc;
+use crate::util::atomic;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Files a run writes; `--overwrite` removes exactly these and nothing else.
+pub const RUN_FILES: [&str; 6] = [
+    "config.yaml",
+    "metrics.csv",
+    "summary.json",
+    "model.safetensors",
+    crate::train::checkpoint::FILE,
+    "trace.json",
+];
+
+/// How a run treats its folder: a fresh run (refusing an existing folder unless `overwrite`), or
+/// `--resume` from the folder's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Fresh { overwrite: bool },
+    Resume,
+}
+
+pub fn default_out_dir(cfg: &Config) -> PathBuf {
+    PathBuf::from("results/runs").join(&cfg.run.name)
+}
+
+/// Refuses an existing, non-empty run folder unless `overwrite`; never deletes anything but
+/// the run's own files.
+fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.exists() {
+        let non_empty = std::fs::read_dir(dir)
+            .with_context(|| format!("run folder {} cannot be read", dir.display()))?
+            .next()
+            .is_some();
+        if non_empty && !overwrite {
+            bail!(
+                "run folder {} already exists: pass --overwrite to replace its results, or choose another --out or run.name",
+                dir.display()
+            );
+        }
+        for f in RUN_FILES {
+            let p = dir.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create run folder {}", dir.display()))
+}
+
+/// Readies the folder for `start` and marks the run `running` (a crashed run never looks finished),
+/// with the start-up preflight's figures (kept by every later status).
+pub fn open(
+    dir: &Path,
+    start: Start,
+    cfg: &Config,
+    preflight: &crate::record::preflight::Preflight,
+) -> Result<()> {
+    if let Start::Fresh { overwrite } = start {
+        prepare(dir, overwrite)?;
+    }
+    // Flight records describe an earlier attempt: `partrain doctor` must not mix them in.
+    if let Ok(entries) = std::fs::read_dir(dir.join("flight")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("rank") && name.ends_with(".json") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    atomic::write(&dir.join("config.yaml"), serde_yaml::to_string(cfg)?.as_bytes())?;
+    let running = status_doc(serde_json::json!({"status": "running", "preflight": preflight}));
+    atomic::write(&dir.join("summary.json"), running.to_string().as_bytes())
+}
+
+/// Writes `status` (an object) as the run's summary, keeping the preflight of the summary it
+/// replaces.
+fn set_status(dir: &Path, status: serde_json::Value) -> Result<()> {
+    let mut status = status_doc(status);
+    let path = dir.join("summary.json");
+    let before = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if let Some(preflight) = before.as_ref().and_then(|v| v.get("preflight")) {
+        status["preflight"] = preflight.clone();
+    }
+    atomic::write(&path, status.to_string().as_bytes())
+}
+
+/// Marks the run `failed` with the error (best effort: the error itself matters more).
+pub fn mark_failed(dir: &Path, error: &anyhow::Error) {
+    let _ = set_status(
+        dir,
+        serde_json::json!({"status": "failed", "error": format!("{error:#}")}),
+    );
+}
+
+/// Whether `dir` holds a checkpoint of a run that has not completed (stopped by a signal, failed,
+/// or killed while `running`): what `--auto-resume` continues.
+pub fn holds_unfinished_run(dir: &Path) -> bool {
+    let status = std::fs::read(dir.join("summary.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["status"].as_str().map(str::to_string));
+    dir.join(crate::train::checkpoint::FILE).exists() && status.as_deref() != Some("completed")
+}
+
+/// Marks the run `interrupted` by `signal` after `global_step`, with its checkpoint in place.
+pub fn mark_interrupted(dir: &Path, signal: &str, global_step: usize) -> Result<()> {
+    let v = serde_json::json!({
+        "status": "interrupted",
+        "signal": signal,
+        "global_step": global_step,
+        "resume": "--resume or --auto-resume continues from the checkpoint",
+    });
+    set_status(dir, v)
+}
+
+/// The final weights, named as PyTorch's state_dict (written atomically).
+pub fn write_model(dir: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    atomic::write_with(&dir.join("model.safetensors"), |tmp| {
+        Tensor::write_safetensors(named, tmp).with_context(|| format!("cannot write {}", tmp.display()))
+    })
+}
