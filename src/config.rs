@@ -51,7 +51,7 @@ pub struct RunConfig {
     pub trace: bool,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetName {
     Mnist,
@@ -260,7 +260,7 @@ pub struct ParallelConfig {
 
 /// How the `stages x replicas` grid is laid over the ranks (and so over the nodes, which mpirun
 /// and srun fill with consecutive ranks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Placement {
     /// The one that keeps the larger per-step traffic inside a node (resolved by the plan).

@@ -31,15 +31,13 @@ impl fmt::Display for Action {
 }
 
 /// `parallel.schedule` in configs, `--schedule` on command lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ScheduleKind {
     /// All forwards, then all backwards.
     #[serde(rename = "gpipe")]
-    #[value(name = "gpipe")]
     GPipe,
     /// One forward, one backward after the warm-up: fewer activations alive.
     #[serde(rename = "1f1b")]
-    #[value(name = "1f1b")]
     OneFOneB,
 }
 

@@ -66,7 +66,7 @@ pub(crate) fn completed(id: u64) {
 pub(crate) fn watchdog_hooks() -> watchdog::Hooks {
     watchdog::Hooks {
         describe: super::board::describe,
-        check_cycle: super::debug::enabled().then_some(super::board::check_cycle as fn(&_) -> _),
+        check_cycle: super::debug::enabled().then_some(super::board::check_cycle as watchdog::CheckCycle),
         abort: super::abort_world,
     }
 }

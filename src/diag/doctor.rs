@@ -11,16 +11,11 @@
 use crate::diag::flight::{FlightFile, OpKind, Record, FORMAT, VERSION};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct DoctorArgs {
-    /// The run folder (with flight/), or the flight folder itself.
-    pub run: PathBuf,
-}
-
-pub fn run(args: &DoctorArgs) -> Result<()> {
-    let files = load(&args.run)?;
+/// `partrain doctor RUN`: the diagnosis of the run folder's flight records (or of a flight folder).
+pub fn run(run: &Path) -> Result<()> {
+    let files = load(run)?;
     print!("{}", diagnose(&files));
     Ok(())
 }

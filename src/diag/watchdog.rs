@@ -84,6 +84,10 @@ static STATE: Mutex<State> = Mutex::new(State {
     stall_reported: false,
 });
 
+/// In check mode: two ranks of a node waiting in checks of different collectives, named (and
+/// whether this rank prints it).
+pub type CheckCycle = fn(&Record) -> Option<(String, bool)>;
+
 /// What the watchdog asks of the layer that owns the node board, given to `start`.
 #[derive(Debug, Clone, Copy)]
 pub struct Hooks {
@@ -91,7 +95,7 @@ pub struct Hooks {
     pub describe: fn(&Record) -> String,
     /// In check mode: two ranks of this node waiting in checks of different collectives, named
     /// (and whether this rank prints it).
-    pub check_cycle: Option<fn(&Record) -> Option<(String, bool)>>,
+    pub check_cycle: Option<CheckCycle>,
     /// Ends the job (MPI_Abort) with a code.
     pub abort: fn(i32),
 }

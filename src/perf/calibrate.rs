@@ -28,26 +28,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct CalibrateArgs {
-    #[arg(long)]
+#[derive(Debug, Clone)]
+pub struct CalibrateOptions {
     pub config: PathBuf,
-    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Thread counts (default: 1 up to this node's cores).
-    #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
     /// Batch sizes (images per micro-batch) to time.
-    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 16, 32, 64, 128])]
     pub batches: Vec<usize>,
     /// Timed repeats of each measurement (the median is kept).
-    #[arg(long, default_value_t = 7)]
     pub repeats: usize,
-    #[arg(long, default_value = "calibration.json")]
     pub out: PathBuf,
     /// Keep `--out`'s compute and measure only the links (launched on several ranks, whose
     /// waiting would disturb the compute timings).
-    #[arg(long)]
     pub links_only: bool,
 }
 
@@ -209,7 +202,7 @@ fn ping_pong(world: &Comm, a: usize, b: usize, repeats: usize) -> Option<Link> {
     })
 }
 
-impl CalibrateArgs {
+impl CalibrateOptions {
     pub fn run(&self, world: &Comm) -> Result<Option<Calibration>> {
         let cfg = crate::config::load(&self.config, &self.set)?;
         let shape = world.shape();

@@ -17,7 +17,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Seed 003's two experiments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// A fixed total batch, split across the ranks.
@@ -63,35 +63,24 @@ pub struct ConvBenchRow {
 }
 
 /// The command line of `partrain conv-bench`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct ConvBench {
     /// Name of the case (output file names): e.g. large, small.
-    #[arg(long, default_value = "large")]
     pub case: String,
     /// strong (batch split across ranks) or weak (batch per rank).
-    #[arg(long, value_enum, default_value = "strong")]
     pub mode: Mode,
-    #[arg(long, default_value_t = 80)]
     pub batch: usize,
-    #[arg(long, default_value_t = 3)]
     pub channels: i64,
-    #[arg(long, default_value_t = 3)]
     pub out_channels: i64,
     /// Image height and width.
-    #[arg(long, default_value_t = 1024)]
     pub size: i64,
-    #[arg(long, default_value_t = 3)]
     pub kernel: i64,
-    #[arg(long, default_value_t = 1)]
     pub repeats: usize,
     /// libtorch threads per rank.
-    #[arg(long, default_value_t = 1)]
     pub threads: i32,
     /// Images per chunk: the batch is computed a chunk at a time, so no workspace grows with
     /// it (default: as many as fit 8 MiB of input, at least one).
-    #[arg(long)]
     pub chunk: Option<usize>,
-    #[arg(long, default_value = "results/conv_bench")]
     pub out: std::path::PathBuf,
 }
 

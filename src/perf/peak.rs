@@ -13,19 +13,9 @@
 use crate::record::peak::{Peak, PeakRow};
 use crate::util::machine::Cpu;
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 use tch::{Kind, Tensor};
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct PeakArgs {
-    /// Thread counts to measure at.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
-    pub threads: Vec<usize>,
-    /// Where to write the measurement (JSON).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-}
 
 /// The best of `repeats` timings of `f` (after one warm-up), in GFLOP/s for `flop` per call.
 fn best_gflops(flop: f64, repeats: usize, mut f: impl FnMut()) -> f64 {
@@ -66,29 +56,29 @@ fn measure(kind: Kind, threads: usize) -> PeakRow {
     }
 }
 
-impl PeakArgs {
-    pub fn run(&self) -> Result<Peak> {
-        let mut kinds = vec![Kind::Float];
-        if crate::util::cpu_has_bf16() {
-            kinds.push(Kind::BFloat16);
-        }
-        let rows = kinds
-            .iter()
-            .flat_map(|&k| self.threads.iter().map(move |&t| measure(k, t)))
-            .collect();
-        let peak = Peak {
-            format: crate::record::peak::FORMAT.into(),
-            version: crate::record::peak::VERSION,
-            cpu: Cpu::this_machine(),
-            date: crate::util::today(),
-            rows,
-        };
-        if let Some(out) = &self.out {
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            peak.save(out)?;
-        }
-        Ok(peak)
+/// Measures the peak at each of `threads` thread counts (fp32, and bf16 where the CPU has it)
+/// and writes it to `out` when given.
+pub fn measure_all(threads: &[usize], out: Option<&Path>) -> Result<Peak> {
+    let mut kinds = vec![Kind::Float];
+    if crate::util::cpu_has_bf16() {
+        kinds.push(Kind::BFloat16);
     }
+    let rows = kinds
+        .iter()
+        .flat_map(|&k| threads.iter().map(move |&t| measure(k, t)))
+        .collect();
+    let peak = Peak {
+        format: crate::record::peak::FORMAT.into(),
+        version: crate::record::peak::VERSION,
+        cpu: Cpu::this_machine(),
+        date: crate::util::today(),
+        rows,
+    };
+    if let Some(out) = out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        peak.save(out)?;
+    }
+    Ok(peak)
 }

@@ -9,46 +9,30 @@ use super::steps::StepsModel;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-/// `partrain plan`: every layout that fits, predicted, best first.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PlanArgs {
-    #[arg(long)]
+/// `partrain plan`'s question: the config, the cluster, the network, and optionally the target.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
     pub config: std::path::PathBuf,
-    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Node counts to plan for.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16, 32])]
     pub nodes: Vec<usize>,
-    #[arg(long)]
     pub cores_per_node: usize,
-    #[arg(long, default_value = "calibration.json")]
     pub calibration: std::path::PathBuf,
     /// A named network between nodes: ib100, eth25, eth10 (default: the calibration's measured
     /// link between nodes, else ib100).
-    #[arg(long, conflicts_with_all = ["latency_us", "bandwidth_gbs"])]
     pub network: Option<String>,
-    #[arg(long, requires = "bandwidth_gbs")]
     pub latency_us: Option<f64>,
-    #[arg(long, requires = "latency_us")]
     pub bandwidth_gbs: Option<f64>,
-    /// Layouts printed per node count and batch scope (plan.csv has them all).
-    #[arg(long, default_value_t = 3)]
-    pub top: usize,
-    #[arg(long, default_value = "plan.csv")]
     pub out: std::path::PathBuf,
     /// Also rank layouts, per-rank batches and accumulation by predicted time to this test
     /// accuracy (percent): step time x steps to target at the layout's global batch.
-    #[arg(long)]
     pub target_accuracy: Option<f64>,
     /// Steps to target from a measured curve (`partrain converge table`'s CSV).
-    #[arg(long, requires = "target_accuracy", conflicts_with = "run")]
     pub curve: Option<std::path::PathBuf>,
     /// Steps to target from the noise-scale model fitted to this run folder (its steps to target
     /// and noise scale).
-    #[arg(long, requires = "target_accuracy")]
     pub run: Option<std::path::PathBuf>,
     /// How often the predicted runs evaluate (their time counts, as in MLPerf), in epochs.
-    #[arg(long, default_value_t = 1.0)]
     pub eval_every_epochs: f64,
 }
 
@@ -93,7 +77,7 @@ pub struct PlanOutput {
     pub steps_model: Option<StepsModel>,
 }
 
-impl PlanArgs {
+impl PlanOptions {
     pub fn network(&self, cal: &Calibration) -> Result<Link> {
         match (&self.network, self.latency_us, self.bandwidth_gbs) {
             (Some(n), _, _) => named_network(n),
@@ -112,7 +96,7 @@ impl PlanArgs {
         if !(target > 0.0 && target <= 100.0) {
             bail!("--target-accuracy: a test accuracy in percent, in (0, 100], got {target}");
         }
-        if !(self.eval_every_epochs > 0.0) {
+        if self.eval_every_epochs.is_nan() || self.eval_every_epochs <= 0.0 {
             bail!(
                 "--eval-every-epochs: must be positive, got {}",
                 self.eval_every_epochs

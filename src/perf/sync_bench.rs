@@ -19,8 +19,8 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// The averaging paths that can be timed on their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-#[value(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Path {
     SharedMemory,
     TwoLevel,
@@ -37,21 +37,16 @@ impl Path {
     }
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone)]
 pub struct SyncBench {
     /// Gradient sizes in f32 (default: the MNIST and CIFAR-10 nets' parameters).
-    #[arg(long, value_delimiter = ',', default_values_t = [421_642usize, 1_070_794])]
     pub elements: Vec<usize>,
     /// Paths to time (default: every path this layout allows).
-    #[arg(long, value_enum, value_delimiter = ',')]
     pub paths: Vec<Path>,
-    #[arg(long, default_value_t = 200)]
     pub repeats: usize,
     /// A name for the rows (for example `han` when launched with Open MPI's coll/han).
-    #[arg(long, default_value = "")]
     pub label: String,
     /// CSV file the rows are appended to (rank 0).
-    #[arg(long)]
     pub out: Option<PathBuf>,
 }
 

@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::ops::Range;
 
 /// The three commands that train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     Serial,

@@ -2,21 +2,18 @@
 
 /// `partrain timeline RUN_DIR`: a picture of a run's trace.json: one row per rank, a bar per span
 /// (forward, backward, messages, averaging, waits), over a window of steps.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TimelineArgs {
+#[derive(Debug, Clone)]
+pub struct TimelineOptions {
     /// The run folder (with trace.json), or the trace file itself.
     pub run: std::path::PathBuf,
     /// The first step shown (1-based) and how many.
-    #[arg(long, default_value_t = 2)]
     pub from_step: usize,
-    #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// Default: timeline.png next to trace.json.
-    #[arg(long)]
     pub out: Option<std::path::PathBuf>,
 }
 
-impl TimelineArgs {
+impl TimelineOptions {
     pub fn run(&self) -> anyhow::Result<std::path::PathBuf> {
         use anyhow::Context;
         let file = if self.run.is_dir() {

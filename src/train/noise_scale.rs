@@ -88,7 +88,7 @@ impl MicroBatchNorms {
             let _ = self.before.g_sub_(&self.grads);
             let n = self.before.norm().double_value(&[]);
             self.sum_sq += n * n;
-            let _ = self.before.copy_(&self.grads);
+            self.before.copy_(&self.grads);
         })
     }
 }

@@ -73,7 +73,7 @@ impl Optimizer {
             };
             let _ = self.velocity.g_mul_scalar_(m).g_add_(&d);
             if self.plan.optimizer == OptimizerKind::Nesterov {
-                let _ = self.scaled.copy_(&self.velocity);
+                self.scaled.copy_(&self.velocity);
                 let _ = self.scaled.g_mul_scalar_(m).g_add_(&d).g_mul_(&lr);
             } else {
                 let _ = self.velocity.mul_out(&self.scaled, &lr);
@@ -85,7 +85,7 @@ impl Optimizer {
     /// d = g + weight_decay w on weights, each weight's d scaled by its trust ratio with LARS.
     fn direction_of(&self, dir: &Direction, grads: &Tensor) -> Tensor {
         let (wd, lars) = (self.plan.weight_decay, self.plan.optimizer == OptimizerKind::Lars);
-        let _ = dir.flat.shallow_clone().copy_(grads);
+        dir.flat.shallow_clone().copy_(grads);
         for ((d, w), &is_weight) in dir.views.iter().zip(&dir.params).zip(&dir.is_weight) {
             if !is_weight {
                 continue;
@@ -142,7 +142,7 @@ mod tests {
             let names = ["fc.weight".to_string(), "fc.bias".to_string()];
             let mut opt = Optimizer::new(&buffer, &[&w, &b], &names, &plan);
             let g = Tensor::zeros([buffer.len() as i64], opts);
-            let _ = g.narrow(0, 0, 2).copy_(&Tensor::from_slice(&[0.6f32, 0.8]));
+            g.narrow(0, 0, 2).copy_(&Tensor::from_slice(&[0.6f32, 0.8]));
             let _ = g.narrow(0, 16, 1).fill_(2.0);
             for _ in 0..2 {
                 opt.step(buffer.values(), &g, 0.1);

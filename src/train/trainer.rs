@@ -580,11 +580,10 @@ impl<'a> Trainer<'a> {
                     .overlapped_step(data, batch, buffer, worker, &mut self.timers),
             );
         }
-        let norms = self.norms.as_mut().filter(|_| measure);
-        let norms = norms.map(|n| {
+        let mut norms = self.norms.as_mut().filter(|_| measure);
+        if let Some(n) = norms.as_mut() {
             n.start();
-            n
-        });
+        }
         self.engine
             .train_step(self.world, &self.data.train, batch, &mut self.timers, norms)
     }

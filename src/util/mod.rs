@@ -146,6 +146,22 @@ pub fn node_cores() -> usize {
     }
 }
 
+/// The median of `v` (the mean of the middle two for an even count); None when empty or when it
+/// is not finite (an infinite entry stands for "never").
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let m = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    m.is_finite().then_some(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,20 +195,4 @@ mod tests {
     fn peak_rss_is_positive() {
         assert!(peak_rss_mb() > 0.0);
     }
-}
-
-/// The median of `v` (the mean of the middle two for an even count); None when empty or when it
-/// is not finite (an infinite entry stands for "never").
-pub fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let m = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    m.is_finite().then_some(m)
 }
