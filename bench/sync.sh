@@ -41,7 +41,7 @@ bench() { # bench NODES RANKS_PER_NODE [MPIRUN FLAGS...] -- [SYNC-BENCH FLAGS...
 for layout in "1 2" "2 1" "2 2" "4 1"; do
   read -r n per <<< "$layout"
   bench "$n" "$per" --
-  bench "$n" "$per" --mca coll_han_priority 100 -- --paths allreduce --label han
+  bench "$n" "$per" --mca coll_han_priority 100 -- --paths mpi_allreduce --label han
   echo "$n node(s) x $per rank(s) done"
 done
 python3 - "$csv" "${failed[@]}" > "$OUT/sync.md" <<'PY'

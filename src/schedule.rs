@@ -50,6 +50,13 @@ impl ScheduleKind {
     }
 }
 
+/// When every action of a simulated step started (per stage, in order), and when the step ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    pub end: f64,
+    pub starts: Vec<Vec<(Action, f64)>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelineSchedule {
     pub kind: ScheduleKind,
@@ -89,56 +96,87 @@ impl PipelineSchedule {
         }
     }
 
-    /// Runs the schedule on an idealised clock (every action takes one tick; a stage waits for
-    /// the action that produces its input). Returns, per tick, what each stage runs, or an error
-    /// naming the stuck stages when no stage can make progress (a deadlock).
-    pub fn simulate(&self) -> Result<Vec<Vec<Option<Action>>>> {
+    /// The one pipeline simulator: each stage runs its actions in order; an action starts when
+    /// its stage is free and its input has arrived (a forward's activation from the stage before,
+    /// a backward's gradient from the stage after, each `link[s]` seconds between stages s and
+    /// s + 1); forwards take `fwd[s]` and backwards `bwd[s]` seconds on stage s. Returns every
+    /// action's start and the step's end, or an error naming the stuck stages when no stage can
+    /// make progress (a deadlock). The tick grid, the performance model and a run's predicted
+    /// bubble all come from here; the closed forms are its tests.
+    pub fn timed(&self, fwd: &[f64], bwd: &[f64], link: &[f64]) -> Result<Timing> {
         let (s_n, m) = (self.stages, self.micro_batches);
-        // done_at[s][action] = tick at which it finished.
-        let mut fwd_done = vec![vec![None::<usize>; m]; s_n];
-        let mut bwd_done = vec![vec![None::<usize>; m]; s_n];
-        let mut next = vec![0usize; s_n];
-        let mut grid = Vec::new();
+        let mut fwd_done = vec![vec![f64::NAN; m]; s_n];
+        let mut bwd_done = vec![vec![f64::NAN; m]; s_n];
+        let (mut next, mut free) = (vec![0usize; s_n], vec![0.0f64; s_n]);
+        let mut starts = vec![Vec::new(); s_n];
         let total: usize = self.actions.iter().map(Vec::len).sum();
-        let mut finished = 0;
-        let mut tick = 0;
-        while finished < total {
-            let mut row = vec![None; s_n];
+        let mut done = 0;
+        while done < total {
+            let before = done;
             for s in 0..s_n {
                 let Some(&a) = self.actions[s].get(next[s]) else {
                     continue;
                 };
-                let ready = |d: Option<usize>| d.is_some_and(|t| t < tick);
-                let ok = match a {
-                    Action::Forward(i) => s == 0 || ready(fwd_done[s - 1][i]),
+                let ready = match a {
+                    Action::Forward(_) if s == 0 => 0.0,
+                    Action::Forward(i) => fwd_done[s - 1][i] + link[s - 1],
+                    Action::Backward(i) if s + 1 == s_n => fwd_done[s][i],
+                    // Not `f64::max`: it would drop a NaN (an input not yet produced).
                     Action::Backward(i) => {
-                        ready(fwd_done[s][i]) && (s == s_n - 1 || ready(bwd_done[s + 1][i]))
+                        let (grad, own) = (bwd_done[s + 1][i] + link[s], fwd_done[s][i]);
+                        if grad.is_nan() || own.is_nan() {
+                            f64::NAN
+                        } else {
+                            grad.max(own)
+                        }
                     }
                 };
-                if ok {
-                    row[s] = Some(a);
+                if ready.is_nan() {
+                    continue;
                 }
+                let start = ready.max(free[s]);
+                let (end, slot) = match a {
+                    Action::Forward(i) => (start + fwd[s], &mut fwd_done[s][i]),
+                    Action::Backward(i) => (start + bwd[s], &mut bwd_done[s][i]),
+                };
+                *slot = end;
+                (free[s], next[s], done) = (end, next[s] + 1, done + 1);
+                starts[s].push((a, start));
             }
-            if row.iter().all(Option::is_none) {
+            if done == before {
                 let stuck: Vec<String> = (0..s_n)
                     .filter(|&s| next[s] < self.actions[s].len())
                     .map(|s| format!("stage {s} at {}", self.actions[s][next[s]]))
                     .collect();
-                bail!("schedule deadlocks at tick {tick}: {}", stuck.join(", "));
+                bail!("schedule deadlocks after {done} actions: {}", stuck.join(", "));
             }
-            for (s, a) in row.iter().enumerate() {
-                match a {
-                    Some(Action::Forward(i)) => fwd_done[s][*i] = Some(tick),
-                    Some(Action::Backward(i)) => bwd_done[s][*i] = Some(tick),
-                    None => continue,
-                }
-                next[s] += 1;
-                finished += 1;
+        }
+        Ok(Timing {
+            end: free.iter().cloned().fold(0.0, f64::max),
+            starts,
+        })
+    }
+
+    /// The schedule on an idealised clock, every action one tick (`timed` with unit durations and
+    /// free links): per tick, what each stage runs.
+    pub fn simulate(&self) -> Result<Vec<Vec<Option<Action>>>> {
+        let ones = vec![1.0; self.stages];
+        let t = self.timed(&ones, &ones, &vec![0.0; self.stages.saturating_sub(1)])?;
+        let mut grid = vec![vec![None; self.stages]; t.end.round() as usize];
+        for (s, list) in t.starts.iter().enumerate() {
+            for &(a, start) in list {
+                grid[start.round() as usize][s] = Some(a);
             }
-            grid.push(row);
-            tick += 1;
         }
         Ok(grid)
+    }
+
+    /// The idle share of a step whose stages all take the same time per action: for GPipe the
+    /// formula (S - 1) / (M + S - 1) (tested), the reference bubble of a schedule.
+    pub fn equal_stage_bubble(&self) -> f64 {
+        let ticks = self.simulate().map_or(0, |g| g.len());
+        let busy: usize = self.actions.iter().map(Vec::len).sum();
+        1.0 - busy as f64 / (ticks * self.stages).max(1) as f64
     }
 
     /// Largest number of micro-batches whose forward has run but whose backward has not, on any
@@ -179,19 +217,14 @@ impl PipelineSchedule {
         let busy: usize = self.actions.iter().map(Vec::len).sum();
         let idle = ticks.len() * self.stages - busy;
         out += &format!(
-            "{} ticks; idle share {:.3} (GPipe formula (S-1)/(M+S-1) = {:.3}); peak activations in flight {}\n",
+            "{} ticks; idle share {:.3} (GPipe's (S-1)/(M+S-1) = {:.3}); peak activations in flight {}\n",
             ticks.len(),
             idle as f64 / (ticks.len() * self.stages) as f64,
-            bubble_formula(self.stages, self.micro_batches),
+            (self.stages - 1) as f64 / (self.micro_batches + self.stages - 1) as f64,
             self.peak_in_flight()
         );
         Ok(out)
     }
-}
-
-/// The GPipe bubble fraction (S - 1) / (M + S - 1).
-pub fn bubble_formula(stages: usize, micro_batches: usize) -> f64 {
-    (stages - 1) as f64 / (micro_batches + stages - 1) as f64
 }
 
 #[cfg(test)]
@@ -260,15 +293,33 @@ mod tests {
         assert_eq!(names[..4], ["F0", "F1", "B0", "F2"]);
     }
 
+    /// The simulator against the closed forms: with equal stages GPipe and 1F1B take
+    /// (M + S - 1) (f + b) and idle (S - 1) / (M + S - 1) of the time; one stage takes M (f + b)
+    /// whatever the schedule; a slow link delays a pipeline by its transfer both ways.
     #[test]
-    fn gpipe_idle_share_matches_formula() {
-        // With equal action times the simulated bubble equals (S-1)/(M+S-1) for GPipe.
-        for (s, m) in [(2, 2), (2, 4), (2, 8), (4, 8)] {
-            let sched = PipelineSchedule::new(ScheduleKind::GPipe, s, m);
-            let ticks = sched.simulate().unwrap().len();
-            let idle = (ticks * s - 2 * m * s) as f64 / (ticks * s) as f64;
-            assert!((idle - bubble_formula(s, m)).abs() < 1e-9, "{s}x{m}: {idle}");
+    fn the_simulator_matches_the_closed_forms() {
+        for kind in [ScheduleKind::GPipe, ScheduleKind::OneFOneB] {
+            for (s, m) in [(2, 1), (2, 2), (2, 4), (2, 8), (4, 8), (3, 5)] {
+                let sched = PipelineSchedule::new(kind, s, m);
+                let t = sched
+                    .timed(&vec![1.0; s], &vec![2.0; s], &vec![0.0; s - 1])
+                    .unwrap();
+                assert!(
+                    (t.end - (m + s - 1) as f64 * 3.0).abs() < 1e-9,
+                    "{kind:?} {s}x{m}: {}",
+                    t.end
+                );
+                let formula = (s - 1) as f64 / (m + s - 1) as f64;
+                assert!(
+                    (sched.equal_stage_bubble() - formula).abs() < 1e-9,
+                    "{kind:?} {s}x{m}"
+                );
+            }
         }
+        let one = PipelineSchedule::new(ScheduleKind::OneFOneB, 1, 3);
+        assert!((one.timed(&[1.0], &[2.0], &[]).unwrap().end - 9.0).abs() < 1e-9);
+        let g = PipelineSchedule::new(ScheduleKind::GPipe, 2, 1);
+        assert!((g.timed(&[1.0, 1.0], &[1.0, 1.0], &[0.5]).unwrap().end - 5.0).abs() < 1e-9);
     }
 
     #[test]

@@ -54,7 +54,7 @@ fn strong_and_weak_tables_for_1_and_2_ranks() {
     assert!(!o.status.success());
     assert!(
         text(&o).contains("invalid value 'sideways' for '--mode <MODE>'")
-            && text(&o).contains("[possible values: strong, weak]"),
+            && text(&o).contains("expected strong or weak"),
         "{}",
         text(&o)
     );

@@ -4,7 +4,8 @@ use anyhow::Result;
 use clap::Args;
 use partrain::comm::Comm;
 use partrain::perf::conv_bench::{ConvBench, Mode};
-use partrain::perf::sync_bench::{Path as SyncPath, SyncBench};
+use partrain::perf::sync_bench::SyncBench;
+use partrain::plan::averaging::GradSync;
 use std::path::PathBuf;
 
 /// Seed 003's convolution benchmark's arguments.
@@ -75,9 +76,9 @@ pub struct SyncBenchArgs {
     /// Gradient sizes in f32 (default: the MNIST and CIFAR-10 nets' parameters).
     #[arg(long, value_delimiter = ',', default_values_t = [421_642usize, 1_070_794])]
     pub elements: Vec<usize>,
-    /// Paths to time (default: every path this layout allows): shared_memory, two_level, allreduce.
-    #[arg(long, value_parser = super::by_name::<SyncPath>, value_delimiter = ',')]
-    pub paths: Vec<SyncPath>,
+    /// Paths to time (default: every path this layout allows): shared_memory, two_level, mpi_allreduce.
+    #[arg(long, value_parser = super::by_name::<GradSync>, value_delimiter = ',')]
+    pub paths: Vec<GradSync>,
     #[arg(long, default_value_t = 200)]
     pub repeats: usize,
     /// A name for the rows (for example `han` when launched with Open MPI's coll/han).

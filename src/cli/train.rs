@@ -6,7 +6,7 @@ use partrain::comm::{abort_world, Comm};
 use partrain::config::{self, Config};
 use partrain::plan::Strategy;
 use partrain::train::run_dir::{self, Start};
-use partrain::train::trainer::Outcome;
+use partrain::train::Outcome;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,7 +67,7 @@ pub fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<E
     } else {
         fresh
     };
-    match partrain::train::trainer::run(strategy, &cfg, &out, start, comm)? {
+    match partrain::train::run(strategy, &cfg, &out, start, comm)? {
         Outcome::Completed(_) => Ok(ExitCode::SUCCESS),
         Outcome::Interrupted { .. } => Ok(ExitCode::from(partrain::train::stop::REQUEUE_EXIT)),
     }

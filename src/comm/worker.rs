@@ -47,45 +47,12 @@ impl Comm {
         let raw = RawComm(dup);
         let name = format!("{}/overlap", self.name);
         flight::register_comm(&name, flight::members(&self.name).unwrap_or_default());
-        let thread_name = name.clone();
         let (jobs, rx) = std::sync::mpsc::channel::<ReduceJob>();
         let (tx_done, done) = std::sync::mpsc::channel();
+        let thread_name = name.clone();
         let thread = std::thread::Builder::new()
             .name("partrain-allreduce".into())
-            .spawn(move || {
-                let mut raw = raw;
-                for (seq, job) in (1u64..).zip(rx) {
-                    let op = Op {
-                        kind: OpKind::OverlappedAllReduce,
-                        comm: &thread_name,
-                        seq,
-                        peer: None,
-                        count: job.len,
-                        dtype: "f32",
-                    };
-                    let _op = super::guard::enter(op, || {}, crate::diag::trace::Span::none());
-                    // SAFETY: `submit`'s caller keeps both buffers alive and untouched until the
-                    // matching `wait` returns.
-                    unsafe {
-                        mpi_ok(
-                            ffi::MPI_Allreduce(
-                                job.send as *const std::ffi::c_void,
-                                job.recv as *mut std::ffi::c_void,
-                                job.len as i32,
-                                ffi::RSMPI_FLOAT,
-                                ffi::RSMPI_SUM,
-                                raw.0,
-                            ),
-                            "MPI_Allreduce (overlapped)",
-                        );
-                    }
-                    if tx_done.send(()).is_err() {
-                        break;
-                    }
-                }
-                // SAFETY: every rank frees its duplicate when its worker stops.
-                unsafe { mpi_ok(ffi::MPI_Comm_free(&mut raw.0), "MPI_Comm_free") };
-            })
+            .spawn(move || serve(raw, &thread_name, rx, tx_done))
             .expect("spawn all-reduce thread");
         Some(ReduceWorker {
             name,
@@ -95,6 +62,47 @@ impl Comm {
             thread: Some(thread),
         })
     }
+}
+
+/// The all-reduce thread: each job's span of the flat buffers all-reduced on its own duplicate
+/// communicator `raw`, through the one instrumented path, until the worker is dropped.
+fn serve(
+    mut raw: RawComm,
+    name: &str,
+    jobs: std::sync::mpsc::Receiver<ReduceJob>,
+    done: std::sync::mpsc::Sender<()>,
+) {
+    for (seq, job) in (1u64..).zip(jobs) {
+        let op = Op {
+            kind: OpKind::OverlappedAllReduce,
+            comm: name,
+            seq,
+            peer: None,
+            count: job.len,
+            dtype: "f32",
+        };
+        let _op = super::guard::enter(op, || {}, crate::diag::trace::Span::none());
+        // SAFETY: `submit`'s caller keeps both buffers alive and untouched until the
+        // matching `wait` returns.
+        unsafe {
+            mpi_ok(
+                ffi::MPI_Allreduce(
+                    job.send as *const std::ffi::c_void,
+                    job.recv as *mut std::ffi::c_void,
+                    job.len as i32,
+                    ffi::RSMPI_FLOAT,
+                    ffi::RSMPI_SUM,
+                    raw.0,
+                ),
+                "MPI_Allreduce (overlapped)",
+            );
+        }
+        if done.send(()).is_err() {
+            break;
+        }
+    }
+    // SAFETY: every rank frees its duplicate when its worker stops.
+    unsafe { mpi_ok(ffi::MPI_Comm_free(&mut raw.0), "MPI_Comm_free") };
 }
 
 impl ReduceWorker {

@@ -166,7 +166,23 @@ fn stuck_collective(comm: &str, members: &[usize], files: &BTreeMap<usize, &Flig
     if !completed.is_empty() {
         lines.push(format!("  completed by rank(s) {}", ranks_text(&completed)));
     }
-    for m in &inside {
+    lines.extend(different_operations(&op, seq, &inside, &on, files)?);
+    for m in never {
+        lines.push(format!("  rank {m} never entered it: {}", whereabouts(files[&m])));
+    }
+    Some(Stuck { first_start, lines })
+}
+
+/// Ranks of `inside` that entered another operation under number `seq` than `op` (checks aside).
+fn different_operations(
+    op: &Record,
+    seq: u64,
+    inside: &[usize],
+    on: &dyn Fn(&FlightFile) -> Vec<Record>,
+    files: &BTreeMap<usize, &FlightFile>,
+) -> Option<Vec<String>> {
+    let mut lines = Vec::new();
+    for m in inside {
         let theirs = on(files[m]).into_iter().find(|r| r.seq == seq)?;
         let checks = theirs.kind == OpKind::Check || op.kind == OpKind::Check;
         if !checks && (theirs.kind != op.kind || theirs.count != op.count) {
@@ -176,10 +192,7 @@ fn stuck_collective(comm: &str, members: &[usize], files: &BTreeMap<usize, &Flig
             ));
         }
     }
-    for m in never {
-        lines.push(format!("  rank {m} never entered it: {}", whereabouts(files[&m])));
-    }
-    Some(Stuck { first_start, lines })
+    Some(lines)
 }
 
 /// Receives some rank waits in whose matching send never started.

@@ -12,10 +12,10 @@
 //! per element. An existing `--out` file of the same net keeps what this launch did not measure
 //! (so a one-node and a two-node launch together fill it).
 
-use crate::comm::{Comm, Tag};
+use crate::comm::Comm;
 use crate::config::Config;
 use crate::model::{describe, Net};
-use crate::perf::{Calibration, ComputeRow, Link, FORMAT, VERSION};
+use crate::perf::{Calibration, ComputeRow, FORMAT, VERSION};
 use crate::plan::averaging::GradSync;
 use crate::plan::{Plan, Strategy};
 use crate::train::averager::Averager;
@@ -171,37 +171,6 @@ fn step_time(cfg: &Config, batch: usize, repeats: usize) -> Result<f64> {
     }))
 }
 
-/// One-way latency (8 bytes) and bandwidth (4 MiB) between ranks `a` and `b` by ping-pong.
-fn ping_pong(world: &Comm, a: usize, b: usize, repeats: usize) -> Option<Link> {
-    let me = world.rank();
-    let one_way = |len: usize| -> f64 {
-        let mut buf = vec![0f32; len];
-        let mut times = Vec::new();
-        for _ in 0..repeats + 2 {
-            let t = Instant::now();
-            if me == a {
-                world.send(b, Tag::Calibrate, &buf);
-                world.recv(b, Tag::Calibrate, &mut buf);
-            } else if me == b {
-                world.recv(a, Tag::Calibrate, &mut buf);
-                world.send(a, Tag::Calibrate, &buf);
-            }
-            times.push(t.elapsed().as_secs_f64() / 2.0);
-        }
-        median(times[2..].to_vec())
-    };
-    let small = one_way(2);
-    let big_len = 1 << 20;
-    let big = one_way(big_len);
-    let mut out = [small, big];
-    world.broadcast(&mut out, a);
-    let [small, big] = out;
-    Some(Link {
-        latency_us: small * 1e6,
-        bandwidth_gbs: (4.0 * big_len as f64) / (big - small).max(1e-9) / 1e9,
-    })
-}
-
 impl CalibrateOptions {
     pub fn run(&self, world: &Comm) -> Result<Option<Calibration>> {
         let cfg = crate::config::load(&self.config, &self.set)?;
@@ -246,10 +215,10 @@ impl CalibrateOptions {
         let local = (1..shape.size).find(|&r| shape.node_of_rank[r] == shape.node_of_rank[0]);
         let remote = (1..shape.size).find(|&r| shape.node_of_rank[r] != shape.node_of_rank[0]);
         if let Some(r) = local {
-            cal.intra_node = ping_pong(world, 0, r, self.repeats * 3).or(cal.intra_node);
+            cal.intra_node = Some(world.link(0, r, self.repeats * 3));
         }
         if let Some(r) = remote {
-            cal.inter_node = ping_pong(world, 0, r, self.repeats * 3).or(cal.inter_node);
+            cal.inter_node = Some(world.link(0, r, self.repeats * 3));
         }
         if shape.size > 1 && shape.nodes() == 1 {
             self.measure_sharing(&cfg, world, &mut cal)?;
@@ -286,7 +255,7 @@ impl CalibrateOptions {
         let n = 1_070_794;
         let param = Tensor::ones([n as i64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let len = GradientBuffer::flat_len(&[&param]);
-        let mut sync = Averager::new(GradSync::SharedMemory, world.split(0, world.rank()), len, 1);
+        let mut sync = Averager::new((GradSync::SharedMemory, 1), world.split(0, world.rank()), len, 1);
         let mut buffer = GradientBuffer::bind(&[&param], sync.node_mean());
         let t = time(self.repeats * 3, || {
             sync.average(&mut buffer);

@@ -24,19 +24,7 @@ pub struct ComputeRow {
     pub step_s: f64,
 }
 
-/// A link's latency and bandwidth, between two ranks of one node or of two nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Link {
-    pub latency_us: f64,
-    pub bandwidth_gbs: f64,
-}
-
-impl Link {
-    /// Seconds to move `bytes` one way.
-    pub fn seconds(&self, bytes: f64) -> f64 {
-        self.latency_us * 1e-6 + bytes / (self.bandwidth_gbs * 1e9)
-    }
-}
+pub use crate::comm::Link;
 
 /// Named network assumptions (stated in docs/performance.md).
 pub fn named_network(name: &str) -> Result<Link> {

@@ -6,7 +6,9 @@
 
 use super::calibration::Calibration;
 use super::predict::Layout;
-use crate::plan::averaging::GradSync;
+use crate::config::SyncConfig;
+use crate::plan::averaging::{self, GroupSpread};
+use crate::plan::split::{StageSplit, CALIBRATED};
 use crate::schedule::ScheduleKind;
 
 /// How a layout's global batch is chosen.
@@ -62,17 +64,6 @@ impl std::fmt::Display for Refusal {
             self.train_images / self.per_replica.max(1),
             self.per_replica
         )
-    }
-}
-
-/// The averaging path the plan would take for replica groups of `per_node` ranks on each of
-/// `nodes` nodes (src/plan.rs, `choose_grad_sync`).
-fn sync_for(replicas: usize, group_per_node: usize, group_nodes: usize) -> GradSync {
-    match (replicas, group_nodes, group_per_node) {
-        (1, _, _) => GradSync::None,
-        (_, 1, _) => GradSync::SharedMemory,
-        (_, _, p) if p >= 2 => GradSync::TwoLevel,
-        _ => GradSync::Allreduce,
     }
 }
 
@@ -170,17 +161,13 @@ impl Grid {
     /// calibrated time at micro-batches of `micro` images, `m` of them per replica and step.
     fn layouts(&self, cal: &Calibration, micro: usize, m: usize) -> Vec<Layout> {
         let n_layers = cal.layer_names.len();
-        let boundaries = if self.stages > 1 {
-            let costs: Vec<f64> = (0..n_layers)
-                .map(|i| {
-                    let (f, b, _) = cal.stage_seconds(i..i + 1, self.threads, micro.max(1));
-                    f + b
-                })
-                .collect();
-            crate::model::balance(&costs, self.stages)
-        } else {
-            Vec::new()
-        };
+        let costs: Vec<f64> = (0..n_layers)
+            .map(|i| {
+                let (f, b, _) = cal.stage_seconds(i..i + 1, self.threads, micro.max(1));
+                f + b
+            })
+            .collect();
+        let boundaries = StageSplit::balanced(&costs, self.stages, CALIBRATED).boundaries;
         let schedules: &[ScheduleKind] = match self.stages {
             1 => &[ScheduleKind::OneFOneB],
             _ => &[ScheduleKind::GPipe, ScheduleKind::OneFOneB],
@@ -194,7 +181,14 @@ impl Grid {
                 } else {
                     self.per_node.min(self.replicas)
                 };
-                let group_nodes = self.replicas.div_ceil(group_per_node);
+                let spread = GroupSpread {
+                    replicas: self.replicas,
+                    nodes: self.replicas.div_ceil(group_per_node),
+                    per_node: self
+                        .replicas
+                        .is_multiple_of(group_per_node)
+                        .then_some(group_per_node),
+                };
                 out.push(Layout {
                     strategy: if self.stages == 1 { "dp" } else { "hybrid" }.into(),
                     nodes: self.nodes,
@@ -207,7 +201,9 @@ impl Grid {
                     schedule,
                     global_batch: micro * m * self.replicas,
                     boundaries: boundaries.clone(),
-                    grad_sync: sync_for(self.replicas, group_per_node, group_nodes),
+                    // The plan's own rule, with the default sync settings.
+                    grad_sync: averaging::choose(&SyncConfig::default(), spread),
+                    average_every: 1,
                     pipeline_in_node,
                 });
             }

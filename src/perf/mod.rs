@@ -16,5 +16,5 @@ pub mod sync_bench;
 pub use calibration::{named_network, Calibration, CoRun, ComputeRow, Link, FORMAT, VERSION};
 pub use layouts::layouts;
 pub use planner::{PlanOptions, PlanRow};
-pub use predict::{eval_seconds, predict, simulate, time_to_target, Layout, Prediction};
+pub use predict::{eval_seconds, predict, time_to_target, Layout, Prediction};
 pub use steps::StepsModel;

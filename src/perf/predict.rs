@@ -14,7 +14,7 @@
 
 use super::calibration::{Calibration, Link};
 use crate::plan::averaging::GradSync;
-use crate::schedule::{Action, PipelineSchedule, ScheduleKind};
+use crate::schedule::{PipelineSchedule, ScheduleKind};
 use serde::Serialize;
 
 /// A layout to predict.
@@ -36,6 +36,8 @@ pub struct Layout {
     /// The first layer of stages 1..
     pub boundaries: Vec<usize>,
     pub grad_sync: GradSync,
+    /// With model averaging: its period in steps.
+    pub average_every: usize,
     /// A pipeline's stages are neighbours (false: a stage's replicas are).
     pub pipeline_in_node: bool,
 }
@@ -58,54 +60,6 @@ pub struct Prediction {
     pub memory_mb_per_rank: f64,
     /// Thread counts beyond those calibrated: the compute time is an extrapolation.
     pub extrapolated: bool,
-}
-
-/// The pipeline's step time: the schedule's actions with `fwd[s]`, `bwd[s]` seconds per
-/// micro-batch on stage s and `link[s]` seconds to move an activation (or its gradient) between
-/// stages s and s+1. Each stage runs its actions in order; an action starts when the stage is
-/// free and its input has arrived.
-pub fn simulate(schedule: &PipelineSchedule, fwd: &[f64], bwd: &[f64], link: &[f64]) -> f64 {
-    let (s_n, m) = (schedule.stages, schedule.micro_batches);
-    let mut fwd_done = vec![vec![f64::NAN; m]; s_n];
-    let mut bwd_done = vec![vec![f64::NAN; m]; s_n];
-    let mut next = vec![0usize; s_n];
-    let mut free = vec![0.0f64; s_n];
-    let total: usize = schedule.actions.iter().map(Vec::len).sum();
-    let mut done = 0;
-    while done < total {
-        let mut progressed = false;
-        for s in 0..s_n {
-            let Some(&a) = schedule.actions[s].get(next[s]) else {
-                continue;
-            };
-            let ready = match a {
-                Action::Forward(_) if s == 0 => Some(0.0),
-                Action::Forward(i) => Some(fwd_done[s - 1][i] + link[s - 1]).filter(|t| !t.is_nan()),
-                Action::Backward(i) if s + 1 == s_n => Some(fwd_done[s][i]).filter(|t| !t.is_nan()),
-                Action::Backward(i) => Some(bwd_done[s + 1][i] + link[s]).filter(|t| !t.is_nan()),
-            };
-            let Some(ready) = ready else { continue };
-            let start = ready.max(free[s]);
-            let end = start
-                + match a {
-                    Action::Forward(_) => fwd[s],
-                    Action::Backward(_) => bwd[s],
-                };
-            match a {
-                Action::Forward(i) => fwd_done[s][i] = end,
-                Action::Backward(i) => bwd_done[s][i] = end,
-            }
-            free[s] = end;
-            next[s] += 1;
-            done += 1;
-            progressed = true;
-        }
-        assert!(
-            progressed,
-            "schedule deadlocks (the simulator in schedule.rs rejects such schedules)"
-        );
-    }
-    free.iter().cloned().fold(0.0, f64::max)
 }
 
 /// Seconds to average `elems` f32 per rank over `layout`'s replica groups.
@@ -139,7 +93,9 @@ fn averaging_seconds(layout: &Layout, elems: f64, cal: &Calibration, network: Li
         }
         GradSync::Allreduce | GradSync::Overlapped if group_nodes <= 1.0 => ring(r, bytes, intra, 1.0),
         GradSync::Allreduce | GradSync::Overlapped => ring(r, bytes, network, group_per_node),
-        GradSync::WeightAverage { every } => ring(r, bytes, network, group_per_node) / every.max(1) as f64,
+        GradSync::WeightAverage => {
+            ring(r, bytes, network, group_per_node) / layout.average_every.max(1) as f64
+        }
     }
 }
 
@@ -200,7 +156,7 @@ fn corun(cal: &Calibration, load: f64, cores: f64) -> f64 {
 fn predict_at(layout: &Layout, cal: &Calibration, network: Link, slow: f64) -> Stepped {
     let s_n = layout.stages;
     let n_layers = cal.layer_names.len();
-    let ranges = crate::model::stage_ranges(n_layers, &layout.boundaries);
+    let ranges = crate::plan::split::stage_ranges(n_layers, &layout.boundaries);
     let micro = (layout.global_batch / layout.replicas() / layout.micro_batches).max(1);
     let mut extrapolated = false;
     let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
@@ -224,7 +180,10 @@ fn predict_at(layout: &Layout, cal: &Calibration, network: Link, slow: f64) -> S
         })
         .collect();
     let schedule = PipelineSchedule::new(layout.schedule, s_n, layout.micro_batches);
-    let pipeline_s = simulate(&schedule, &fwd, &bwd, &link);
+    let pipeline_s = schedule
+        .timed(&fwd, &bwd, &link)
+        .expect("the schedules are deadlock-free (schedule.rs tests every grid up to 8 x 16)")
+        .end;
     let max_stage_params = ranges
         .iter()
         .map(|r| cal.layer_params[r.clone()].iter().sum::<i64>())
@@ -259,7 +218,7 @@ fn predict_at(layout: &Layout, cal: &Calibration, network: Link, slow: f64) -> S
 /// stages, one micro-batch of 100 images at a time (the stages' forward times added: the
 /// pipelined evaluation overlaps them, so this errs long).
 pub fn eval_seconds(layout: &Layout, cal: &Calibration, test: usize) -> f64 {
-    let per_image: f64 = crate::model::stage_ranges(cal.layer_names.len(), &layout.boundaries)
+    let per_image: f64 = crate::plan::split::stage_ranges(cal.layer_names.len(), &layout.boundaries)
         .into_iter()
         .map(|range| cal.stage_seconds(range, layout.threads, 100).0 / 100.0)
         .sum();
@@ -278,20 +237,6 @@ mod tests {
     use crate::perf::calibration::{CoRun, FORMAT, VERSION};
     use crate::perf::named_network;
 
-    #[test]
-    fn simulated_pipeline_matches_the_closed_forms() {
-        // Equal stages, free links: GPipe takes (M + S - 1) x (f + b).
-        let s = PipelineSchedule::new(ScheduleKind::GPipe, 2, 4);
-        let t = simulate(&s, &[1.0, 1.0], &[2.0, 2.0], &[0.0]);
-        assert!((t - (4 + 1) as f64 * 3.0).abs() < 1e-9, "{t}");
-        // One stage: M x (f + b), whatever the schedule.
-        let s = PipelineSchedule::new(ScheduleKind::OneFOneB, 1, 3);
-        assert!((simulate(&s, &[1.0], &[2.0], &[]) - 9.0).abs() < 1e-9);
-        // A slow link delays the pipeline by its transfer both ways.
-        let s = PipelineSchedule::new(ScheduleKind::GPipe, 2, 1);
-        assert!((simulate(&s, &[1.0, 1.0], &[1.0, 1.0], &[0.5]) - 5.0).abs() < 1e-9);
-    }
-
     /// A 2-core machine's calibration with `layers` (layer names, sizes and compute rows) added.
     fn test_calibration(layers: serde_json::Value) -> Calibration {
         let mut cal = serde_json::json!({
@@ -305,7 +250,6 @@ mod tests {
         serde_json::from_value(cal).expect("a valid calibration")
     }
 
-    /// Beyond the calibrated thread counts, a layer measured at 0 s (a ReLU fused into the
     /// max-pool) once made every extrapolated stage time NaN and `plan --cores-per-node 64` panic.
     #[test]
     fn extrapolated_stage_times_stay_finite_with_a_zero_layer() {

@@ -42,22 +42,27 @@ impl StepsModel {
     /// The noise-scale model through the run in `dir` (its summary.json), trained to `target`.
     pub fn from_run(dir: &Path, target: f64) -> Result<StepsModel> {
         let s = crate::record::summary::read_summary(&dir.join("summary.json"))?;
-        if s.target_accuracy != Some(target) {
+        if s.target.target_accuracy != Some(target) {
             bail!(
                 "--run: {} was trained to target {:?}%, and --target-accuracy is {target}%",
                 dir.display(),
-                s.target_accuracy
+                s.target.target_accuracy
             );
         }
         let steps = s
+            .target
             .steps_to_target
             .with_context(|| format!("--run: {} never reached its target", dir.display()))?;
-        let b_noise = s.noise_scale_at_target.or(s.noise_scale).with_context(|| {
-            format!(
-                "--run: {} measured no noise scale (a run with several replicas or micro-batches does)",
-                dir.display()
-            )
-        })?;
+        let b_noise = s
+            .target
+            .noise_scale_at_target
+            .or(s.target.noise_scale)
+            .with_context(|| {
+                format!(
+                    "--run: {} measured no noise scale (a run with several replicas or micro-batches does)",
+                    dir.display()
+                )
+            })?;
         let b = s.global_batch as f64;
         Ok(StepsModel::NoiseScale {
             s_min: steps as f64 / (1.0 + b_noise / b),

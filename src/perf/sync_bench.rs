@@ -2,14 +2,14 @@
 //! trainer runs (`Averager` over a flat `GradientBuffer`), for gradient sizes of the seed nets.
 //!
 //!   mpirun -np 4 partrain sync-bench                               # every path the layout allows
-//!   mpirun -np 4 --mca coll_han_priority 100 partrain sync-bench --paths allreduce --label han
+//!   mpirun -np 4 --mca coll_han_priority 100 partrain sync-bench --paths mpi_allreduce --label han
 //!
 //! Each rank times `repeats` averagings after a barrier (so no rank starts early); a row reports
 //! the median and 10th / 90th percentiles of the slowest rank's time per averaging, and the
 //! algorithm bandwidth (bytes of one rank's gradients per second).
 
 use crate::comm::Comm;
-use crate::plan::averaging::GradSync;
+use crate::plan::averaging::{runs_on, GradSync, GroupSpread};
 use crate::train::averager::Averager;
 use crate::train::grads::GradientBuffer;
 use anyhow::{bail, Result};
@@ -18,31 +18,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
-/// The averaging paths that can be timed on their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Path {
-    SharedMemory,
-    TwoLevel,
-    Allreduce,
-}
-
-impl Path {
-    fn policy(self) -> GradSync {
-        match self {
-            Path::SharedMemory => GradSync::SharedMemory,
-            Path::TwoLevel => GradSync::TwoLevel,
-            Path::Allreduce => GradSync::Allreduce,
-        }
-    }
-}
+/// The averaging paths timed on their own (the others are these plus threading or local steps).
+pub const TIMED: [GradSync; 3] = [GradSync::SharedMemory, GradSync::TwoLevel, GradSync::Allreduce];
 
 #[derive(Debug, Clone)]
 pub struct SyncBench {
     /// Gradient sizes in f32 (default: the MNIST and CIFAR-10 nets' parameters).
     pub elements: Vec<usize>,
     /// Paths to time (default: every path this layout allows).
-    pub paths: Vec<Path>,
+    pub paths: Vec<GradSync>,
     pub repeats: usize,
     /// A name for the rows (for example `han` when launched with Open MPI's coll/han).
     pub label: String,
@@ -69,35 +53,35 @@ pub struct SyncBenchRow {
 impl SyncBench {
     pub fn run(&self, world: &Comm) -> Result<Vec<SyncBenchRow>> {
         let shape = world.shape();
-        let all: Vec<usize> = (0..shape.size).collect();
-        let allowed = |p: Path| match p {
-            Path::SharedMemory => shape.on_one_node(all.iter().copied()),
-            Path::TwoLevel => shape.nodes() > 1 && shape.evenly_spread(all.iter().copied()).is_some(),
-            Path::Allreduce => true,
+        let spread = GroupSpread {
+            replicas: shape.size,
+            nodes: shape.nodes(),
+            per_node: shape.evenly_spread(0..shape.size),
         };
-        let paths: Vec<Path> = if self.paths.is_empty() {
-            [Path::SharedMemory, Path::TwoLevel, Path::Allreduce]
-                .into_iter()
-                .filter(|&p| allowed(p))
-                .collect()
+        let paths: Vec<GradSync> = if self.paths.is_empty() {
+            TIMED.into_iter().filter(|&p| runs_on(p, spread)).collect()
         } else {
             self.paths.clone()
         };
-        if let Some(p) = paths.iter().find(|&&p| !allowed(p)) {
+        if let Some(p) = paths
+            .iter()
+            .find(|&&p| !TIMED.contains(&p) || !runs_on(p, spread))
+        {
             bail!(
-                "--paths: {p:?} does not apply to {} ranks on {} nodes (shared_memory needs one node, two_level \
-                 several with the same number of ranks on each)",
+                "--paths: {} does not apply to {} ranks on {} nodes (shared_memory needs one node, two_level \
+                 several with the same number of ranks on each; mpi_allreduce runs anywhere)",
+                p.name(),
                 shape.size,
                 shape.nodes()
             );
         }
-        let hosts = world.hostnames().join(";");
+        let hosts = shape.hostnames.join(";");
         let mut rows = Vec::new();
         for &path in &paths {
             for &n in &self.elements {
                 let us = self.time(world, path, n);
                 rows.push(SyncBenchRow {
-                    path: path.policy().name().into(),
+                    path: path.name().into(),
                     label: self.label.clone(),
                     ranks: shape.size,
                     nodes: shape.nodes(),
@@ -120,11 +104,11 @@ impl SyncBench {
     }
 
     /// Microseconds per averaging of `n` f32 on `path`: the slowest rank's, per repeat.
-    fn time(&self, world: &Comm, path: Path, n: usize) -> Vec<f64> {
+    fn time(&self, world: &Comm, path: GradSync, n: usize) -> Vec<f64> {
         let param = Tensor::ones([n as i64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let params = [&param];
         let mut sync = Averager::new(
-            path.policy(),
+            (path, 1),
             world.split(0, world.rank()),
             GradientBuffer::flat_len(&params),
             1,

@@ -70,9 +70,16 @@ impl Peak {
 /// The peak of a whole job from one rank's peak at `threads` threads: on each node, only as many
 /// ranks as the node has cores for count (4 ranks on 2 cores share them: their peak is 2 ranks').
 pub fn job_gflops(per_rank: f64, shape: &crate::comm::WorldShape, threads: usize, node_cores: usize) -> f64 {
-    let fit = (node_cores / threads.max(1)).max(1);
     let full_ranks: usize = (0..shape.nodes())
-        .map(|n| shape.node_of_rank.iter().filter(|&&x| x == n).count().min(fit))
+        .map(|n| {
+            let ranks = shape.node_of_rank.iter().filter(|&&x| x == n).count();
+            crate::util::machine::Occupancy {
+                ranks,
+                threads,
+                cores: node_cores,
+            }
+            .ranks_with_cores()
+        })
         .sum();
     per_rank * full_ranks as f64
 }

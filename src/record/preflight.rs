@@ -5,11 +5,10 @@
 //! that resolve to one another), fails here at once with the figures instead of training the
 //! wrong layout. Rank 0 prints it; the figures go into summary.json.
 
-use crate::comm::{Comm, Tag, WorldShape};
+use crate::comm::{Comm, WorldShape};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RankPlace {
@@ -25,15 +24,15 @@ pub struct LeaderLink {
     pub from: usize,
     pub to: usize,
     pub host: String,
-    pub latency_us: f64,
-    pub bandwidth_gbs: f64,
+    #[serde(flatten)]
+    pub link: crate::comm::Link,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Preflight {
-    pub world_size: usize,
-    pub nodes: usize,
-    pub ranks_per_node: usize,
+    /// Ranks, nodes, ranks per node, cores per node, host names, machines.
+    #[serde(flatten)]
+    pub world: crate::comm::WorldFacts,
     pub threads_per_rank: usize,
     pub ranks: Vec<RankPlace>,
     pub leader_links: Vec<LeaderLink>,
@@ -153,6 +152,16 @@ pub fn check_launcher(
     }
     // srun's own variables describe the ranks only when srun started them (not mpirun's daemons).
     if env.contains_key("SLURM_PROCID") && !env.contains_key("OMPI_COMM_WORLD_SIZE") {
+        agreed.extend(check_slurm(env, size, &distinct)?);
+    }
+    Ok(agreed)
+}
+
+/// srun's view (its tasks, nodes and node list) checked against the world's ranks and hosts.
+fn check_slurm(env: &BTreeMap<String, String>, size: usize, distinct: &[&String]) -> Result<Vec<String>> {
+    let get = |k: &str| env.get(k).and_then(|v| v.trim().parse::<usize>().ok());
+    let mut agreed = Vec::new();
+    {
         if let Some(n) = get("SLURM_STEP_NUM_TASKS") {
             if n != size {
                 bail!("preflight: srun started {n} task(s) (SLURM_STEP_NUM_TASKS) but MPI's world has {size} rank(s)");
@@ -187,36 +196,13 @@ pub fn check_launcher(
     Ok(agreed)
 }
 
-/// One-way latency (8 bytes) and bandwidth (1 MiB) from rank 0 to `to`, best of a few round trips.
-fn ping_pong(world: &Comm, to: usize) -> (f64, f64) {
-    let me = world.rank();
-    let one_way = |len: usize| -> f64 {
-        let mut buf = vec![0u8; len];
-        let mut best = f64::INFINITY;
-        for _ in 0..6 {
-            let t = Instant::now();
-            if me == 0 {
-                world.send(to, Tag::Calibrate, &buf);
-                world.recv(to, Tag::Calibrate, &mut buf);
-            } else if me == to {
-                world.recv(0, Tag::Calibrate, &mut buf);
-                world.send(0, Tag::Calibrate, &buf);
-            }
-            best = best.min(t.elapsed().as_secs_f64() / 2.0);
-        }
-        best
-    };
-    let (small, big) = (one_way(8), one_way(1 << 20));
-    (small * 1e6, (1 << 20) as f64 / (big - small).max(1e-9) / 1e9)
-}
-
 /// Runs the preflight (collective over `world`); fails on every rank when the launcher or Slurm
 /// contradicts the world.
 pub fn run(world: &Comm, shape: &WorldShape, threads_per_rank: usize) -> Result<Preflight> {
-    let hosts = crate::diag::flight::labelled("preflight", || world.hostnames());
+    let hosts = &shape.hostnames;
     let cores = crate::diag::flight::labelled("preflight", || world.all_gather_text(&affinity()));
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let launcher = check_launcher(&env, world.size(), &hosts, shape.local_ranks());
+    let launcher = check_launcher(&env, world.size(), hosts, shape.local_ranks());
     // Every rank decides alike (the same world), but a failure on one must stop all.
     let ok =
         crate::diag::flight::labelled("preflight", || world.sum(&[u64::from(launcher.is_err())]))[0] == 0;
@@ -234,21 +220,17 @@ pub fn run(world: &Comm, shape: &WorldShape, threads_per_rank: usize) -> Result<
     let leader_links = leaders
         .into_iter()
         .map(|to| {
-            let (latency_us, bandwidth_gbs) =
-                crate::diag::flight::labelled("preflight ping-pong", || ping_pong(world, to));
+            let link = crate::diag::flight::labelled("preflight ping-pong", || world.link(0, to, 4));
             LeaderLink {
                 from: 0,
                 to,
                 host: hosts[to].clone(),
-                latency_us,
-                bandwidth_gbs,
+                link,
             }
         })
         .collect();
     Ok(Preflight {
-        world_size: world.size(),
-        nodes: shape.nodes(),
-        ranks_per_node: shape.ranks_per_node(),
+        world: shape.facts(crate::util::node_cores()),
         threads_per_rank,
         ranks: (0..world.size())
             .map(|r| RankPlace {
@@ -267,9 +249,9 @@ impl Preflight {
     pub fn describe(&self) -> String {
         let mut out = format!(
             "preflight: {} rank(s) on {} node(s) ({} per node), {} thread(s) per rank; launcher: {}\n",
-            self.world_size,
-            self.nodes,
-            self.ranks_per_node,
+            self.world.world_size,
+            self.world.nodes,
+            self.world.ranks_per_node,
             self.threads_per_rank,
             if self.launcher.is_empty() {
                 "none seen (one process)".into()
@@ -291,7 +273,7 @@ impl Preflight {
         for l in &self.leader_links {
             out += &format!(
                 "  rank {} <-> rank {} ({}): latency {:.1} us, bandwidth {:.2} GB/s\n",
-                l.from, l.to, l.host, l.latency_us, l.bandwidth_gbs
+                l.from, l.to, l.host, l.link.latency_us, l.link.bandwidth_gbs
             );
         }
         out

@@ -25,20 +25,9 @@ pub struct Summary {
     pub strategy: Strategy,
     pub dataset: String,
     pub model: String,
-    pub world_size: usize,
-    /// Distinct nodes the ranks ran on, the most ranks on one of them, and the cores of rank 0's
-    /// node.
-    pub nodes: usize,
-    #[serde(default)]
-    pub ranks_per_node: usize,
-    pub cores_per_node: usize,
-    /// Each rank's host name, indexed by rank.
-    #[serde(default)]
-    pub hostnames: Vec<String>,
-    /// Distinct machines (kernels) under the nodes: fewer than `nodes` on an emulated cluster,
-    /// whose nodes share one machine's cores.
-    #[serde(default)]
-    pub machines: usize,
+    /// Ranks, nodes, ranks per node, cores of rank 0's node, host names, machines.
+    #[serde(flatten)]
+    pub world: crate::comm::WorldFacts,
     pub stages: usize,
     pub replicas: usize,
     pub threads_per_rank: usize,
@@ -56,9 +45,12 @@ pub struct Summary {
     pub placement: crate::config::Placement,
     pub batch_scope: BatchScope,
     pub sync_mode: SyncMode,
-    /// The plan's averaging path (`GradSync::name`): `none` (one replica), `shared_memory`,
-    /// `mpi_allreduce`, `mpi_allreduce_overlapped` or `weight_average`.
-    pub gradient_averaging: String,
+    /// The plan's averaging path (`GradSync`'s one spelling: `none`, `shared_memory`,
+    /// `two_level`, `mpi_allreduce`, `mpi_allreduce_overlapped` or `weight_average`).
+    pub gradient_averaging: crate::plan::averaging::GradSync,
+    /// With model averaging: the period in steps.
+    #[serde(default = "one")]
+    pub average_every: usize,
     pub parameters: i64,
     pub train_samples: usize,
     pub test_samples: usize,
@@ -99,6 +91,21 @@ pub struct Summary {
     /// `train.eval_every_steps` (evaluations inside epochs), for predictions of time to target.
     #[serde(default)]
     pub eval_every_steps: Option<usize>,
+    /// Time to accuracy and the noise scale.
+    #[serde(flatten)]
+    pub target: TargetSummary,
+    /// Hybrid runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineSummary>,
+    /// Where the ranks ran and how the node leaders' links measured at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::record::preflight::Preflight>,
+}
+
+/// Time to accuracy (`train.target_accuracy`, percent) and the gradient noise scale, flattened
+/// into `summary.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetSummary {
     /// Time to accuracy (`train.target_accuracy`, percent): the run clock, steps, epochs
     /// (fractional) and images at the first evaluation at or above it; null when not reached.
     #[serde(default)]
@@ -127,12 +134,6 @@ pub struct Summary {
     pub noise_scale: Option<f64>,
     #[serde(default)]
     pub noise_scale_at_target: Option<f64>,
-    /// Hybrid runs only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pipeline: Option<PipelineSummary>,
-    /// Where the ranks ran and how the node leaders' links measured at start-up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub preflight: Option<crate::record::preflight::Preflight>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,7 +147,7 @@ pub struct PipelineSummary {
     pub pipeline_wait_seconds_per_rank: Vec<f64>,
     /// pipeline_wait / train_seconds per rank.
     pub bubble_fraction_per_rank: Vec<f64>,
-    /// The GPipe formula (S-1)/(M+S-1) for comparison.
+    /// The schedule's bubble with equal stages ((S-1)/(M+S-1), simulated), for comparison.
     pub bubble_formula: f64,
     /// The bubble predicted from the measured stage compute times (first replica's stages): a step
     /// lasts at least (M - 1) x the slowest stage's time per micro-batch + the sum of all stages'
@@ -172,19 +173,24 @@ impl PipelineSummary {
         activation_mb: Vec<f64>,
     ) -> PipelineSummary {
         let (steps, micro) = (steps.max(1) as f64, plan.batches.micro_batches as f64);
-        let per_micro: Vec<f64> = compute_per_rank
-            .iter()
-            .take(plan.topology.stages)
-            .map(|c| c / (steps * micro))
+        // The first replica's stages (wherever the placement put them), per micro-batch; the
+        // schedule simulated with them (forward and backward taken as halves: the measurements
+        // do not split them) is the step the bubble is predicted from.
+        let t = plan.topology;
+        let half: Vec<f64> = (0..t.stages)
+            .map(|s| compute_per_rank[t.rank_of(0, s)] / (steps * micro) / 2.0)
             .collect();
-        let slowest = per_micro.iter().cloned().fold(0.0, f64::max);
-        let predicted_step = (micro - 1.0) * slowest + per_micro.iter().sum::<f64>();
+        let no_links = vec![0.0; t.stages - 1];
+        let predicted_step = plan
+            .schedule
+            .timed(&half, &half, &no_links)
+            .map_or(f64::NAN, |timing| timing.end);
         PipelineSummary {
             schedule: plan.schedule.kind,
             micro_batches: plan.batches.micro_batches,
             stage_layers: format!("{:?}", plan.split.ranges),
             bubble_fraction_per_rank: wait_per_rank.iter().map(|w| w / train_seconds).collect(),
-            bubble_formula: crate::schedule::bubble_formula(plan.topology.stages, plan.batches.micro_batches),
+            bubble_formula: plan.schedule.equal_stage_bubble(),
             predicted_bubble_fraction_per_rank: compute_per_rank
                 .iter()
                 .map(|c| 1.0 - c / (steps * predicted_step))
@@ -247,6 +253,10 @@ pub fn read_summary(path: &Path) -> Result<Summary> {
 /// Writes `summary` into the run folder `dir`, atomically.
 pub fn write_summary(dir: &Path, summary: &Summary) -> Result<()> {
     crate::util::atomic::write(&dir.join(FILE), serde_json::to_string_pretty(summary)?.as_bytes())
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_placement() -> crate::config::Placement {

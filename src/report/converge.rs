@@ -7,10 +7,14 @@
 //! the fewest steps to the target on the grid's seed (the seed with the most recipes there); then
 //! every seed of that recipe counts.
 
+use super::chart::{canvas, err, legend, Mark, COLORS};
+use super::style::{self, count};
 use crate::perf::curve::{knee, noise_scale, CurveRow};
 use crate::record::metrics_csv::EvalRow;
 use crate::record::summary::read_summary;
 use anyhow::{bail, Context, Result};
+use plotters::coord::combinators::LogCoord;
+use plotters::prelude::*;
 use std::path::Path;
 
 /// One finished run of the grid.
@@ -56,6 +60,7 @@ pub fn collect(runs: &Path) -> Result<Vec<ConvergeRun>> {
             continue;
         }
         let target = s
+            .target
             .target_accuracy
             .with_context(|| format!("{name}: summary.json has no target_accuracy"))?;
         out.push(ConvergeRun {
@@ -64,12 +69,12 @@ pub fn collect(runs: &Path) -> Result<Vec<ConvergeRun>> {
             seed: s.seed,
             dataset: s.dataset.clone(),
             target,
-            steps: s.steps_to_target,
-            epochs: s.epochs_to_target,
-            seconds: s.time_to_target_s,
+            steps: s.target.steps_to_target,
+            epochs: s.target.epochs_to_target,
+            seconds: s.target.time_to_target_s,
             best_accuracy: best_accuracy(&e.path().join("metrics.csv"))?,
             epochs_run: s.epochs,
-            noise_scale: s.noise_scale_at_target.or(s.noise_scale),
+            noise_scale: s.target.noise_scale_at_target.or(s.target.noise_scale),
         });
     }
     out.sort_by(|a, b| (a.batch, &a.recipe, a.seed).cmp(&(b.batch, &b.recipe, b.seed)));
@@ -223,9 +228,107 @@ pub fn write(runs: &Path, out: &Path, stem: &str) -> Result<Vec<CurveRow>> {
     );
     crate::util::atomic::write(&out.join(format!("{stem}.md")), md.as_bytes())?;
     crate::util::atomic::write_with(&out.join(format!("{stem}.png")), |tmp| {
-        super::plots::converge_plot(&rows, knee, noise, tmp)
+        converge_plot(&rows, knee, noise, tmp)
     })?;
     Ok(rows)
+}
+
+type LogChart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<LogCoord<f64>, LogCoord<f64>>>;
+
+/// Steps to the target against the global batch on log-log axes (Shallue et al.'s figure): the
+/// median over seeds with min-max bars, the perfect-scaling line through the smallest batch, a
+/// cross at the top for batches that never reached the target, and the knee and the measured
+/// noise scale as vertical lines.
+pub fn converge_plot(rows: &[CurveRow], knee: Option<f64>, noise: Option<f64>, path: &Path) -> Result<()> {
+    let batches = || rows.iter().map(|r| r.batch as f64);
+    let (b_lo, b_hi) = (
+        batches().fold(f64::INFINITY, f64::min) / 1.5,
+        batches().fold(2.0, f64::max) * 1.5,
+    );
+    let steps = rows
+        .iter()
+        .flat_map(|r| [r.steps_median, r.perfect_steps, r.steps_max.map(|s| s as f64)]);
+    let s_hi = steps.clone().flatten().fold(10.0, f64::max) * 3.0;
+    let s_lo = steps.flatten().fold(f64::INFINITY, f64::min).min(s_hi / 10.0) / 2.0;
+    let (root, plot, side) = canvas(path, (1000, 620), 280)?;
+    let title = rows.first().map_or(String::new(), |r| {
+        format!("Steps to {}% test accuracy ({})", r.target_accuracy, r.dataset)
+    });
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(title, ("sans-serif", style::CAPTION))
+        .margin(15)
+        .x_label_area_size(55)
+        .y_label_area_size(80)
+        .build_cartesian_2d((b_lo..b_hi).log_scale(), (s_lo..s_hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_label_formatter(&|v| count(v.round()))
+        .y_label_formatter(&|v| count(v.round()))
+        .label_style(("sans-serif", style::TICKS))
+        .axis_desc_style(("sans-serif", style::AXIS))
+        .x_desc("global batch (images per step, log scale)")
+        .y_desc("optimizer steps to the target (log scale)")
+        .draw()
+        .map_err(err)?;
+    let mut entries = draw_curve(&mut chart, rows, s_hi)?;
+    let verticals = [
+        (knee, "knee (2x perfect)", COLORS[2]),
+        (noise, "noise scale", COLORS[4]),
+    ];
+    for (x, label, color) in verticals {
+        let Some(x) = x.filter(|x| (b_lo..b_hi).contains(x)) else {
+            continue;
+        };
+        let line = PathElement::new(vec![(x, s_lo), (x, s_hi)], color.stroke_width(2));
+        chart.draw_series(std::iter::once(line)).map_err(err)?;
+        entries.push((format!("{label}: {}", count(x.round())), Mark::Line(color)));
+    }
+    legend(&side, &entries)?;
+    root.present().map_err(err)
+}
+
+/// The measured medians with min-max bars, crosses where the target was missed, the
+/// perfect-scaling line; their legend entries.
+fn draw_curve(chart: &mut LogChart, rows: &[CurveRow], s_hi: f64) -> Result<Vec<(String, Mark)>> {
+    let (measured, ideal, missed) = (COLORS[0], COLORS[7], COLORS[3]);
+    let pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.batch as f64, r.steps_median?)))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(pts.clone(), measured.stroke_width(2)))
+        .map_err(err)?;
+    chart
+        .draw_series(pts.iter().map(|p| Circle::new(*p, 5, measured.filled())))
+        .map_err(err)?;
+    for r in rows {
+        let b = r.batch as f64;
+        if let (Some(lo), Some(hi)) = (r.steps_min, r.steps_max) {
+            let bar = PathElement::new(vec![(b, lo as f64), (b, hi as f64)], measured.stroke_width(2));
+            chart.draw_series(std::iter::once(bar)).map_err(err)?;
+        }
+        if r.steps_median.is_none() {
+            let cross = Cross::new((b, s_hi / 1.6), 8, missed.stroke_width(3));
+            chart.draw_series(std::iter::once(cross)).map_err(err)?;
+        }
+    }
+    let line: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.batch as f64, r.perfect_steps?)))
+        .collect();
+    chart
+        .draw_series(DashedLineSeries::new(line, 8, 6, ideal.stroke_width(2)))
+        .map_err(err)?;
+    let mut entries = vec![
+        ("median of seeds (min-max)".to_string(), Mark::Line(measured)),
+        ("perfect scaling".to_string(), Mark::Line(ideal)),
+    ];
+    if rows.iter().any(|r| r.steps_median.is_none()) {
+        entries.push(("target not reached".into(), Mark::Dot(missed)));
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]

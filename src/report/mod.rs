@@ -1,6 +1,8 @@
 //! `partrain report` and what it draws: the speedup and time-to-target tables from finished runs,
 //! the plots, the steps-to-target curve (`partrain converge`).
 
+mod accuracy;
+mod chart;
 pub mod converge;
 pub mod plots;
 pub mod style;
@@ -48,8 +50,10 @@ pub fn write(records: &[RunRecord], out: &Path, predictor: Option<&Predictor>) -
         draw(spec.file, &|p| plots::scaling_plot(&all, p, &spec))?;
     }
     draw("loss_curves.png", &|p| plots::loss_plot(records, p))?;
-    draw("accuracy_vs_time.png", &|p| plots::accuracy_time_plot(records, p))?;
-    draw("training_comparison.png", &|p| plots::comparison_plot(&all, p))?;
+    draw("accuracy_vs_time.png", &|p| {
+        accuracy::accuracy_time_plot(records, p)
+    })?;
+    draw("training_comparison.png", &|p| accuracy::comparison_plot(&all, p))?;
     draw("time_breakdown.png", &|p| plots::breakdown_plot(records, p))?;
     Ok(written)
 }

@@ -49,7 +49,7 @@ fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
         .into_iter()
         .map(|(name, mut reps)| {
             let throughputs: Vec<f64> = reps.iter().map(|r| r.summary.samples_per_second).collect();
-            let times_to_target = reps.iter().map(|r| r.summary.time_to_target_s).collect();
+            let times_to_target = reps.iter().map(|r| r.summary.target.time_to_target_s).collect();
             reps.sort_by(|a, b| {
                 a.summary
                     .samples_per_second
@@ -91,7 +91,7 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
                 found.push(RunRecord {
                     name,
                     throughputs: vec![summary.samples_per_second],
-                    times_to_target: vec![summary.time_to_target_s],
+                    times_to_target: vec![summary.target.time_to_target_s],
                     summary,
                     losses,
                     accuracy,
@@ -147,7 +147,7 @@ pub fn time_to_target(times: &[Option<f64>]) -> (Option<f64>, String) {
     (value.is_finite().then_some(value), rule)
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Row {
     pub run: String,
     pub strategy: String,
@@ -260,7 +260,7 @@ impl Predictor {
         let model = self
             .steps
             .as_ref()
-            .filter(|m| Some(m.target()) == s.target_accuracy)?;
+            .filter(|m| Some(m.target()) == s.target.target_accuracy)?;
         let steps = model.steps(s.global_batch)?;
         let every = s.eval_every_steps.map_or(f64::INFINITY, |k| k as f64);
         let evals = (steps / every).floor() + (steps / s.steps_per_epoch.max(1) as f64).floor() + 1.0;
@@ -271,13 +271,13 @@ impl Predictor {
 
 /// The layout a finished run had, as the performance model takes it.
 pub fn layout_of(s: &Summary) -> crate::perf::Layout {
-    let machines = s.machines.max(1);
+    let machines = s.world.machines.max(1);
     crate::perf::Layout {
         strategy: s.strategy.name().into(),
-        nodes: s.nodes.max(1),
-        ranks_per_node: s.ranks_per_node.max(1),
-        ranks_per_machine: s.world_size.div_ceil(machines),
-        cores_per_machine: s.cores_per_node.max(1),
+        nodes: s.world.nodes.max(1),
+        ranks_per_node: s.world.ranks_per_node.max(1),
+        ranks_per_machine: s.world.world_size.div_ceil(machines),
+        cores_per_machine: s.world.cores_per_node.max(1),
         threads: s.threads_per_rank.max(1),
         stages: s.stages.max(1),
         micro_batches: s.micro_batches.max(1),
@@ -287,14 +287,8 @@ pub fn layout_of(s: &Summary) -> crate::perf::Layout {
             .map_or(crate::schedule::ScheduleKind::OneFOneB, |p| p.schedule),
         global_batch: s.global_batch,
         boundaries: s.stage_boundaries.clone(),
-        grad_sync: match s.gradient_averaging.as_str() {
-            "shared_memory" => crate::plan::averaging::GradSync::SharedMemory,
-            "two_level" => crate::plan::averaging::GradSync::TwoLevel,
-            "mpi_allreduce" => crate::plan::averaging::GradSync::Allreduce,
-            "mpi_allreduce_overlapped" => crate::plan::averaging::GradSync::Overlapped,
-            "weight_average" => crate::plan::averaging::GradSync::WeightAverage { every: 1 },
-            _ => crate::plan::averaging::GradSync::None,
-        },
+        grad_sync: s.gradient_averaging,
+        average_every: s.average_every,
         pipeline_in_node: s.placement != crate::config::Placement::ReplicasInNode,
     }
 }
@@ -303,91 +297,97 @@ pub fn rows(records: &[RunRecord], predictor: Option<&Predictor>) -> Vec<Row> {
     records
         .iter()
         .map(|r| {
-            let s = &r.summary;
-            let base = baseline(r, records);
-            let base_ips = base.map(|b| b.summary.samples_per_second);
-            let (ttt, rule) = time_to_target(&r.times_to_target);
-            // Only against a baseline trained to the same target.
-            let base_ttt = base
-                .filter(|b| b.summary.target_accuracy == s.target_accuracy)
-                .and_then(|b| time_to_target(&b.times_to_target).0);
-            let speedup = base_ips.map(|b| s.samples_per_second / b);
-            let prediction =
-                predictor.map(|p| crate::perf::predict(&layout_of(s), &p.calibration, p.network));
-            let predicted = prediction.as_ref().map(|p| p.images_per_s);
-            let predicted_ttt = predictor
-                .zip(prediction.as_ref())
-                .and_then(|(p, pred)| p.time_to_target(s, pred.step_s));
-            let (lo, hi) = (
-                r.throughputs.iter().cloned().fold(f64::INFINITY, f64::min),
-                r.throughputs.iter().cloned().fold(0.0, f64::max),
-            );
-            let total_cores = s.world_size * s.threads_per_rank;
-            let bubble = s
-                .pipeline
-                .as_ref()
-                .map(|p| {
-                    p.bubble_fraction_per_rank.iter().sum::<f64>()
-                        / p.bubble_fraction_per_rank.len().max(1) as f64
-                })
-                .unwrap_or(0.0);
-            Row {
-                run: r.name.clone(),
-                strategy: s.strategy.name().into(),
-                dataset: s.dataset.clone(),
-                scaling: scaling(s).into(),
-                ranks: s.world_size,
-                nodes: s.nodes.max(1),
-                ranks_per_node: s.ranks_per_node.max(1),
-                threads_per_rank: s.threads_per_rank,
-                stages: s.stages,
-                replicas: s.replicas,
-                total_cores,
-                oversubscribed: s.ranks_per_node.max(1) * s.threads_per_rank > s.cores_per_node
-                    || total_cores > s.nodes.max(1) * s.cores_per_node,
-                global_batch: s.global_batch,
-                epochs: s.epochs,
-                train_seconds: s.train_seconds,
-                samples_per_second: s.samples_per_second,
-                repeats: r.throughputs.len(),
-                samples_per_second_min: lo,
-                samples_per_second_max: hi,
-                baseline: base.map(|b| b.name.clone()).unwrap_or_default(),
-                speedup,
-                speedup_min: base_ips.map(|b| lo / b),
-                speedup_max: base_ips.map(|b| hi / b),
-                predicted_samples_per_second: predicted,
-                predicted_speedup: predicted.zip(base_ips).map(|(p, b)| p / b),
-                prediction_error: predicted.map(|p| p / s.samples_per_second - 1.0),
-                efficiency: speedup.map(|x| x / total_cores as f64),
-                final_test_accuracy: s.final_test_accuracy,
-                peak_rss_mb_max: s.peak_rss_mb.iter().cloned().fold(0.0, f64::max),
-                peak_rss_mb_per_rank: s
-                    .peak_rss_mb
-                    .iter()
-                    .map(|m| format!("{m:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(";"),
-                allreduce_share: s.allreduce_seconds / s.train_seconds,
-                bubble_share: bubble,
-                bubble_formula: s.pipeline.as_ref().map(|p| p.bubble_formula),
-                bubble_predicted: s.pipeline.as_ref().map(|p| {
-                    let v = &p.predicted_bubble_fraction_per_rank;
-                    v.iter().sum::<f64>() / v.len().max(1) as f64
-                }),
-                target_accuracy: s.target_accuracy,
-                time_to_target_s: ttt,
-                time_to_target_rule: rule,
-                repeats_missed_target: r.times_to_target.iter().filter(|t| t.is_none()).count(),
-                steps_to_target: s.steps_to_target,
-                epochs_to_target: s.epochs_to_target,
-                speedup_time_to_target: base_ttt.zip(ttt).map(|(b, t)| b / t),
-                noise_scale: s.noise_scale,
-                predicted_time_to_target_s: predicted_ttt,
-                time_to_target_error: predicted_ttt.zip(ttt).map(|(p, m)| p / m - 1.0),
-            }
+            let mut row = measured_row(r);
+            compare(&mut row, r, records, predictor);
+            row
         })
         .collect()
+}
+
+/// A record's row from its own summary and repeats (no baseline, no prediction yet).
+fn measured_row(r: &RunRecord) -> Row {
+    let s = &r.summary;
+    let lo = r.throughputs.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = r.throughputs.iter().cloned().fold(0.0, f64::max);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (ttt, rule) = time_to_target(&r.times_to_target);
+    let rss: Vec<String> = s.peak_rss_mb.iter().map(|m| format!("{m:.0}")).collect();
+    Row {
+        run: r.name.clone(),
+        strategy: s.strategy.name().into(),
+        dataset: s.dataset.clone(),
+        scaling: scaling(s).into(),
+        ranks: s.world.world_size,
+        nodes: s.world.nodes.max(1),
+        ranks_per_node: s.world.ranks_per_node.max(1),
+        threads_per_rank: s.threads_per_rank,
+        stages: s.stages,
+        replicas: s.replicas,
+        total_cores: s.world.world_size * s.threads_per_rank,
+        oversubscribed: crate::util::machine::Occupancy {
+            ranks: s.world.ranks_per_node.max(1),
+            threads: s.threads_per_rank,
+            cores: s.world.cores_per_node,
+        }
+        .oversubscribed(),
+        global_batch: s.global_batch,
+        epochs: s.epochs,
+        train_seconds: s.train_seconds,
+        samples_per_second: s.samples_per_second,
+        repeats: r.throughputs.len(),
+        samples_per_second_min: lo,
+        samples_per_second_max: hi,
+        final_test_accuracy: s.final_test_accuracy,
+        peak_rss_mb_max: s.peak_rss_mb.iter().cloned().fold(0.0, f64::max),
+        peak_rss_mb_per_rank: rss.join(";"),
+        allreduce_share: s.allreduce_seconds / s.train_seconds,
+        bubble_share: s
+            .pipeline
+            .as_ref()
+            .map_or(0.0, |p| mean(&p.bubble_fraction_per_rank)),
+        bubble_formula: s.pipeline.as_ref().map(|p| p.bubble_formula),
+        bubble_predicted: s
+            .pipeline
+            .as_ref()
+            .map(|p| mean(&p.predicted_bubble_fraction_per_rank)),
+        target_accuracy: s.target.target_accuracy,
+        time_to_target_s: ttt,
+        time_to_target_rule: rule,
+        repeats_missed_target: r.times_to_target.iter().filter(|t| t.is_none()).count(),
+        steps_to_target: s.target.steps_to_target,
+        epochs_to_target: s.target.epochs_to_target,
+        noise_scale: s.target.noise_scale,
+        ..Row::default()
+    }
+}
+
+/// The row's comparisons: speedups over its baseline (images/s and time to target) and the
+/// performance model's predictions.
+fn compare(row: &mut Row, r: &RunRecord, records: &[RunRecord], predictor: Option<&Predictor>) {
+    let s = &r.summary;
+    let base = baseline(r, records);
+    let base_ips = base.map(|b| b.summary.samples_per_second);
+    // Only against a baseline trained to the same target.
+    let base_ttt = base
+        .filter(|b| b.summary.target.target_accuracy == s.target.target_accuracy)
+        .and_then(|b| time_to_target(&b.times_to_target).0);
+    row.baseline = base.map(|b| b.name.clone()).unwrap_or_default();
+    row.speedup = base_ips.map(|b| s.samples_per_second / b);
+    row.speedup_min = base_ips.map(|b| row.samples_per_second_min / b);
+    row.speedup_max = base_ips.map(|b| row.samples_per_second_max / b);
+    row.efficiency = row.speedup.map(|x| x / row.total_cores as f64);
+    row.speedup_time_to_target = base_ttt.zip(row.time_to_target_s).map(|(b, t)| b / t);
+    let Some(p) = predictor else { return };
+    let prediction = crate::perf::predict(&layout_of(s), &p.calibration, p.network);
+    let predicted = prediction.images_per_s;
+    row.predicted_samples_per_second = Some(predicted);
+    row.predicted_speedup = base_ips.map(|b| predicted / b);
+    row.prediction_error = Some(predicted / s.samples_per_second - 1.0);
+    row.predicted_time_to_target_s = p.time_to_target(s, prediction.step_s);
+    row.time_to_target_error = row
+        .predicted_time_to_target_s
+        .zip(row.time_to_target_s)
+        .map(|(p, m)| p / m - 1.0);
 }
 
 pub fn write_csv(path: &Path, rows: &[&Row]) -> Result<()> {

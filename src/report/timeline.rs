@@ -1,5 +1,12 @@
 //! `partrain timeline RUN_DIR`: a traced run's `trace.json` drawn as one row per rank.
 
+use super::chart::{canvas, err, legend, row_at, step, Mark, COLORS};
+use super::style;
+use crate::util::format::number;
+use anyhow::Result;
+use plotters::prelude::*;
+use std::path::Path;
+
 /// `partrain timeline RUN_DIR`: a picture of a run's trace.json: one row per rank, a bar per span
 /// (forward, backward, messages, averaging, waits), over a window of steps.
 #[derive(Debug, Clone)]
@@ -51,15 +58,13 @@ impl TimelineOptions {
             .out
             .clone()
             .unwrap_or_else(|| file.with_file_name("timeline.png"));
-        let bars: Vec<super::plots::Span> = events
+        let bars: Vec<Span> = events
             .iter()
             .filter(|ev| f(ev, "ts") + f(ev, "dur") >= t0 && f(ev, "ts") <= t1)
             .filter_map(|ev| {
-                let kind = super::plots::TIMELINE_KINDS
-                    .iter()
-                    .position(|(k, _)| ev["cat"] == *k)?;
+                let kind = TIMELINE_KINDS.iter().position(|(k, _)| ev["cat"] == *k)?;
                 let start = ((f(ev, "ts") - t0) / 1e3).max(0.0);
-                Some(super::plots::Span {
+                Some(Span {
                     rank: rank(ev),
                     kind,
                     start,
@@ -72,9 +77,73 @@ impl TimelineOptions {
             self.from_step,
             self.from_step + self.steps - 1
         );
-        crate::util::atomic::write_with(&out, |tmp| {
-            super::plots::timeline(tmp, &title, ranks, (t1 - t0) / 1e3, &bars)
-        })?;
+        crate::util::atomic::write_with(&out, |tmp| timeline(tmp, &title, ranks, (t1 - t0) / 1e3, &bars))?;
         Ok(out)
     }
+}
+
+/// The span kinds a timeline draws, with their colours (`comm` as a thin bar under the others).
+pub const TIMELINE_KINDS: [(&str, RGBColor); 6] = [
+    ("forward", COLORS[0]),
+    ("backward", COLORS[1]),
+    ("comm", COLORS[7]),
+    ("averaging", COLORS[2]),
+    ("wait", COLORS[3]),
+    ("evaluate", COLORS[4]),
+];
+
+/// One bar of a timeline: a rank, an index into `TIMELINE_KINDS`, start and end in milliseconds.
+pub struct Span {
+    pub rank: usize,
+    pub kind: usize,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// `partrain timeline`'s picture: a row per rank (rank 0 on top), a bar per span.
+pub fn timeline(path: &Path, title: &str, ranks: usize, width_ms: f64, spans: &[Span]) -> Result<()> {
+    let (root, plot, side) = canvas(path, (1300, 150 + 60 * ranks.max(2) as u32), 170)?;
+    let x_step = step(0.0..width_ms, 10);
+    let row_of = |rank: usize| (ranks - 1 - rank) as f64;
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(title, ("sans-serif", style::CAPTION))
+        .margin(15)
+        .x_label_area_size(55)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..width_ms, -0.5f64..ranks as f64 - 0.5)
+        .map_err(err)?;
+    let label = |y: &f64| row_at(ranks, *y).map(|r| format!("rank {r}")).unwrap_or_default();
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .disable_y_mesh()
+        .x_labels(10)
+        .x_label_formatter(&|v| number(*v, x_step))
+        .y_labels(ranks + 1)
+        .y_label_formatter(&label)
+        .label_style(("sans-serif", style::TICKS))
+        .axis_desc_style(("sans-serif", style::AXIS))
+        .x_desc("milliseconds from the window's first step")
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(spans.iter().map(|s| {
+            let y = row_of(s.rank);
+            let (lo, hi) = if TIMELINE_KINDS[s.kind].0 == "comm" {
+                (y - 0.42, y - 0.27)
+            } else {
+                (y - 0.22, y + 0.38)
+            };
+            Rectangle::new(
+                [(s.start, lo), (s.end.max(s.start), hi)],
+                TIMELINE_KINDS[s.kind].1.filled(),
+            )
+        }))
+        .map_err(err)?;
+    let entries: Vec<(String, Mark)> = TIMELINE_KINDS
+        .iter()
+        .map(|(k, c)| (k.to_string(), Mark::Bar(*c)))
+        .collect();
+    legend(&side, &entries)?;
+    root.present().map_err(err)
 }

@@ -17,13 +17,17 @@ pub struct Averager {
     worker: Option<ReduceWorker>,
     /// Blocks the overlapped backward submits per step.
     blocks: usize,
+    /// Model averaging: every this many steps.
+    every: usize,
 }
 
 impl Averager {
     /// Collective over `group`: allocates the shared window (`SharedMemory`, `TwoLevel`; `len`
     /// f32 per rank)
     /// or starts the all-reduce thread (`Overlapped`, which submits `blocks` spans per step).
-    pub fn new(policy: GradSync, group: Comm, len: usize, blocks: usize) -> Averager {
+    /// `every`: the model-averaging period (`WeightAverage`).
+    pub fn new(policy: (GradSync, usize), group: Comm, len: usize, blocks: usize) -> Averager {
+        let (policy, every) = policy;
         let node_mean = match policy {
             GradSync::SharedMemory => Some(group.node_mean(len, false)),
             GradSync::TwoLevel => Some(group.node_mean(len, true)),
@@ -40,6 +44,7 @@ impl Averager {
             node_mean,
             worker,
             blocks,
+            every,
         }
     }
 
@@ -70,7 +75,7 @@ impl Averager {
             || serde_json::json!({"ranks": self.group.size(), "elements": buffer.len()}),
         );
         match self.policy {
-            GradSync::None | GradSync::WeightAverage { .. } => GradSource::Local,
+            GradSync::None | GradSync::WeightAverage => GradSource::Local,
             GradSync::SharedMemory | GradSync::TwoLevel => {
                 self.node_mean.as_ref().expect("allocated in new").mean();
                 GradSource::Mean
@@ -91,10 +96,9 @@ impl Averager {
     /// After the optimizer step `global_step` (1-based), or at the end of an epoch: model
     /// averaging when it is due.
     pub fn after_step(&mut self, buffer: &mut GradientBuffer, global_step: usize, epoch_end: bool) {
-        if let GradSync::WeightAverage { every } = self.policy {
-            if epoch_end || global_step.is_multiple_of(every) {
-                crate::diag::flight::labelled("weights", || buffer.average_values(&self.group));
-            }
+        let due = epoch_end || global_step.is_multiple_of(self.every);
+        if self.policy == GradSync::WeightAverage && due {
+            crate::diag::flight::labelled("weights", || buffer.average_values(&self.group));
         }
     }
 

@@ -310,11 +310,11 @@ impl StageStep<'_> {
         Tensor::from_slice(&self.batch.shard[i * b..(i + 1) * b])
     }
 
-    fn forward(&mut self, i: usize, tx: &mut AsyncSends) {
-        let idx = self.micro_indices(i);
-        let input = match self.topo.prev() {
+    /// Micro-batch `i`'s input: images on the first stage, else the previous stage's activation.
+    fn input(&mut self, i: usize, idx: &Tensor, tx: &mut AsyncSends) -> Tensor {
+        match self.topo.prev() {
             None => {
-                let x = self.data.images.index_select(0, &idx);
+                let x = self.data.images.index_select(0, idx);
                 if self.batch.poison {
                     x * f64::NAN
                 } else {
@@ -331,7 +331,12 @@ impl StageStep<'_> {
                     .view(&self.in_shape[..])
                     .set_requires_grad(true)
             }
-        };
+        }
+    }
+
+    fn forward(&mut self, i: usize, tx: &mut AsyncSends) {
+        let idx = self.micro_indices(i);
+        let input = self.input(i, &idx, tx);
         tch::manual_seed(micro_seed(self.batch.seed, i));
         let _span = crate::diag::trace::span("forward", || format!("F{i}"));
         let (net, m, out_elems, next) = (self.net, self.m, self.out_elems, self.topo.next());

@@ -3,9 +3,13 @@
 
 pub mod averager;
 pub mod checkpoint;
+mod checkpointing;
 pub mod engine;
+mod evaluation;
 pub mod faults;
+mod finish;
 pub mod grads;
+mod launch;
 pub mod noise_scale;
 pub mod optimizer;
 pub mod run_dir;
@@ -13,3 +17,6 @@ pub mod stop;
 pub mod target;
 pub mod timers;
 pub mod trainer;
+
+pub use launch::run;
+pub use trainer::Outcome;

@@ -38,3 +38,48 @@ impl std::fmt::Display for Cpu {
         )
     }
 }
+
+/// Ranks of `threads` threads each sharing a machine (or node) of `cores` cores: the one rule for
+/// when they oversubscribe it, asked by the plan's warnings, the report and the peak of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occupancy {
+    pub ranks: usize,
+    pub threads: usize,
+    pub cores: usize,
+}
+
+impl Occupancy {
+    /// More ranks than cores: ranks take turns on the cores.
+    pub fn ranks_oversubscribe(&self) -> bool {
+        self.ranks > self.cores
+    }
+
+    /// More threads in all than cores.
+    pub fn oversubscribed(&self) -> bool {
+        self.ranks * self.threads > self.cores
+    }
+
+    /// Ranks that have cores of their own for all their threads (the rest share them).
+    pub fn ranks_with_cores(&self) -> usize {
+        self.ranks.min((self.cores / self.threads.max(1)).max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occupancy() {
+        let o = |ranks, threads, cores| Occupancy {
+            ranks,
+            threads,
+            cores,
+        };
+        assert!(!o(2, 1, 2).oversubscribed() && o(2, 2, 2).oversubscribed());
+        assert!(o(4, 1, 2).ranks_oversubscribe() && !o(2, 2, 2).ranks_oversubscribe());
+        assert_eq!(o(4, 1, 2).ranks_with_cores(), 2);
+        assert_eq!(o(1, 4, 2).ranks_with_cores(), 1);
+        assert_eq!(o(2, 1, 64).ranks_with_cores(), 2);
+    }
+}

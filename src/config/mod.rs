@@ -1,0 +1,188 @@
+//! The YAML run configuration: schema, `--set key=value` overrides and validation.
+//!
+//! Loading goes file -> YAML tree -> typed `Config` (unknown keys rejected) -> full tree with every
+//! default filled in -> overrides applied (a key must already exist in that full tree) -> typed
+//! `Config` again -> `validate()`. Everything is checked before any data is read or any rank talks.
+
+use anyhow::{Context, Result};
+use serde_yaml::Value;
+use std::path::Path;
+
+mod schema;
+mod validate;
+
+pub use schema::*;
+
+/// More threads than any node has cores: a typo, and libgomp would try to start them all (with
+/// 100,000 the process overflowed its stack).
+pub const MAX_THREADS_PER_RANK: usize = 4096;
+
+/// Reads `path`, applies `overrides` (`key.path=value`) and validates the result.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config file {} cannot be read", path.display()))?;
+    from_yaml_str(&text, overrides).with_context(|| format!("config file {}", path.display()))
+}
+
+pub fn from_yaml_str(text: &str, overrides: &[String]) -> Result<Config> {
+    let tree: Value = serde_yaml::from_str(text).context("YAML syntax error")?;
+    // Deserialising from the text (not the tree) keeps the field path in error messages.
+    let cfg: Config = if tree.is_null() {
+        Config::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let cfg = apply_overrides(cfg, overrides)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Applies `--set a.b=value` overrides. The key must name a field that exists in the schema.
+pub fn apply_overrides(cfg: Config, overrides: &[String]) -> Result<Config> {
+    if overrides.is_empty() {
+        return Ok(cfg);
+    }
+    let mut tree = serde_yaml::to_value(&cfg)?;
+    for item in overrides {
+        let (key, raw) = item
+            .split_once('=')
+            .with_context(|| format!("--set {item}: expected key=value, e.g. train.epochs=3"))?;
+        let value: Value = serde_yaml::from_str(raw)
+            .with_context(|| format!("--set {key}: value `{raw}` is not valid YAML"))?;
+        let mut node = &mut tree;
+        let parts: Vec<&str> = key.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let map = node
+                .as_mapping_mut()
+                .with_context(|| format!("--set {key}: `{}` is not a section", parts[..i].join(".")))?;
+            let known: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            node = map.get_mut(*part).with_context(|| {
+                format!(
+                    "--set {key}: no such key `{part}`; known keys here: {}",
+                    known.join(", ")
+                )
+            })?;
+        }
+        *node = value;
+        // Checked one override at a time so the message names the key with the bad value.
+        serde_yaml::from_value::<Config>(tree.clone()).map_err(|e| anyhow::anyhow!("--set {key}: {e}"))?;
+    }
+    serde_yaml::from_value(tree).map_err(|e| anyhow::anyhow!("--set: {e}"))
+}
+
+impl Config {
+    /// The hash a checkpoint records: the config less what may change between a run and its
+    /// resumption (how long to train, the MPI deadline, checkpoint frequency, tracing).
+    pub fn resume_hash(&self) -> u64 {
+        let mut c = self.clone();
+        // A cosine decay ends with train.epochs: its rates depend on it.
+        if c.train.lr_schedule != LrScheduleKind::Cosine {
+            c.train.epochs = 0;
+        }
+        c.train.max_steps = None;
+        c.checkpoint = CheckpointConfig::default();
+        c.run.trace = false;
+        c.hash()
+    }
+
+    /// A stable hash of the resolved config, compared across ranks at start-up.
+    /// `data.dir` is left out: nodes may mount the data at different paths; the data's content
+    /// is compared separately (`Dataset::fingerprint`).
+    pub fn hash(&self) -> u64 {
+        let mut c = self.clone();
+        c.data.dir = None;
+        // Deadlines may differ between ranks and between a run and its resumption.
+        c.parallel.timeout_s = 0.0;
+        c.parallel.warn_s = 0.0;
+        c.parallel.eval_timeout_s = 0.0;
+        c.parallel.checkpoint_timeout_s = 0.0;
+        let text = serde_yaml::to_string(&c).expect("config serialises");
+        crate::util::fnv1a(text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", from_yaml_str(text, &sets).unwrap_err())
+    }
+
+    #[test]
+    fn defaults_are_seed_001() {
+        let c = from_yaml_str("", &[]).unwrap();
+        assert_eq!(c.train.batch_size, 64);
+        assert_eq!(c.train.lr, 0.01);
+        assert_eq!(c.train.momentum, 0.9);
+        assert_eq!(c.train.epochs, 10);
+        assert_eq!(c.data.dir(), "data/mnist");
+    }
+
+    #[test]
+    fn overrides_apply_and_parse_types() {
+        let c = from_yaml_str(
+            "train: {epochs: 10}\n",
+            &[
+                "train.epochs=3".into(),
+                "data.train_limit=500".into(),
+                "model.dropout=0".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.epochs, 3);
+        assert_eq!(c.data.train_limit, Some(500));
+        assert_eq!(c.model.dropout, 0.0);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        assert!(err("train: {epoch: 3}\n", &[]).contains("epoch"));
+        assert!(err("", &["train.epoch=3"]).contains("no such key `epoch`"));
+        assert!(err("", &["trian.epochs=3"]).contains("trian"));
+    }
+
+    #[test]
+    fn wrong_type_names_field() {
+        let e = err("train:\n  epochs: ten\n", &[]);
+        assert!(e.contains("train.epochs"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_rejected() {
+        assert!(err("train: {epochs: 0}\n", &[]).contains("train.epochs"));
+        assert!(err("train: {batch_size: 0}\n", &[]).contains("train.batch_size"));
+        assert!(err("train: {lr: -0.1}\n", &[]).contains("train.lr"));
+        assert!(err("train: {lr: 0}\n", &[]).contains("train.lr"));
+        assert!(err("", &["train.epochs=-1"]).contains("train.epochs"));
+        assert!(err("data: {dataset: imagenet}\n", &[]).contains("imagenet"));
+        assert!(err("model: {preset: resnet}\n", &[]).contains("resnet"));
+        assert!(err("model: {preset: cifar_cnn}\n", &[]).contains("model.preset"));
+    }
+
+    #[test]
+    fn pipeline_settings_validated() {
+        assert!(err("parallel: {stages: 3, stage_boundaries: [3, 3]}\n", &[]).contains("empty"));
+        assert!(err("parallel: {stages: 3, stage_boundaries: [7, 3]}\n", &[]).contains("not increasing"));
+        assert!(err("parallel: {stages: 2, stage_boundaries: [0]}\n", &[]).contains("empty"));
+        assert!(err("parallel: {stages: 3, stage_boundaries: [4]}\n", &[]).contains("need 2"));
+        assert!(err("parallel: {schedule: pipedream}\n", &[]).contains("parallel.schedule"));
+        assert!(err("parallel: {stage_boundaries: balanced}\n", &[]).contains("auto"));
+        let c = from_yaml_str("parallel: {stages: 3, stage_boundaries: [3, 7]}\n", &[]).unwrap();
+        assert_eq!(c.parallel.stage_boundaries, StageBoundaries::List(vec![3, 7]));
+    }
+
+    #[test]
+    fn yaml_syntax_error() {
+        assert!(err("train: {epochs: 3\n", &[]).contains("YAML syntax"));
+    }
+
+    #[test]
+    fn hash_changes_with_config() {
+        let a = from_yaml_str("", &[]).unwrap();
+        let b = from_yaml_str("", &["train.lr=0.02".into()]).unwrap();
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(a.hash(), from_yaml_str("", &[]).unwrap().hash());
+    }
+}

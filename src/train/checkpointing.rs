@@ -1,0 +1,114 @@
+//! Checkpoints of a running trainer: its position, its weights and momentum gathered on rank 0,
+//! a stop at a step boundary after a signal, and the restore on `--resume`.
+
+use crate::diag::watchdog;
+use crate::train::checkpoint::{gather_to_root, Checkpoint, Meta, Position};
+use crate::train::run_dir::{self};
+use crate::train::target::TimeToTarget;
+use anyhow::{Context, Result};
+use tch::Tensor;
+
+use super::trainer::{EpochEnd, EpochState, Outcome, Trainer};
+
+impl Trainer<'_> {
+    /// The position after the last step of `ep` (mid-epoch; `end_epoch` adds the epoch's totals).
+    pub(super) fn position(&self, ep: &EpochState) -> Position {
+        Position {
+            epoch: ep.epoch,
+            step_in_epoch: ep.steps,
+            global_step: self.progress.global_step,
+            trained_samples: self.progress.trained_samples + ep.samples,
+            train_seconds: self.progress.train_seconds + ep.seconds(),
+            epoch_loss_sum: ep.loss_sum,
+            epoch_loss_count: ep.loss_count,
+            epoch_samples: ep.samples,
+            epoch_seconds: ep.seconds(),
+            noise: self.noise,
+            target: self.ttt.books(),
+        }
+    }
+
+    /// Gathers every weight and momentum buffer on rank 0 and writes the checkpoint there.
+    /// Called on every rank at the same step.
+    pub(super) fn checkpoint(&self, position: Position) -> Result<()> {
+        watchdog::in_phase(watchdog::Phase::Checkpoint, || self.write_checkpoint(position))
+    }
+
+    pub(super) fn write_checkpoint(&self, position: Position) -> Result<()> {
+        let _span = crate::diag::trace::span("checkpoint", || "checkpoint".into());
+        let mut tensors = self.gather_weights();
+        let momentum: Vec<(String, Tensor)> = self
+            .engine
+            .net
+            .named_parameters()
+            .into_iter()
+            .zip(&self.optimizer.buffers)
+            .map(|((n, _), m)| (format!("momentum.{n}"), m.shallow_clone()))
+            .collect();
+        tensors.extend(gather_to_root(momentum, "momentum.", self.plan, self.world));
+        if self.world.is_root() {
+            let layout = self.plan.layout(self.sampler.samples_per_epoch());
+            let meta = Meta::new(self.cfg.resume_hash(), position, layout);
+            Checkpoint { meta, tensors }.save(self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// All weights with their state_dict names, on rank 0 (other ranks get an empty list).
+    pub(super) fn gather_weights(&self) -> Vec<(String, Tensor)> {
+        let own = self
+            .engine
+            .net
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, crate::model::dense(t)))
+            .collect();
+        gather_to_root(own, "", self.plan, self.world)
+    }
+
+    /// Checkpoints at `ep`'s position and marks the run interrupted (rank 0).
+    pub(super) fn stop_here(&mut self, ep: &EpochState) -> Result<EpochEnd> {
+        let position = self.position(ep);
+        self.checkpoint(position)?;
+        let signal = crate::train::stop::requested()
+            .map_or("a signal on another rank", crate::train::stop::signal_name);
+        if self.world.is_root() {
+            run_dir::mark_interrupted(self.dir, signal, self.progress.global_step)?;
+            println!(
+                "stopped after global step {} ({signal}): checkpoint written to {}; continue with --resume or --auto-resume",
+                self.progress.global_step,
+                self.dir.display()
+            );
+        }
+        Ok(EpochEnd::Stopped(Outcome::Interrupted {
+            global_step: self.progress.global_step,
+        }))
+    }
+
+    pub(super) fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        let names = self.engine.net.named_parameters();
+        for ((name, p), m) in names.iter().zip(&self.optimizer.buffers) {
+            ck.restore(name, p, m)
+                .with_context(|| format!("--resume: {}", self.dir.display()))?;
+        }
+        let p = ck.meta.position;
+        self.progress.global_step = p.global_step;
+        self.progress.trained_samples = p.trained_samples;
+        self.progress.train_seconds = p.train_seconds;
+        self.noise = p.noise;
+        self.ttt = TimeToTarget::new(self.cfg.train.target_accuracy, p.target);
+        self.lr = self.schedule.lr(p.global_step.saturating_sub(1));
+        if self.world.is_root() {
+            println!(
+                "resuming at epoch {}, global step {}",
+                if p.step_in_epoch == self.sampler.steps_per_epoch() {
+                    p.epoch + 1
+                } else {
+                    p.epoch
+                },
+                p.global_step
+            );
+        }
+        Ok(())
+    }
+}

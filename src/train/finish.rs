@@ -1,0 +1,200 @@
+//! The end of a run and the progress on the way: the progress bar, the model, the summary
+//! collected from every rank, the trace gathered on rank 0.
+
+use crate::record::metrics_csv::EvalRow;
+use crate::record::summary::Summary;
+use crate::train::run_dir::{self};
+use crate::util::peak_rss_mb;
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+
+use super::trainer::{EpochState, Trainer};
+
+impl Trainer<'_> {
+    pub(super) fn progress_bar(&self, epoch: usize, steps: usize) -> Option<ProgressBar> {
+        if !self.world.is_root() || !std::io::stdout().is_terminal() {
+            return None;
+        }
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{}", self.cfg.train.epochs));
+        Some(bar)
+    }
+
+    pub(super) fn show_progress(&self, bar: Option<&ProgressBar>, ep: &EpochState, loss: Option<f64>) {
+        let ips = ep.samples as f64 / ep.started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(b) = bar {
+            b.inc(1);
+            if ep.steps % 10 == 1 {
+                b.set_message(format!("loss {:.4} {ips:.0} img/s", loss.unwrap_or(f64::NAN)));
+            }
+        } else if self.world.is_root() && ep.steps.is_multiple_of(self.cfg.train.log_every) {
+            println!(
+                "epoch {}/{} step {}/{} {ips:.0} img/s",
+                ep.epoch,
+                self.cfg.train.epochs,
+                ep.steps,
+                self.sampler.steps_per_epoch()
+            );
+        }
+    }
+
+    /// The last epoch's row is in; writes `model.safetensors`, `summary.json` and, when tracing,
+    /// `trace.json` (rank 0).
+    pub(super) fn finish(&mut self, last: &EvalRow) -> Result<Summary> {
+        let named = self.gather_weights();
+        let summary = Summary::collect(self, last);
+        if crate::diag::trace::enabled() {
+            self.write_trace()?;
+        }
+        if self.metrics.is_some() {
+            run_dir::write_model(self.dir, &named)?;
+            crate::record::summary::write_summary(self.dir, &summary)?;
+            println!(
+                "done: test accuracy {:.2}%, {:.1} s training, {:.0} img/s -> {}",
+                summary.final_test_accuracy,
+                summary.train_seconds,
+                summary.samples_per_second,
+                self.dir.display()
+            );
+        }
+        Ok(summary)
+    }
+
+    /// Gathers every rank's trace events on rank 0, aligns their clocks and writes `trace.json`.
+    pub(super) fn write_trace(&self) -> Result<()> {
+        let (plan, world) = (self.plan, self.world);
+        let t = plan.topology;
+        let mine = crate::diag::trace::RankTrace {
+            rank: world.rank(),
+            node: plan.world.node_of_rank[world.rank()],
+            host: crate::util::hostname(),
+            label: format!("rank {} (stage {}, replica {})", world.rank(), t.stage, t.replica),
+            offset_us: 0.0,
+            events: crate::diag::trace::take()
+                .iter()
+                .map(|e| serde_json::to_value(e).expect("events serialise"))
+                .collect(),
+        };
+        let Some(all) = world.gather_bytes(&serde_json::to_vec(&mine)?) else {
+            return Ok(());
+        };
+        let mut ranks: Vec<crate::diag::trace::RankTrace> = all
+            .iter()
+            .map(|b| serde_json::from_slice(b))
+            .collect::<Result<_, _>>()?;
+        for r in &mut ranks {
+            r.offset_us = self.clock_offsets.get(r.rank).copied().unwrap_or(0.0);
+        }
+        crate::util::atomic::write(
+            &self.dir.join("trace.json"),
+            &serde_json::to_vec(&crate::diag::trace::merge(&ranks))?,
+        )
+    }
+}
+
+impl Trainer<'_> {
+    /// A pipeline's figures from every rank's compute, waits and activations (collective; None
+    /// with one stage).
+    fn pipeline_summary(&self) -> Option<crate::record::summary::PipelineSummary> {
+        let world = self.world;
+        let wait_per_rank = world.all_gather(self.timers.wait.seconds);
+        let compute_per_rank = world.all_gather(self.timers.compute.seconds);
+        let activation_mb = world.all_gather(self.engine.peak_activation_bytes as f64 / (1024.0 * 1024.0));
+        let p = self.progress;
+        (self.plan.topology.stages > 1).then(|| {
+            crate::record::summary::PipelineSummary::from_measurements(
+                self.plan,
+                p.steps_here,
+                p.train_seconds,
+                compute_per_rank,
+                wait_per_rank,
+                activation_mb,
+            )
+        })
+    }
+
+    /// Time to target and the noise scale as the summary records them.
+    fn target_summary(&self) -> crate::record::summary::TargetSummary {
+        let reached = self.ttt.reached();
+        crate::record::summary::TargetSummary {
+            target_accuracy: self.cfg.train.target_accuracy,
+            time_to_target_s: reached.map(|r| r.seconds),
+            steps_to_target: reached.map(|r| r.step),
+            epochs_to_target: reached.map(|r| r.epochs),
+            images_to_target: reached.map(|r| r.images),
+            stopped_at_target: self.target_stops_the_run(),
+            run_seconds: self.ttt.run_seconds(),
+            evaluations: self.ttt.evaluations(),
+            eval_seconds: self.ttt.eval_seconds(),
+            noise_scale: self.noise.value(),
+            noise_scale_at_target: reached.and_then(|r| r.noise_scale),
+        }
+    }
+}
+
+impl Summary {
+    /// The run's summary from the trainer's books and every rank's figures (collective).
+    fn collect(t: &Trainer, last: &EvalRow) -> Summary {
+        let (plan, world, cfg) = (t.plan, t.world, t.cfg);
+        let peak = world.all_gather(peak_rss_mb());
+        let pipeline = t.pipeline_summary();
+        let p = t.progress;
+        let flop = crate::model::training_flop_per_image(&plan.layers, plan.input_shape) as f64;
+        let samples_per_second = p.trained_samples as f64 / p.train_seconds;
+        let achieved_gflops = samples_per_second * flop / 1e9;
+        Summary {
+            format: crate::record::summary::FORMAT.into(),
+            version: crate::record::summary::VERSION,
+            status: "completed".into(),
+            strategy: plan.strategy,
+            dataset: t.data.name.as_str().into(),
+            model: cfg.model.preset.as_str().into(),
+            // The node's online CPUs, not this process's affinity mask (one core under --bind-to core).
+            world: plan.world.facts(crate::util::node_cores()),
+            stages: plan.topology.stages,
+            replicas: plan.topology.replicas,
+            threads_per_rank: tch::get_num_threads() as usize,
+            epochs: last.epoch,
+            steps: p.global_step,
+            global_batch: plan.batches.global,
+            micro_batches: plan.batches.micro_batches,
+            stage_boundaries: plan.split.boundaries.clone(),
+            placement: plan.topology.placement,
+            batch_scope: cfg.train.batch_scope,
+            sync_mode: cfg.sync.mode,
+            gradient_averaging: plan.grad_sync,
+            average_every: plan.average_every,
+            parameters: plan.layers.iter().map(|s| s.kind.parameter_count()).sum(),
+            train_samples: t.data.train.len(),
+            test_samples: t.data.test.len(),
+            train_seconds: p.train_seconds,
+            samples_per_second,
+            training_flop_per_image: flop,
+            achieved_gflops,
+            peak_gflops: t.peak_gflops,
+            fraction_of_peak: t.peak_gflops.map(|peak| achieved_gflops / peak),
+            final_test_accuracy: last.test_accuracy,
+            final_test_loss: last.test_loss,
+            final_train_loss: last.train_loss,
+            peak_rss_mb: peak,
+            compute_seconds: t.timers.compute.seconds,
+            allreduce_seconds: t.timers.averaging.seconds,
+            pipeline_wait_seconds: t.timers.wait.seconds,
+            first_step_seconds: p.first_step_seconds.unwrap_or(0.0),
+            seed: cfg.run.seed,
+            config_hash: format!("{:016x}", cfg.hash()),
+            optimizer: Some(plan.optim.clone()),
+            steps_per_epoch: t.sampler.steps_per_epoch(),
+            eval_every_steps: cfg.train.eval_every_steps,
+            target: t.target_summary(),
+            preflight: t.preflight.clone(),
+            pipeline,
+        }
+    }
+}

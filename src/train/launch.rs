@@ -1,0 +1,187 @@
+//! `partrain serial | dp | hybrid`, from the config to the outcome: diagnostics on, the
+//! checkpoint read (on resume), the plan resolved (collectively), the preflight, the data
+//! (identical on every rank), the run folder opened, then the `Trainer`.
+
+use crate::comm::Comm;
+use crate::config::Config;
+use crate::data::sampler::Sampler;
+use crate::data::{self, Dataset};
+use crate::plan::{Plan, Strategy};
+use crate::train::checkpoint::Checkpoint;
+use crate::train::run_dir::{self, Start};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+use super::trainer::{Outcome, Trainer};
+
+/// Trains `cfg` as `strategy` on this launch's ranks, writing the run folder `out_dir` (rank 0).
+pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world: &Comm) -> Result<Outcome> {
+    start_diagnostics(cfg, out_dir, world)?;
+    // Every rank reads the checkpoint (the run folder is on a shared file system, as the outputs
+    // of any multi-node job are); its stage split pins a measured one.
+    let resume = match start {
+        Start::Resume => Some(Checkpoint::load(out_dir)?),
+        Start::Fresh { .. } => None,
+    };
+    let pinned = resume.as_ref().map(|c| c.meta.layout.stage_boundaries.as_slice());
+    let plan = Plan::resolve(cfg, strategy, world, pinned)?;
+    let preflight = crate::record::preflight::run(world, &plan.world, plan.threads_per_rank)?;
+    check_agreement(world, "the resolved config (config file or --set)", cfg.hash())?;
+    let data = load_data(cfg, &plan, world)?;
+    let sampler = Sampler::new(
+        data.train.len(),
+        plan.batches.global,
+        plan.topology.replicas,
+        cfg.run.seed,
+    );
+    let peak = peak_from_env(cfg, &plan)?;
+    if let Some(ck) = &resume {
+        check_resumable(ck, cfg, &plan, &sampler, out_dir)?;
+    }
+    if world.is_root() {
+        run_dir::open(out_dir, start, cfg, &preflight)?;
+        announce(&plan, &preflight, &data, &sampler);
+    }
+    crate::diag::trace::enable(cfg.run.trace);
+    // Measured on every launch that traces (collective): rank 0 aligns the ranks' clocks with it.
+    let clock_offsets = if cfg.run.trace {
+        world.clock_offsets(8)
+    } else {
+        Vec::new()
+    };
+    let mut trainer = Trainer::new(cfg, &plan, world, &data, out_dir, sampler)?;
+    trainer.peak_gflops = peak;
+    trainer.preflight = Some(preflight);
+    trainer.clock_offsets = clock_offsets;
+    let result = trainer.train(resume.as_ref());
+    match result {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => {
+            if world.is_root() {
+                run_dir::mark_failed(out_dir, &e);
+            }
+            crate::diag::flight::dump(&format!("error: {e:#}"));
+            // A failing rank must not enter the collective clean-up (freeing shared windows,
+            // communicators) that the other ranks will never reach: the job is aborted next.
+            std::mem::forget(trainer);
+            Err(e)
+        }
+    }
+}
+
+/// What the run is about to do (rank 0's log): the data, the preflight, the plan, the warnings.
+fn announce(plan: &Plan, preflight: &crate::record::preflight::Preflight, data: &Dataset, sampler: &Sampler) {
+    println!(
+        "partrain {}: {} x {} train / {} test images, {} steps per epoch",
+        plan.strategy.name(),
+        data.name.as_str(),
+        data.train.len(),
+        data.test.len(),
+        sampler.steps_per_epoch()
+    );
+    print!("{}{}", preflight.describe(), plan.describe());
+    for w in plan.warnings(crate::util::node_cores()) {
+        eprintln!("partrain: warning: {w}");
+    }
+}
+
+/// The peak of all this run's ranks (as many as the cores hold) from `PARTRAIN_PEAK`, for the
+/// run's precision and threads per rank; None without the variable.
+pub(super) fn peak_from_env(cfg: &Config, plan: &Plan) -> Result<Option<f64>> {
+    let precision = match cfg.train.precision {
+        crate::config::Precision::Fp32 => "fp32",
+        crate::config::Precision::Bf16 => "bf16",
+    };
+    crate::record::peak::job_peak_from_env(precision, plan.threads_per_rank, &plan.world)
+}
+
+/// Checks that every rank holds the same value of `what`; names the ranks that differ.
+pub(super) fn check_agreement(comm: &Comm, what: &str, value: u64) -> Result<()> {
+    let all = crate::diag::flight::labelled("agreement check", || comm.all_gather(value));
+    let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
+    if !differ.is_empty() {
+        bail!(
+            "{what} differs between rank 0 ({:016x}) and rank(s) {:?} ({:016x})",
+            all[0],
+            differ,
+            all[differ[0]]
+        );
+    }
+    Ok(())
+}
+
+/// The flight recorder's folder, `PARTRAIN_DEBUG`, and the watchdog with its budgets (collective).
+pub(super) fn start_diagnostics(cfg: &Config, out_dir: &Path, world: &Comm) -> Result<()> {
+    crate::comm::debug_words()?;
+    crate::diag::flight::set_dir(out_dir.join("flight"), world.rank());
+    let p = &cfg.parallel;
+    world.start_watchdog(crate::diag::watchdog::Budgets {
+        train_s: p.timeout_s,
+        eval_s: p.eval_timeout_s,
+        checkpoint_s: p.checkpoint_timeout_s,
+        warn_s: p.warn_s,
+    });
+    Ok(())
+}
+
+/// This rank's data, the same on every rank, with at least one global batch.
+pub(super) fn load_data(cfg: &Config, plan: &Plan, world: &Comm) -> Result<Dataset> {
+    let data = data::load(&cfg.data).with_context(|| format!("rank {}: loading data", world.rank()))?;
+    check_agreement(
+        world,
+        "the loaded data (data.dir contents or limits)",
+        data.fingerprint,
+    )?;
+    if data.train.len() < plan.batches.global {
+        bail!(
+            "data.train_limit: {} training images is fewer than one global batch of {}",
+            data.train.len(),
+            plan.batches.global
+        );
+    }
+    Ok(data)
+}
+
+/// A checkpoint can continue under this launch when the config is the same (but for how long to
+/// train) and the layout keeps the mathematics: the same global batch, stage split and epoch.
+/// The rank count may change (dp 2 -> 4 ranks with a global batch scope).
+pub(super) fn check_resumable(
+    ck: &Checkpoint,
+    cfg: &Config,
+    plan: &Plan,
+    sampler: &Sampler,
+    dir: &Path,
+) -> Result<()> {
+    if ck.meta.config_hash != format!("{:016x}", cfg.resume_hash()) {
+        bail!(
+            "--resume: the config differs from the one {} was trained with (only train.epochs, \
+             train.max_steps, the parallel.*timeout_s / warn_s deadlines and checkpoint.* may change)",
+            dir.display()
+        );
+    }
+    let (then, now) = (&ck.meta.layout, plan.layout(sampler.samples_per_epoch()));
+    if then.global_batch != now.global_batch
+        || then.stage_boundaries != now.stage_boundaries
+        || then.samples_per_epoch != now.samples_per_epoch
+    {
+        bail!(
+            "--resume: {} was trained with layout [{then}] and this launch resolves to [{now}]: a resumed run must \
+             keep the global batch, the stage split and the images per epoch (with batch_scope per_rank the global \
+             batch grows with the replicas; use the same rank count, or batch_scope global)",
+            dir.display()
+        );
+    }
+    let p = ck.meta.position;
+    let steps = sampler.steps_per_epoch();
+    let finished = p.epoch > cfg.train.epochs || (p.epoch == cfg.train.epochs && p.step_in_epoch == steps);
+    if finished || cfg.train.max_steps.is_some_and(|m| p.global_step >= m) {
+        bail!(
+            "--resume: the checkpoint in {} already covers train.epochs = {} (epoch {}, step {}): raise train.epochs to continue",
+            dir.display(),
+            cfg.train.epochs,
+            p.epoch,
+            p.global_step
+        );
+    }
+    Ok(())
+}
