@@ -54,6 +54,10 @@ case ":$PATH:" in
   *":$_partrain_root/target/release:"*) ;;
   *) export PATH="$_partrain_root/target/release:$PATH" ;;
 esac
+# srun --mpi=pmix: Slurm 22.05's tree fence is node-local whenever TreeWidth (default 50) exceeds the
+# step's node count, so MPI_Init's modex does not wait for the other nodes and a rank can crash in
+# MPI_Init (docs/testing.md#the-start-up-crash); the ring fence is global.
+export SLURM_PMIX_FENCE="${SLURM_PMIX_FENCE:-ring}"
 # Open MPI refuses to run as root without these (containers, CI, one-node test clusters).
 if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

@@ -9,6 +9,8 @@
 #   bash scripts/cluster.sh status
 #   bash scripts/cluster.sh kill-node 2          # node2 dies: its slurmd and every process on it
 #   bash scripts/cluster.sh down                 # cancel jobs, stop what `up` started (by pid)
+#   PARTRAIN_CLUSTER=/tmp/c2 PARTRAIN_CLUSTER_PORT=17800 PARTRAIN_CLUSTER_NODE=peer \
+#     bash scripts/cluster.sh up 2               # a second cluster beside the first: peer1, peer2
 #
 # Each fake node is a process tree in its own UTS namespace (its own hostname, nodeK) and its own
 # mount namespace, in the machine's network namespace (Slurm cannot bind in one holding only lo).
@@ -28,10 +30,14 @@ set -euo pipefail
 DIR=${PARTRAIN_CLUSTER:-/tmp/partrain-cluster}
 BASE_PORT=${PARTRAIN_CLUSTER_PORT:-16800}   # slurmctld; slurmd K at +K; srun ports +100..+199
 CPUS=${PARTRAIN_CLUSTER_CPUS:-$(env -u OMP_NUM_THREADS nproc)}
+# Host names NODE1..NODEn. A second cluster up at the same time needs names of its own (see
+# `claim_names`); `up` records them, the other commands read them back.
+NODE=${PARTRAIN_CLUSTER_NODE:-$(cat "$DIR/node_names" 2>/dev/null || echo node)}
+REGISTRY=/tmp/partrain-cluster-names
 CTL=partrain-ctl
 MARKER=PARTRAIN_CLUSTER_MEMBER
 
-usage() { sed -n '2,12p' "$0" >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" >&2; exit 2; }
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
 nodes() { cat "$DIR/nodes" 2>/dev/null || echo 0; }
@@ -42,7 +48,7 @@ write_namespace_files() {
   mkdir -p "$DIR/etc" "$DIR/bin"
   {
     echo "127.0.0.1 $CTL"
-    for k in $(seq 1 "$n"); do echo "127.0.1.$k node$k"; done
+    for k in $(seq 1 "$n"); do echo "127.0.1.$k ${NODE}$k"; done
     cat /etc/hosts
   } > "$DIR/etc/hosts"
   echo "nameserver 127.0.0.1" > "$DIR/etc/resolv.conf"
@@ -57,7 +63,7 @@ h=\$1; shift
 uts=--uts; [ "\$h" = - ] && uts=
 export $MARKER="$DIR"
 exec unshare \$uts --mount --propagation private sh -c '
-  [ "\$0" = - ] || hostname "\$0"
+  [ "\$0" = - ] || { hostname "\$0"; mount -t tmpfs -o mode=1777 partrain-shm /dev/shm; }
   mount --bind "$DIR/etc/hosts" /etc/hosts
   mount --bind "$DIR/etc/resolv.conf" /etc/resolv.conf
   [ -f /etc/openmpi/openmpi-mca-params.conf ] && mount --bind "$DIR/etc/openmpi-mca-params.conf" /etc/openmpi/openmpi-mca-params.conf
@@ -79,13 +85,17 @@ exec "$DIR/bin/in-ns" "\$host" sh -c "\$*"
 EOF
   chmod +x "$DIR/bin/in-ns" "$DIR/bin/agent"
   : > "$DIR/hostfile"
-  for k in $(seq 1 "$n"); do echo "node$k slots=$CPUS" >> "$DIR/hostfile"; done
+  for k in $(seq 1 "$n"); do echo "${NODE}$k slots=$CPUS" >> "$DIR/hostfile"; done
   cat > "$DIR/env.sh" <<EOF
 export SLURM_CONF="$DIR/slurm.conf"
 export PARTRAIN_CLUSTER="$DIR"
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
 # Cross-memory attach is not permitted in every container: vader copies through shared memory.
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
+# Each node has a /dev/shm of its own (a tmpfs mounted by in-ns, gone with the node), as a real
+# node has: Open MPI's shared-memory files and its session folder live there, never shared with
+# another node or cluster, and a crashed job leaves nothing behind on the machine.
+export OMPI_MCA_orte_tmpdir_base=/dev/shm
 export OMPI_MCA_plm_rsh_agent="$DIR/bin/agent"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export PATH="$DIR/bin:\$PATH"
@@ -102,8 +112,8 @@ SrunPortRange=$((BASE_PORT + 100))-$((BASE_PORT + 199))
 # Job ids of their own per cluster: two clusters up at once share /dev/shm, /tmp and the node
 # names node1..nodeN, and an srun step's MPI job id is derived from its Slurm job and step ids, so
 # equal ids give two jobs the same Open MPI shared-memory file names (seen once: "open(2) No such
-# file or directory" during shared memory initialization, then a segmentation fault). Two
-# clusters at once still crashed a rank now and then, so the tests run one at a time.
+# file or directory" during shared memory initialization, then a segmentation fault). Job ids
+# alone did not stop the crash; host names of their own did (see `claim_names`).
 FirstJobId=$((BASE_PORT * 100))
 SlurmUser=root
 SlurmdUser=root
@@ -116,7 +126,10 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
+# PARTRAIN_CLUSTER_CPUS above the machine's cores (two jobs side by side on the same nodes) is allowed.
+SlurmdParameters=config_overrides
 SlurmdTimeout=10
+SlurmdDebug=info
 InactiveLimit=0
 KillWait=5
 MinJobAge=600
@@ -131,9 +144,15 @@ SlurmdLogFile=$DIR/%n/slurmd.log
 TmpFS=$DIR/%n/tmp
 EOF
   for k in $(seq 1 "$n"); do
-    echo "NodeName=node$k NodeHostname=node$k NodeAddr=127.0.1.$k Port=$((BASE_PORT + k)) CPUs=$CPUS RealMemory=4000 State=UNKNOWN" >> "$DIR/slurm.conf"
+    echo "NodeName=${NODE}$k NodeHostname=${NODE}$k NodeAddr=127.0.1.$k Port=$((BASE_PORT + k)) CPUs=$CPUS RealMemory=4000 State=UNKNOWN" >> "$DIR/slurm.conf"
   done
   echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" >> "$DIR/slurm.conf"
+  # Slurm 22.05's PMIx tree fence is node-local whenever TreeWidth (default 50) exceeds the step's
+  # node count (reverse_tree_info gives every node "no parent, no children"), so MPI_Init's modex
+  # fence does not wait for the other nodes and a fast node's first message can reach a rank still
+  # inside MPI_Init (SIGSEGV in the TCP BTL; docs/testing.md#the-start-up-crash). The ring fence
+  # is global: env.sh also exports SLURM_PMIX_FENCE=ring for clusters whose mpi.conf says nothing.
+  echo "PMIxCollFence=ring" > "$DIR/mpi.conf"
 }
 
 # start NAME HOST CMD...: a daemon in the foreground of its own session, in HOST's namespaces;
@@ -144,12 +163,39 @@ start() {
   echo $! > "$DIR/pids/$name.pid"
 }
 
+# Two clusters up at once whose nodes have the same host names crash Open MPI 4.1's start-up now
+# and then: a rank on node1 dies of a segmentation fault inside MPI_Init_thread (a fragment whose
+# active-message tag has no callback, in the TCP transport's receive handler), with or without
+# partrain (measured with a 10-line C program: 3 of 80 jobs, 1 of 200 with a /dev/shm per node,
+# 3 of 300 with node addresses of their own, 0 of 300 with host names of their own;
+# docs/testing.md). So host names are claimed machine-wide: `up` refuses names another running
+# cluster holds.
+claim_names() {
+  mkdir -p "$REGISTRY" "$DIR"
+  local claim="$REGISTRY/$NODE" holder
+  holder=$(cat "$claim" 2>/dev/null || true)
+  if [ -n "$holder" ] && [ "$holder" != "$DIR" ] && [ -f "$holder/nodes" ] &&
+    kill -0 "$(cat "$holder/pids/slurmctld.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+    log "the cluster in $holder is up with host names ${NODE}1, ${NODE}2, ...: two clusters with the same host names crash Open MPI's start-up now and then; give this one PARTRAIN_CLUSTER_NODE=<another prefix> (and PARTRAIN_CLUSTER_PORT=<another port>)"
+    exit 1
+  fi
+  echo "$DIR" > "$claim"
+  echo "$NODE" > "$DIR/node_names"
+}
+
+release_names() {
+  local claim="$REGISTRY/$NODE"
+  [ "$(cat "$claim" 2>/dev/null || true)" = "$DIR" ] && rm -f "$claim"
+  return 0
+}
+
 up() {
   local n=${1:?usage: cluster.sh up N}
   [ "$n" -ge 1 ] || usage
   if [ -f "$DIR/nodes" ]; then down; fi
+  claim_names
   mkdir -p "$DIR/pids" "$DIR/ctl/state" "$DIR/munge"
-  for k in $(seq 1 "$n"); do mkdir -p "$DIR/node$k/spool" "$DIR/node$k/tmp"; done
+  for k in $(seq 1 "$n"); do mkdir -p "$DIR/${NODE}$k/spool" "$DIR/${NODE}$k/tmp"; done
   echo "$n" > "$DIR/nodes"
   write_namespace_files "$n"
   write_slurm_conf "$n"
@@ -164,18 +210,18 @@ up() {
     --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" --seed-file="$DIR/munge/munge.seed"
   for _ in $(seq 50); do [ -S "$DIR/munge/munge.sock" ] && break; sleep 0.1; done
   start slurmctld "$CTL" slurmctld -D -f "$DIR/slurm.conf"
-  for k in $(seq 1 "$n"); do start "node$k" "node$k" slurmd -D -f "$DIR/slurm.conf"; done
+  for k in $(seq 1 "$n"); do start "node$k" "${NODE}$k" slurmd -D -f "$DIR/slurm.conf"; done
   # shellcheck disable=SC1091
   . "$DIR/env.sh"
   for _ in $(seq 150); do
     if [ "$("$DIR/bin/in-ns" - sinfo -h -N -o %T 2>/dev/null | grep -c '^idle')" -eq "$n" ]; then
-      log "up: $n nodes (node1..node$n on 127.0.1.1..127.0.1.$n, $CPUS CPUs each), state in $DIR"
+      log "up: $n nodes (${NODE}1..${NODE}$n on 127.0.1.1..127.0.1.$n, $CPUS CPUs each), state in $DIR"
       echo "export PARTRAIN_CLUSTER=$DIR"
       return 0
     fi
     sleep 0.2
   done
-  log "the nodes did not become idle; see $DIR/ctl/slurmctld.log and $DIR/node*/slurmd.log"
+  log "the nodes did not become idle; see $DIR/ctl/slurmctld.log and $DIR/${NODE}*/slurmd.log"
   "$DIR/bin/in-ns" - sinfo -N >&2 || true
   exit 1
 }
@@ -231,6 +277,7 @@ down() {
     kill -9 "${left[@]}" 2>/dev/null || true
   fi
   rm -f "$DIR"/pids/*.pid "$DIR/nodes"
+  release_names
   log "down"
 }
 
@@ -245,7 +292,7 @@ kill_node() { # a node failure: its slurmd and every process in its namespace, a
   # Processes that were started into node k's namespace by mpirun's agent have a namespace of
   # their own with node k's name: find them by hostname.
   for p in $(members); do
-    [ "$(nsenter -t "$p" -u hostname 2>/dev/null)" = "node$k" ] && victims+=("$p")
+    [ "$(nsenter -t "$p" -u hostname 2>/dev/null)" = "${NODE}$k" ] && victims+=("$p")
   done
   log "node$k fails: kill -9 ${victims[*]}"
   kill -9 "${victims[@]}" 2>/dev/null || true

@@ -228,20 +228,15 @@ pub fn serial_reference(dir: &Path) -> PathBuf {
 }
 
 /// An emulated cluster of `nodes` fake nodes on this machine (`scripts/cluster.sh`), taken down
-/// (only what it started, by pid) when dropped, even when the test fails.
+/// (only what it started, by pid) when dropped, even when the test fails. Clusters of different
+/// tests run side by side: each has ports and host names of its own (two clusters with the same
+/// host names crash Open MPI's start-up now and then; `cluster.sh up` refuses them).
 pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: usize,
-    /// One emulated cluster at a time in a test binary (released after `down`).
-    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    /// Host names are `{names}1` .. `{names}N`.
+    pub names: String,
 }
-
-/// Emulated clusters share this machine's 2 cores, `/dev/shm`, `/tmp` and the node names
-/// node1..nodeN. With two up at once, an srun rank crashed at start-up (segmentation fault, before
-/// its first output) in 3 of 4 CI runs, and once in 18 runs of two clusters' jobs started together
-/// by hand; never in 26 runs of one cluster alone. The cause is not found (see docs/testing.md);
-/// the tests bring up one cluster at a time.
-static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// How a job's ranks are started on the emulated cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,23 +248,28 @@ pub enum Launcher {
 }
 
 impl Cluster {
-    /// `up` in `dir` with Slurm ports (and job ids, see cluster.sh) from `port`; waits while another
-    /// test's cluster is up.
-    pub fn up(dir: &Path, nodes: usize, port: u16) -> Cluster {
-        let guard = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    /// `up` in `dir` with Slurm ports (and job ids, see cluster.sh) from `port` and host names
+    /// `{names}1..{names}N`.
+    pub fn up(dir: &Path, nodes: usize, port: u16, names: &str) -> Cluster {
         let o = Command::new("bash")
             .arg(root().join("scripts/cluster.sh"))
             .args(["up", &nodes.to_string()])
             .env("PARTRAIN_CLUSTER", dir)
             .env("PARTRAIN_CLUSTER_PORT", port.to_string())
+            .env("PARTRAIN_CLUSTER_NODE", names)
             .output()
             .unwrap();
         assert!(o.status.success(), "cluster did not come up: {}", text(&o));
         Cluster {
             dir: dir.to_path_buf(),
             nodes,
-            _one_at_a_time: guard,
+            names: names.to_string(),
         }
+    }
+
+    /// Node `k`'s host name.
+    pub fn host(&self, k: usize) -> String {
+        format!("{}{k}", self.names)
     }
 
     /// `cluster.sh exec ARGS...` (the cluster's environment and /etc files), run from `cwd`.
