@@ -55,7 +55,7 @@ fn report_table_traces_back_to_summaries() {
         results.to_str().unwrap(),
     ]);
     assert_ok(&o);
-    assert!(text(&o).contains("skipping crashed"), "{}", text(&o));
+    assert!(text(&o).contains("crashed: not a completed run"), "{}", text(&o));
     let mut rdr = csv::Reader::from_path(results.join("metrics/speedup_table.csv")).unwrap();
     let rows: Vec<HashMap<String, String>> = rdr.deserialize().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), 3);

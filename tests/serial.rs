@@ -60,20 +60,21 @@ fn outputs_are_complete_and_seeded_runs_are_bit_identical() {
     assert!(acc > 70.0, "accuracy {acc}");
 
     let csv = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
-    let mut lines = csv.lines();
     assert_eq!(
-        lines.next().unwrap(),
-        "epoch,steps,train_loss,test_loss,test_accuracy,epoch_seconds,samples_per_second,compute_s,allreduce_s,pipeline_wait_s,eval_seconds,peak_rss_mb"
+        csv.lines().next().unwrap(),
+        "epoch,steps,global_step,images,epoch_end,train_loss,test_loss,test_accuracy,epoch_seconds,\
+         samples_per_second,compute_s,allreduce_s,pipeline_wait_s,eval_seconds,run_seconds,lr,noise_scale,peak_rss_mb"
     );
-    let rows: Vec<Vec<f64>> = lines
-        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
-        .collect();
-    assert_eq!(rows.len(), 2);
+    let (rows, torn) = partrain::record::metrics_csv::read_rows(&a.join("metrics.csv")).unwrap();
+    assert!(torn.is_none());
+    assert_eq!(rows.len(), 2, "one row per evaluation: the two epoch ends");
+    assert!(rows.iter().all(|r| r.epoch_end));
     assert!(
-        rows[1][2] < rows[0][2],
+        rows[1].train_loss < rows[0].train_loss,
         "train loss must fall between epochs: {rows:?}"
     );
-    assert_eq!(rows[1][4], acc);
+    assert_eq!(rows[1].test_accuracy, acc);
+    assert!(rows[1].run_seconds > rows[0].run_seconds && rows[1].global_step == 40);
     let resolved = std::fs::read_to_string(a.join("config.yaml")).unwrap();
     assert!(resolved.contains("train_limit: 1280"), "{resolved}");
 }

@@ -111,7 +111,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         );
     }
     for s in &skipped {
-        eprintln!("report: skipping {s}: not a completed run");
+        eprintln!("report: {s}");
     }
     let files = partrain::report::write(&records, out, predictor.as_ref())?;
     let rows = partrain::report::table::rows(&records, predictor.as_ref());

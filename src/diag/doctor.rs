@@ -20,6 +20,20 @@ pub fn run(run: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One rank's flight record file, its format and version checked by name first.
+pub fn parse_flight(bytes: &[u8]) -> Result<FlightFile> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).context("not JSON (a torn or foreign file)")?;
+    if value["format"] != FORMAT || value["version"].as_u64() != Some(VERSION as u64) {
+        bail!(
+            "not a {FORMAT} file of version {VERSION} (format {}, version {})",
+            value["format"],
+            value["version"]
+        );
+    }
+    serde_json::from_value::<FlightFile>(value).context("malformed flight record")
+}
+
 /// Every `rank<R>.json` of the run's flight folder, by rank.
 pub fn load(run: &Path) -> Result<Vec<FlightFile>> {
     let dir = if run.join("flight").is_dir() {
@@ -39,21 +53,14 @@ pub fn load(run: &Path) -> Result<Vec<FlightFile>> {
         if !(name.starts_with("rank") && name.ends_with(".json")) {
             continue;
         }
-        let bytes = std::fs::read(e.path()).with_context(|| format!("cannot read {}", e.path().display()))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", e.path().display()))?;
-        if value["format"] != FORMAT || value["version"].as_u64() != Some(VERSION as u64) {
-            bail!(
-                "{}: not a {FORMAT} file of version {VERSION} (format {}, version {})",
-                e.path().display(),
-                value["format"],
-                value["version"]
-            );
+        match std::fs::read(e.path())
+            .map_err(anyhow::Error::from)
+            .and_then(|b| parse_flight(&b))
+        {
+            Ok(f) => files.push(f),
+            // A rank killed while writing leaves a torn file: name it, read the others.
+            Err(err) => eprintln!("doctor: {} is left out: {err:#}", e.path().display()),
         }
-        files.push(
-            serde_json::from_value::<FlightFile>(value)
-                .with_context(|| format!("{}: malformed flight record", e.path().display()))?,
-        );
     }
     if files.is_empty() {
         bail!(

@@ -68,6 +68,8 @@ fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
 
 /// Every folder below `runs` with a completed `summary.json`; unfinished runs are listed in the
 /// second value and left out of the tables.
+/// Every completed run below `runs`; the runs left out (unfinished, or with a summary.json that
+/// is torn or foreign: why) and notes on files read in part (a torn or missing metrics.csv).
 pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
     let mut found = Vec::new();
     let mut skipped = Vec::new();
@@ -87,7 +89,10 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
         let name = dir.strip_prefix(runs).unwrap_or(&dir).display().to_string();
         match read_summary(&sp) {
             Ok(summary) if summary.status == "completed" => {
-                let (losses, accuracy) = read_metrics(&dir.join("metrics.csv"))?;
+                let (losses, accuracy) = read_metrics(&dir.join("metrics.csv")).unwrap_or_else(|e| {
+                    skipped.push(format!("{name}: {e:#}; its curves are left out"));
+                    Default::default()
+                });
                 found.push(RunRecord {
                     name,
                     throughputs: vec![summary.samples_per_second],
@@ -97,7 +102,8 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
                     accuracy,
                 });
             }
-            _ => skipped.push(name),
+            Ok(_) => skipped.push(format!("{name}: not a completed run")),
+            Err(e) => skipped.push(format!("{name}: {e:#}")),
         }
     }
     skipped.sort();
@@ -108,15 +114,16 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
 type Curves = (Vec<(usize, f64)>, Vec<(f64, f64)>);
 
 fn read_metrics(path: &Path) -> Result<Curves> {
-    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (mut losses, mut accuracy) = (Vec::new(), Vec::new());
-    for row in rdr.deserialize::<crate::record::metrics_csv::EvalRow>() {
-        let row = row.with_context(|| format!("{}: malformed row", path.display()))?;
-        if row.epoch_end {
-            losses.push((row.epoch, row.train_loss));
-        }
-        accuracy.push((row.run_seconds, row.test_accuracy));
+    let (rows, torn) = crate::record::metrics_csv::read_rows(path)?;
+    if let Some(note) = torn {
+        eprintln!("report: {note}");
     }
+    let losses = rows
+        .iter()
+        .filter(|r| r.epoch_end)
+        .map(|r| (r.epoch, r.train_loss))
+        .collect();
+    let accuracy = rows.iter().map(|r| (r.run_seconds, r.test_accuracy)).collect();
     Ok((losses, accuracy))
 }
 

@@ -20,6 +20,75 @@ pub struct TimelineOptions {
     pub out: Option<std::path::PathBuf>,
 }
 
+/// One complete span of a trace file, as `timeline` reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSpan {
+    pub cat: String,
+    pub rank: usize,
+    pub ts: f64,
+    pub dur: f64,
+}
+
+/// Ranks a timeline draws at most (a row each): more is a garbled file, not a job.
+const MAX_RANKS: usize = 4096;
+
+/// A trace file's complete spans (`"ph": "X"`), each checked: a finite start, a finite
+/// non-negative duration, a rank below `MAX_RANKS`.
+pub fn parse_trace(bytes: &[u8]) -> anyhow::Result<Vec<TraceSpan>> {
+    use anyhow::{bail, Context};
+    let doc: serde_json::Value = serde_json::from_slice(bytes).context("not JSON (torn, or not a trace)")?;
+    let events = doc["traceEvents"].as_array().context("no traceEvents")?;
+    let mut out = Vec::new();
+    for (i, e) in events.iter().enumerate().filter(|(_, e)| e["ph"] == "X") {
+        let (ts, dur) = (e["ts"].as_f64(), e["dur"].as_f64());
+        let rank = e["tid"].as_u64().map(|t| t as usize);
+        let (Some(ts), Some(dur), Some(rank)) = (ts, dur, rank) else {
+            bail!("event {i}: a span needs numbers ts, dur and tid");
+        };
+        if !(ts.is_finite() && dur.is_finite() && dur >= 0.0) || rank >= MAX_RANKS {
+            bail!("event {i}: ts {ts}, dur {dur}, tid {rank} are not a span of a rank's timeline");
+        }
+        let cat = e["cat"].as_str().unwrap_or("").to_string();
+        out.push(TraceSpan { cat, rank, ts, dur });
+    }
+    Ok(out)
+}
+
+/// The bars of rank 0's steps `from_step .. from_step + steps` (1-based): the spans of every rank
+/// in that window, the ranks, and the window's width in milliseconds.
+pub fn window(
+    spans: &[TraceSpan],
+    from_step: usize,
+    steps: usize,
+) -> anyhow::Result<(Vec<Span>, usize, f64)> {
+    use anyhow::Context;
+    let step_spans: Vec<&TraceSpan> = spans.iter().filter(|e| e.cat == "step" && e.rank == 0).collect();
+    let first = step_spans
+        .get(from_step.saturating_sub(1))
+        .context("fewer steps in the trace than --from-step")?;
+    let last_index = (from_step + steps.max(1)).saturating_sub(2);
+    let last = step_spans
+        .get(last_index)
+        .or(step_spans.last())
+        .context("no step in the trace")?;
+    let (t0, t1) = (first.ts, last.ts + last.dur);
+    let ranks = spans.iter().map(|e| e.rank).max().unwrap_or(0) + 1;
+    let bars = spans
+        .iter()
+        .filter(|e| e.ts + e.dur >= t0 && e.ts <= t1)
+        .filter_map(|e| {
+            let kind = TIMELINE_KINDS.iter().position(|(k, _)| e.cat == *k)?;
+            Some(Span {
+                rank: e.rank,
+                kind,
+                start: ((e.ts - t0) / 1e3).max(0.0),
+                end: (e.ts + e.dur - t0) / 1e3,
+            })
+        })
+        .collect();
+    Ok((bars, ranks, (t1 - t0).max(0.0) / 1e3))
+}
+
 impl TimelineOptions {
     pub fn run(&self) -> anyhow::Result<std::path::PathBuf> {
         use anyhow::Context;
@@ -28,56 +97,21 @@ impl TimelineOptions {
         } else {
             self.run.clone()
         };
-        let doc: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&file)
-                .with_context(|| format!("cannot read {} (run with --trace)", file.display()))?,
-        )
-        .with_context(|| format!("{}: not JSON", file.display()))?;
-        let events: Vec<&serde_json::Value> = doc["traceEvents"]
-            .as_array()
-            .with_context(|| format!("{}: no traceEvents", file.display()))?
-            .iter()
-            .filter(|e| e["ph"] == "X")
-            .collect();
-        let f = |e: &serde_json::Value, k: &str| e[k].as_f64().unwrap_or(0.0);
-        let rank = |e: &serde_json::Value| e["tid"].as_u64().unwrap_or(0) as usize;
-        // The window: rank 0's steps from_step .. from_step + steps.
-        let steps: Vec<&&serde_json::Value> = events
-            .iter()
-            .filter(|e| e["cat"] == "step" && rank(e) == 0)
-            .collect();
-        let first = steps
-            .get(self.from_step.saturating_sub(1))
-            .context("fewer steps in the trace than --from-step")?;
-        let last = steps
-            .get(self.from_step + self.steps - 2)
-            .unwrap_or(steps.last().expect("a step"));
-        let (t0, t1) = (f(first, "ts"), f(last, "ts") + f(last, "dur"));
-        let ranks = events.iter().map(|e| rank(e)).max().unwrap_or(0) + 1;
+        let bytes = std::fs::read(&file)
+            .with_context(|| format!("cannot read {} (run with --trace)", file.display()))?;
+        let spans = parse_trace(&bytes).with_context(|| format!("{}", file.display()))?;
+        let (bars, ranks, width_ms) =
+            window(&spans, self.from_step, self.steps).with_context(|| format!("{}", file.display()))?;
         let out = self
             .out
             .clone()
             .unwrap_or_else(|| file.with_file_name("timeline.png"));
-        let bars: Vec<Span> = events
-            .iter()
-            .filter(|ev| f(ev, "ts") + f(ev, "dur") >= t0 && f(ev, "ts") <= t1)
-            .filter_map(|ev| {
-                let kind = TIMELINE_KINDS.iter().position(|(k, _)| ev["cat"] == *k)?;
-                let start = ((f(ev, "ts") - t0) / 1e3).max(0.0);
-                Some(Span {
-                    rank: rank(ev),
-                    kind,
-                    start,
-                    end: (f(ev, "ts") + f(ev, "dur") - t0) / 1e3,
-                })
-            })
-            .collect();
         let title = format!(
             "Timeline, steps {}..{} (rank 0's clock)",
             self.from_step,
-            self.from_step + self.steps - 1
+            self.from_step + self.steps.max(1) - 1
         );
-        crate::util::atomic::write_with(&out, |tmp| timeline(tmp, &title, ranks, (t1 - t0) / 1e3, &bars))?;
+        crate::util::atomic::write_with(&out, |tmp| timeline(tmp, &title, ranks, width_ms, &bars))?;
         Ok(out)
     }
 }

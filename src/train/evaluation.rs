@@ -133,4 +133,33 @@ impl Trainer<'_> {
         });
         (t[0] / t[2], 100.0 * t[1] / t[2])
     }
+
+    /// The last row of a run resumed after its last step, from the checkpoint's position and a
+    /// fresh evaluation of its weights (the same numbers the row on disk holds; no row is written).
+    pub(super) fn final_row(&mut self, p: Position) -> EvalRow {
+        let losses = crate::diag::flight::labelled("epoch loss sums", || {
+            self.world.sum(&[p.epoch_loss_sum, p.epoch_loss_count as f64])
+        });
+        let (test_loss, test_accuracy) = watchdog::in_phase(watchdog::Phase::Evaluate, || self.evaluate());
+        EvalRow {
+            epoch: p.epoch,
+            steps: p.step_in_epoch,
+            global_step: p.global_step,
+            images: p.trained_samples,
+            epoch_end: true,
+            train_loss: losses[0] / losses[1].max(1.0),
+            test_loss,
+            test_accuracy,
+            epoch_seconds: p.epoch_seconds,
+            samples_per_second: p.epoch_samples as f64 / p.epoch_seconds.max(1e-9),
+            compute_s: 0.0,
+            allreduce_s: 0.0,
+            pipeline_wait_s: 0.0,
+            eval_seconds: 0.0,
+            run_seconds: self.ttt.run_seconds(),
+            lr: self.lr,
+            noise_scale: self.noise.value(),
+            peak_rss_mb: peak_rss_mb(),
+        }
+    }
 }

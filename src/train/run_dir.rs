@@ -45,9 +45,11 @@ fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
             );
         }
         for f in RUN_FILES {
-            let p = dir.join(f);
-            if p.exists() {
-                std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            // The file, and the temporary a killed write may have left of it.
+            for p in [dir.join(f), crate::util::atomic::temporary(&dir.join(f))] {
+                if p.exists() {
+                    std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+                }
             }
         }
     }

@@ -29,7 +29,7 @@ use crate::train::optimizer::Optimizer;
 use crate::train::target::TimeToTarget;
 use crate::train::timers::StepTimers;
 use crate::util::mix_seed;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::Path;
 use std::time::Instant;
 use tch::Tensor;
@@ -222,9 +222,12 @@ impl<'a> Trainer<'a> {
                 EpochEnd::Stopped(o) => return Ok(o),
             }
         }
-        let last = last.context(
-            "nothing left to train: the checkpoint already covers train.epochs (raise it to continue)",
-        )?;
+        let last = match (last, position) {
+            (Some(row), _) => row,
+            // Resumed after the last step (killed before the summary): the final books again.
+            (None, Some(p)) => self.final_row(p),
+            (None, None) => bail!("nothing to train"),
+        };
         watchdog::set_phase(watchdog::Phase::Finish);
         Ok(Outcome::Completed(Box::new(self.finish(&last)?)))
     }
@@ -341,10 +344,12 @@ impl<'a> Trainer<'a> {
         let loss = self.engine_step(&batch, measure);
         if let Some(loss) = loss.filter(|l| !l.is_finite()) {
             bail!(
-                "rank {}: loss is {loss} at epoch {epoch} step {} (learning rate {}): training diverged",
+                "rank {}: loss is {loss} at epoch {epoch} step {} (learning rate {} at this step, train.lr = {}): \
+                 training diverged",
                 self.world.rank(),
                 step + 1,
-                self.lr
+                self.lr,
+                self.cfg.train.lr
             );
         }
         let skip = self.fault.skips_averaging(self.progress.global_step + 1);

@@ -62,7 +62,7 @@ pub fn write_csv<T: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item 
 
 /// Writes `bytes` to `path` atomically.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_with(path, |tmp| {
+    replace(path, false, |tmp| {
         let mut f = std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let half = bytes.len() / 2;
         f.write_all(&bytes[..half])
@@ -77,9 +77,15 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Atomically replaces `path` with what `fill` writes into the temporary file it is given (for
 /// files another library writes: safetensors, PNG).
 pub fn write_with(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    replace(path, true, fill)
+}
+
+/// The temporary filled, fsync'd, renamed over `path`, the folder fsync'd; `foreign`: `fill`
+/// did not call the hook's `Mid` point itself.
+fn replace(path: &Path, foreign: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temporary(path);
     fill(&tmp)?;
-    if HOOK.get().is_some() {
+    if foreign && HOOK.get().is_some() {
         mid_of_foreign_file(path, &tmp)?;
     }
     let f = std::fs::OpenOptions::new()
