@@ -36,13 +36,20 @@ pub fn parse_images(bytes: Vec<u8>, name: &str) -> Result<IdxImages> {
         be_u32(&bytes, 8) as usize,
         be_u32(&bytes, 12) as usize,
     );
-    let want = 16 + n * rows * cols;
-    if bytes.len() != want {
+    // Checked: three u32 header fields multiply past usize (a garbled header must not wrap to a
+    // size that happens to match).
+    let want = n
+        .checked_mul(rows)
+        .and_then(|x| x.checked_mul(cols))
+        .and_then(|x| x.checked_add(16));
+    let Some(want) = want.filter(|&w| w == bytes.len()) else {
+        let need = want.map_or("more than a machine can address".to_string(), |w| w.to_string());
         bail!(
-            "{name}: {} bytes but the header ({n} images of {rows}x{cols}) needs {want}: file truncated or corrupt",
+            "{name}: {} bytes but the header ({n} images of {rows}x{cols}) needs {need}: file truncated or corrupt",
             bytes.len()
         );
-    }
+    };
+    debug_assert_eq!(want, bytes.len());
     let mut bytes = bytes;
     bytes.drain(..16);
     Ok(IdxImages {
@@ -66,7 +73,7 @@ pub fn parse_labels(bytes: &[u8], name: &str, num_classes: u8) -> Result<Vec<u8>
         bail!("{name}: wrong magic number 0x{magic:08x}, expected 0x{LABELS_MAGIC:08x} (IDX labels)");
     }
     let n = be_u32(bytes, 4) as usize;
-    if bytes.len() != 8 + n {
+    if bytes.len() - 8 != n {
         bail!(
             "{name}: {} bytes but the header ({n} labels) needs {}: file truncated or corrupt",
             bytes.len(),

@@ -93,18 +93,51 @@ impl Calibration {
                 path.display()
             )
         })?;
-        let doc: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+        Calibration::parse(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    /// A calibration file's text, its format and version checked by name first.
+    pub fn parse(text: &str) -> Result<Calibration> {
+        let doc: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
         if doc["format"] != FORMAT || doc["version"] != VERSION {
             bail!(
-                "{}: format {} version {}, expected {FORMAT} version {VERSION} (partrain calibrate writes it)",
-                path.display(),
+                "format {} version {}, expected {FORMAT} version {VERSION} (partrain calibrate writes it)",
                 doc["format"],
                 doc["version"]
             );
         }
-        serde_json::from_value(doc)
-            .with_context(|| format!("{}: does not match calibration version {VERSION}", path.display()))
+        let cal: Calibration = serde_json::from_value(doc)
+            .with_context(|| format!("does not match calibration version {VERSION}"))?;
+        cal.check()?;
+        Ok(cal)
+    }
+
+    /// What the model needs to hold: every compute row has a time per layer, and thread counts
+    /// and batches are positive (a garbled file must fail here, not index past a list later).
+    fn check(&self) -> Result<()> {
+        let n = self.layer_names.len();
+        if self.layer_output_elems.len() != n || self.layer_params.len() != n {
+            bail!(
+                "{n} layer names but {} output sizes and {} parameter counts",
+                self.layer_output_elems.len(),
+                self.layer_params.len()
+            );
+        }
+        if self.compute.is_empty() {
+            bail!("no compute rows (partrain calibrate measures them)");
+        }
+        for r in &self.compute {
+            if r.forward_s.len() != n || r.backward_s.len() != n || r.threads == 0 || r.batch == 0 {
+                bail!(
+                    "a compute row (threads {}, batch {}) has {} forward and {} backward times for {n} layers",
+                    r.threads,
+                    r.batch,
+                    r.forward_s.len(),
+                    r.backward_s.len()
+                );
+            }
+        }
+        Ok(())
     }
 
     fn thread_counts(&self) -> Vec<usize> {

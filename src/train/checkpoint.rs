@@ -148,7 +148,7 @@ impl Checkpoint {
 }
 
 /// `meta.json`, its format and version checked by name before anything else is read.
-fn parse_meta(bytes: &[u8]) -> Result<Meta> {
+pub fn parse_meta(bytes: &[u8]) -> Result<Meta> {
     let doc: serde_json::Value = serde_json::from_slice(bytes).context("`meta.json` is not JSON")?;
     let format = doc.get("format").and_then(|f| f.as_str()).unwrap_or("");
     if format != FORMAT {
