@@ -5,7 +5,10 @@
 //! ping-pong), and writes `trace.json` in the Chrome trace-event format that Perfetto and
 //! chrome://tracing open: one process per node, one thread (track) per rank.
 //!
-//! Off (the default), a span is one relaxed atomic load: nothing is recorded or allocated.
+//! Off (the default), a span is one relaxed atomic load: nothing is recorded or allocated. On, each
+//! rank streams its events to its own file (`<run>/trace/rank<R>.jsonl`, `stream_to`) every
+//! `FLUSH_EVENTS` events, so a long traced run holds a bounded number in memory; at the end rank
+//! 0 merges the files into `trace.json` in two streaming passes (`merge_files`).
 
 use serde::Serialize;
 use std::cell::RefCell;
@@ -97,67 +100,147 @@ pub fn time<T>(cat: &'static str, name: impl FnOnce() -> String, f: impl FnOnce(
     f()
 }
 
+/// Events a thread keeps before writing them to its rank's stream: ~1,000 spans of a few hundred
+/// bytes (a 100,000-step traced run held 9 KB per step per rank in memory before streaming).
+pub const FLUSH_EVENTS: usize = 1024;
+
+static SINK: std::sync::Mutex<Option<std::io::BufWriter<std::fs::File>>> = std::sync::Mutex::new(None);
+
 impl Drop for Span {
     fn drop(&mut self) {
         if let Some((mut e, start)) = self.0.take() {
             e.dur = now_us() - start;
-            EVENTS.with(|v| v.borrow_mut().push(e));
+            let full = EVENTS.with(|v| {
+                let mut v = v.borrow_mut();
+                v.push(e);
+                v.len() >= FLUSH_EVENTS
+            });
+            if full {
+                // A failed write loses trace events, not the run; `flush` at the end reports it.
+                let _ = flush();
+            }
         }
     }
+}
+
+/// Who a rank's stream belongs to: its first line.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RankHeader {
+    pub rank: usize,
+    pub node: usize,
+    pub host: String,
+    pub label: String,
+}
+
+/// Streams this process's events to `path` (a new file, `header` its first line) from now on.
+pub fn stream_to(path: &std::path::Path, header: &RankHeader) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    serde_json::to_writer(&mut w, header)?;
+    w.write_all(b"\n")?;
+    *SINK
+        .lock()
+        .map_err(|_| std::io::Error::other("trace sink poisoned"))? = Some(w);
+    Ok(())
+}
+
+/// Writes this thread's events to the stream (and syncs it); keeps them in memory when there is
+/// no stream (the unit tests' `take`).
+pub fn flush() -> std::io::Result<()> {
+    use std::io::Write;
+    let mut sink = SINK
+        .lock()
+        .map_err(|_| std::io::Error::other("trace sink poisoned"))?;
+    let Some(w) = sink.as_mut() else { return Ok(()) };
+    for e in take() {
+        serde_json::to_writer(&mut *w, &e)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    w.get_ref().sync_data()
+}
+
+/// The streams `files` (each with its clock offset to rank 0, microseconds) merged into one
+/// trace-event document written to `out`: one process per node (named by host), one thread per
+/// rank, all timestamps on rank 0's clock relative to the earliest event. Two passes over the
+/// files (the earliest event, then the events), so nothing but one line is held at a time; a torn
+/// last line (a killed rank) is left out.
+pub fn merge_files(files: &[(std::path::PathBuf, f64)], out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut origin = f64::INFINITY;
+    for (path, offset) in files {
+        for_each_event(path, |_, e| {
+            origin = origin.min(e["ts"].as_f64().unwrap_or(0.0) + offset)
+        })?;
+    }
+    let origin = if origin.is_finite() { origin } else { 0.0 };
+    out.write_all(b"{\"traceEvents\": [")?;
+    let mut first = true;
+    let mut put = |out: &mut dyn std::io::Write, v: &serde_json::Value| -> std::io::Result<()> {
+        if !std::mem::take(&mut first) {
+            out.write_all(b",\n")?;
+        }
+        serde_json::to_writer(&mut *out, v).map_err(std::io::Error::other)
+    };
+    for (path, offset) in files {
+        let mut header: Option<RankHeader> = None;
+        for_each_event(path, |h, e| {
+            if header.is_none() {
+                header = Some(h.clone());
+                for m in metadata(h) {
+                    let _ = put(out, &m);
+                }
+            }
+            let mut e = e.clone();
+            e["ts"] = serde_json::json!(e["ts"].as_f64().unwrap_or(0.0) + offset - origin);
+            e["pid"] = serde_json::json!(h.node);
+            e["tid"] = serde_json::json!(h.rank);
+            let _ = put(out, &e);
+        })
+        .with_context(|| format!("{}", path.display()))?;
+    }
+    out.write_all(b"], \"displayTimeUnit\": \"ms\"}\n")?;
+    Ok(())
+}
+
+/// The process, thread name and sort index events of a rank's track.
+fn metadata(h: &RankHeader) -> [serde_json::Value; 3] {
+    [
+        serde_json::json!({"ph": "M", "name": "process_name", "pid": h.node, "tid": 0,
+            "args": {"name": format!("node{} ({})", h.node, h.host)}}),
+        serde_json::json!({"ph": "M", "name": "thread_name", "pid": h.node, "tid": h.rank,
+            "args": {"name": h.label}}),
+        serde_json::json!({"ph": "M", "name": "thread_sort_index", "pid": h.node, "tid": h.rank,
+            "args": {"sort_index": h.rank}}),
+    ]
+}
+
+/// Calls `f` with the header and each event of a rank's stream; a torn last line is left out.
+fn for_each_event(
+    path: &std::path::Path,
+    mut f: impl FnMut(&RankHeader, &serde_json::Value),
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = std::io::BufReader::new(file).lines();
+    let first = lines.next().context("empty trace stream")??;
+    let header: RankHeader = serde_json::from_str(&first).context("no rank header on the first line")?;
+    for line in lines {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(&line?) else {
+            break;
+        };
+        f(&header, &e);
+    }
+    Ok(())
 }
 
 /// This thread's recorded events (emptied).
 pub fn take() -> Vec<Event> {
     EVENTS.with(|v| std::mem::take(&mut *v.borrow_mut()))
-}
-
-/// A rank's events ready to be merged: its clock offset to rank 0 and where it runs.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RankTrace {
-    pub rank: usize,
-    pub node: usize,
-    pub host: String,
-    pub label: String,
-    /// Add to this rank's timestamps to put them on rank 0's clock.
-    pub offset_us: f64,
-    pub events: Vec<serde_json::Value>,
-}
-
-/// The merged document: one process per node (named by host), one thread per rank, all
-/// timestamps on rank 0's clock relative to the earliest event.
-pub fn merge(ranks: &[RankTrace]) -> serde_json::Value {
-    let origin = ranks
-        .iter()
-        .flat_map(|r| {
-            r.events
-                .iter()
-                .map(move |e| e["ts"].as_f64().unwrap_or(0.0) + r.offset_us)
-        })
-        .fold(f64::INFINITY, f64::min);
-    let origin = if origin.is_finite() { origin } else { 0.0 };
-    let mut events = Vec::new();
-    for r in ranks {
-        events.push(
-            serde_json::json!({"ph": "M", "name": "process_name", "pid": r.node, "tid": 0,
-            "args": {"name": format!("node{} ({})", r.node, r.host)}}),
-        );
-        events.push(
-            serde_json::json!({"ph": "M", "name": "thread_name", "pid": r.node, "tid": r.rank,
-            "args": {"name": r.label}}),
-        );
-        events.push(
-            serde_json::json!({"ph": "M", "name": "thread_sort_index", "pid": r.node, "tid": r.rank,
-            "args": {"sort_index": r.rank}}),
-        );
-        for e in &r.events {
-            let mut e = e.clone();
-            e["ts"] = serde_json::json!(e["ts"].as_f64().unwrap_or(0.0) + r.offset_us - origin);
-            e["pid"] = serde_json::json!(r.node);
-            e["tid"] = serde_json::json!(r.rank);
-            events.push(e);
-        }
-    }
-    serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"})
 }
 
 #[cfg(test)]
@@ -179,14 +262,24 @@ mod tests {
         let e = take();
         assert_eq!(e.len(), 1);
         assert!(e[0].dur >= 2000.0, "{e:?}");
-        let merged = merge(&[RankTrace {
+        // A stream of that event and a torn line, merged: the event on rank 0's clock from 0.
+        let dir = std::env::temp_dir().join(format!("partrain-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rank0.jsonl");
+        let header = RankHeader {
             rank: 0,
             node: 0,
             host: "h".into(),
             label: "rank 0".into(),
-            offset_us: 0.0,
-            events: e.iter().map(|e| serde_json::to_value(e).unwrap()).collect(),
-        }]);
+        };
+        let mut text = serde_json::to_string(&header).unwrap() + "\n";
+        text += &(serde_json::to_string(&e[0]).unwrap() + "\n{\"name\": \"tor");
+        std::fs::write(&path, text).unwrap();
+        let mut out = Vec::new();
+        merge_files(&[(path, 0.0)], &mut out).unwrap();
+        let merged: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(merged["traceEvents"].as_array().unwrap().len(), 4);
         assert_eq!(merged["traceEvents"][3]["ts"], 0.0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,7 +5,7 @@ use crate::record::metrics_csv::EvalRow;
 use crate::record::summary::Summary;
 use crate::train::run_dir::{self};
 use crate::util::peak_rss_mb;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 
@@ -33,13 +33,15 @@ impl Trainer<'_> {
             if ep.steps % 10 == 1 {
                 b.set_message(format!("loss {:.4} {ips:.0} img/s", loss.unwrap_or(f64::NAN)));
             }
-        } else if self.world.is_root() && ep.steps.is_multiple_of(self.cfg.train.log_every) {
+        } else if self.world.is_root() && self.progress.global_step.is_multiple_of(self.cfg.train.log_every) {
             println!(
-                "epoch {}/{} step {}/{} {ips:.0} img/s",
+                "epoch {}/{} step {}/{} (global step {}) {ips:.0} img/s, rss {:.0} MB",
                 ep.epoch,
                 self.cfg.train.epochs,
                 ep.steps,
-                self.sampler.steps_per_epoch()
+                self.sampler.steps_per_epoch(),
+                self.progress.global_step,
+                crate::util::rss_mb()
             );
         }
     }
@@ -69,32 +71,25 @@ impl Trainer<'_> {
     /// Gathers every rank's trace events on rank 0, aligns their clocks and writes `trace.json`.
     pub(super) fn write_trace(&self) -> Result<()> {
         let (plan, world) = (self.plan, self.world);
-        let t = plan.topology;
-        let mine = crate::diag::trace::RankTrace {
-            rank: world.rank(),
-            node: plan.world.node_of_rank[world.rank()],
-            host: crate::util::hostname(),
-            label: format!("rank {} (stage {}, replica {})", world.rank(), t.stage, t.replica),
-            offset_us: 0.0,
-            events: crate::diag::trace::take()
-                .iter()
-                .map(|e| serde_json::to_value(e).expect("events serialise"))
-                .collect(),
-        };
-        let Some(all) = world.gather_bytes(&serde_json::to_vec(&mine)?) else {
+        crate::diag::trace::flush().context("cannot write this rank's trace stream")?;
+        // Every rank's stream is complete before rank 0 reads them (collective).
+        world.barrier();
+        if !world.is_root() {
             return Ok(());
-        };
-        let mut ranks: Vec<crate::diag::trace::RankTrace> = all
-            .iter()
-            .map(|b| serde_json::from_slice(b))
-            .collect::<Result<_, _>>()?;
-        for r in &mut ranks {
-            r.offset_us = self.clock_offsets.get(r.rank).copied().unwrap_or(0.0);
         }
-        crate::util::atomic::write(
-            &self.dir.join("trace.json"),
-            &serde_json::to_vec(&crate::diag::trace::merge(&ranks))?,
-        )
+        let files: Vec<(std::path::PathBuf, f64)> = (0..plan.world.size)
+            .map(|r| {
+                (
+                    trace_stream(self.dir, r),
+                    self.clock_offsets.get(r).copied().unwrap_or(0.0),
+                )
+            })
+            .collect();
+        crate::util::atomic::write_with(&self.dir.join("trace.json"), |tmp| {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+            crate::diag::trace::merge_files(&files, &mut out)?;
+            Ok(std::io::Write::flush(&mut out)?)
+        })
     }
 }
 
@@ -136,6 +131,11 @@ impl Trainer<'_> {
             noise_scale_at_target: reached.and_then(|r| r.noise_scale),
         }
     }
+}
+
+/// Rank `rank`'s trace stream in the run folder `dir`.
+pub(super) fn trace_stream(dir: &std::path::Path, rank: usize) -> std::path::PathBuf {
+    dir.join("trace").join(format!("rank{rank}.jsonl"))
 }
 
 impl Summary {

@@ -88,6 +88,13 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// This process's resident memory now, in MiB (the soak benchmark samples it).
+pub fn rss_mb() -> f64 {
+    read_status_kb("VmRSS:")
+        .map(|kb| kb as f64 / 1024.0)
+        .unwrap_or(0.0)
+}
+
 fn read_status_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with(field))?;
