@@ -312,3 +312,97 @@ fn a_launcher_that_contradicts_the_world_fails_at_once() {
     );
     assert!(!out.exists(), "nothing written");
 }
+
+/// The rank processes `mpirun` (pid `mpirun`) started: its children running partrain.
+fn ranks_of(mpirun: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if parent == Some(mpirun) && cmd.contains("partrain") {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A rank paused (SIGSTOP) for half of parallel.timeout_s, twice: no false abort, and the other
+/// rank's warnings name it.
+#[test]
+fn a_rank_paused_for_half_the_timeout_is_warned_about_not_aborted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let sets = [
+        "train.batch_size=8",
+        "data.train_limit=800",
+        "data.test_limit=200",
+        "train.epochs=40",
+        "parallel.timeout_s=6",
+        "parallel.warn_s=1",
+        "checkpoint.every_epochs=0",
+    ];
+    let child = mpirun_cmd(2, &refs(&run_args("dp", "data_parallel.yaml", &out, &sets)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut ranks = ranks_of(child.id());
+    while ranks.len() < 2 || !out.join("metrics.csv").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "the job did not start");
+        std::thread::sleep(Duration::from_millis(100));
+        ranks = ranks_of(child.id());
+    }
+    for _ in 0..2 {
+        // SAFETY: kill(2) of a rank process this test's mpirun started.
+        assert_eq!(unsafe { libc::kill(ranks[1], libc::SIGSTOP) }, 0);
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(unsafe { libc::kill(ranks[1], libc::SIGCONT) }, 0);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "a pause of half the timeout aborted the job:\n{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("rank 0: warning") && l.contains("rank 1")),
+        "no warning names the paused rank 1:\n{err}"
+    );
+}
+
+/// A config or layout error under mpirun: one message (rank 0's), the same exit code on every
+/// rank, and no MPI_Abort banner.
+#[test]
+fn start_up_errors_under_mpirun_are_printed_once_without_mpi_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    for (sets, want) in [
+        (vec!["train.lr=-1"], "train.lr"),
+        (
+            vec!["train.batch_scope=global", "train.batch_size=63"],
+            "does not divide into 4 replicas",
+        ),
+    ] {
+        let args = run_args("dp", "data_parallel.yaml", &out, &sets);
+        let (o, took) = mpirun(4, &refs(&args));
+        let t = text(&o);
+        assert!(!o.status.success(), "{t}");
+        assert_eq!(t.matches(want).count(), 1, "the message once:\n{t}");
+        assert!(
+            !t.contains("MPI_ABORT") && !t.contains("MPI_Abort"),
+            "no abort banner:\n{t}"
+        );
+        assert!(took < Duration::from_secs(60));
+    }
+}

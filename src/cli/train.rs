@@ -5,6 +5,7 @@ use clap::Args;
 use partrain::comm::{abort_world, Comm};
 use partrain::config::{self, Config};
 use partrain::plan::Strategy;
+use partrain::train::agree::{agree, AgreedFailure};
 use partrain::train::run_dir::{self, Start};
 use partrain::train::Outcome;
 use std::path::PathBuf;
@@ -47,7 +48,7 @@ pub fn load_config(path: &std::path::Path, set: &[String]) -> Result<Config> {
 }
 
 pub fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<ExitCode> {
-    let mut cfg = load_config(&args.config, &args.set)?;
+    let mut cfg = agree(comm, load_config(&args.config, &args.set))?;
     cfg.run.trace |= args.trace;
     let out = args.out.clone().unwrap_or_else(|| run_dir::default_out_dir(&cfg));
     let fresh = Start::Fresh {
@@ -92,6 +93,14 @@ pub fn with_mpi(f: impl FnOnce(&Comm) -> Result<ExitCode>) -> ExitCode {
     }));
     match f(&comm) {
         Ok(code) => code,
+        // Every rank failed at the same point: one message, the same exit code, no MPI_Abort.
+        Err(e) if e.downcast_ref::<AgreedFailure>().is_some() => {
+            let agreed = e.downcast_ref::<AgreedFailure>().expect("checked");
+            if agreed.print {
+                eprintln!("partrain: error: {agreed}");
+            }
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("partrain rank {rank}/{size}: error: {e:#}");
             if size > 1 {

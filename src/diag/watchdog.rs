@@ -70,6 +70,10 @@ struct Wait {
 struct State {
     wait: Option<Wait>,
     context: String,
+    /// When the context last changed (a step starts), and the smoothed seconds between changes:
+    /// how long a step takes, for the check mode's deadline.
+    context_at: Option<Instant>,
+    step_s: f64,
     phase: Phase,
     /// When this rank last completed an operation, and which.
     last_done: Option<(Instant, Record)>,
@@ -79,6 +83,8 @@ struct State {
 static STATE: Mutex<State> = Mutex::new(State {
     wait: None,
     context: String::new(),
+    context_at: None,
+    step_s: 0.0,
     phase: Phase::StartUp,
     last_done: None,
     stall_reported: false,
@@ -125,7 +131,25 @@ pub fn done() {
 pub fn set_context(context: String) {
     if let Ok(mut s) = STATE.lock() {
         s.context = context;
+        let now = Instant::now();
+        if let Some(then) = s.context_at.replace(now) {
+            let dt = now.duration_since(then).as_secs_f64();
+            s.step_s = if s.step_s == 0.0 {
+                dt
+            } else {
+                0.8 * s.step_s + 0.2 * dt
+            };
+        }
     }
+}
+
+/// In check mode, how long a rank may wait in a collective's check: every rank reaches each check
+/// within a step of the others in a healthy run, so 20 steps (at least 5 s, for a slow
+/// checkpoint write) without the others arriving means a rank is in another collective. On one
+/// node the node board sees that at once; across nodes this deadline finds it (it used to wait for
+/// parallel.warn_s).
+pub fn check_deadline_s(step_s: f64) -> f64 {
+    (20.0 * step_s).max(5.0)
 }
 
 /// Enters `phase`; its budget applies to the waits from now on (and restarts the stall clock).
@@ -146,6 +170,28 @@ pub fn in_phase<R>(phase: Phase, f: impl FnOnce() -> R) -> R {
     let out = f();
     set_phase(before);
     out
+}
+
+/// In check mode, a wait in a collective's check past `check_deadline_s`: the message.
+fn check_deadline_passed(
+    w: &Wait,
+    waited: f64,
+    step_s: f64,
+    hooks: &Hooks,
+    rank: usize,
+    at: &str,
+) -> Option<String> {
+    let in_check = w.record.kind == crate::diag::flight::OpKind::Check;
+    if !(in_check && hooks.check_cycle.is_some() && waited > check_deadline_s(step_s)) {
+        return None;
+    }
+    Some(format!(
+        "partrain rank {rank}: check mode: {waited:.1} s in {} at {at}, while steps take {:.0} ms: another rank of \
+         the communicator is in a different collective (a skipped or reordered collective){}; aborting the job",
+        w.record.describe(),
+        1e3 * step_s,
+        (hooks.describe)(&w.record)
+    ))
 }
 
 /// What to do after a check.
@@ -172,6 +218,9 @@ fn check(s: &mut State, rank: usize, b: &Budgets, hooks: &Hooks) -> Verdict {
             if let Some((msg, prints)) = cycle(&w.record) {
                 return Verdict::Mismatch(msg, prints);
             }
+        }
+        if let Some(msg) = check_deadline_passed(w, waited, s.step_s, hooks, rank, &at) {
+            return Verdict::Mismatch(msg, true);
         }
         if waited > limit {
             let who = (hooks.describe)(&w.record);

@@ -107,10 +107,10 @@ impl Plan {
         split: impl FnOnce(&[LayerSpec], [i64; 3]) -> Result<StageSplit>,
     ) -> Result<Plan> {
         refuse_what_does_not_apply(cfg, strategy)?;
-        let replicas = replicas_of(shape.size, cfg.parallel.stages)?;
-        let batches = Batches::new(cfg, replicas)?;
         let layers = model::preset_layers(cfg.model.preset, cfg.model.dropout);
         check_stages_fit(cfg, layers.len())?;
+        let replicas = replicas_of(shape.size, cfg.parallel.stages)?;
+        let batches = Batches::new(cfg, replicas)?;
         let input_shape = cfg.data.dataset.image_shape();
         let split = split(&layers, input_shape)?;
         let traffic = Traffic::per_step(&layers, input_shape, &split, &batches, replicas);

@@ -12,6 +12,7 @@ use crate::train::run_dir::{self, Start};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
+use super::agree::agree;
 use super::trainer::{Outcome, Trainer};
 
 /// Trains `cfg` as `strategy` on this launch's ranks, writing the run folder `out_dir` (rank 0).
@@ -20,11 +21,11 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
     // Every rank reads the checkpoint (the run folder is on a shared file system, as the outputs
     // of any multi-node job are); its stage split pins a measured one.
     let resume = match start {
-        Start::Resume => Some(Checkpoint::load(out_dir)?),
+        Start::Resume => Some(agree(world, Checkpoint::load(out_dir))?),
         Start::Fresh { .. } => None,
     };
     let pinned = resume.as_ref().map(|c| c.meta.layout.stage_boundaries.as_slice());
-    let plan = Plan::resolve(cfg, strategy, world, pinned)?;
+    let plan = agree(world, Plan::resolve(cfg, strategy, world, pinned))?;
     let preflight = crate::record::preflight::run(world, &plan.world, plan.threads_per_rank)?;
     check_agreement(world, "the resolved config (config file or --set)", cfg.hash())?;
     let data = load_data(cfg, &plan, world)?;
@@ -36,19 +37,17 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
     );
     let peak = peak_from_env(cfg, &plan)?;
     if let Some(ck) = &resume {
-        check_resumable(ck, cfg, &plan, &sampler, out_dir)?;
+        agree(world, check_resumable(ck, cfg, &plan, &sampler, out_dir))?;
     }
+    let opened = match world.is_root() {
+        true => run_dir::open(out_dir, start, cfg, &preflight),
+        false => Ok(()),
+    };
+    agree(world, opened)?;
     if world.is_root() {
-        run_dir::open(out_dir, start, cfg, &preflight)?;
         announce(&plan, &preflight, &data, &sampler);
     }
-    crate::diag::trace::enable(cfg.run.trace);
-    // Measured on every launch that traces (collective): rank 0 aligns the ranks' clocks with it.
-    let clock_offsets = if cfg.run.trace {
-        world.clock_offsets(8)
-    } else {
-        Vec::new()
-    };
+    let clock_offsets = start_trace(cfg, &plan, world, out_dir)?;
     let mut trainer = Trainer::new(cfg, &plan, world, &data, out_dir, sampler)?;
     trainer.peak_gflops = peak;
     trainer.preflight = Some(preflight);
@@ -67,6 +66,26 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
             Err(e)
         }
     }
+}
+
+/// With `run.trace`: spans on, this rank's trace stream opened, and the ranks' clock offsets to
+/// rank 0 measured (collective; rank 0 aligns the ranks' clocks with them). Empty without it.
+fn start_trace(cfg: &Config, plan: &Plan, world: &Comm, out_dir: &Path) -> Result<Vec<f64>> {
+    crate::diag::trace::enable(cfg.run.trace);
+    if !cfg.run.trace {
+        return Ok(Vec::new());
+    }
+    let t = plan.topology;
+    let header = crate::diag::trace::RankHeader {
+        rank: world.rank(),
+        node: plan.world.node_of_rank[world.rank()],
+        host: plan.world.hostnames[world.rank()].clone(),
+        label: format!("rank {} (stage {}, replica {})", world.rank(), t.stage, t.replica),
+    };
+    let stream = super::finish::trace_stream(out_dir, world.rank());
+    crate::diag::trace::stream_to(&stream, &header)
+        .with_context(|| format!("cannot write the trace stream {}", stream.display()))?;
+    Ok(world.clock_offsets(8))
 }
 
 /// What the run is about to do (rank 0's log): the data, the preflight, the plan, the warnings.
@@ -113,6 +132,7 @@ pub(super) fn check_agreement(comm: &Comm, what: &str, value: u64) -> Result<()>
 /// The flight recorder's folder, `PARTRAIN_DEBUG`, and the watchdog with its budgets (collective).
 pub(super) fn start_diagnostics(cfg: &Config, out_dir: &Path, world: &Comm) -> Result<()> {
     crate::comm::debug_words()?;
+    crate::train::faults::install_kill_in_write(world.rank())?;
     crate::diag::flight::set_dir(out_dir.join("flight"), world.rank());
     let p = &cfg.parallel;
     world.start_watchdog(crate::diag::watchdog::Budgets {
@@ -126,19 +146,21 @@ pub(super) fn start_diagnostics(cfg: &Config, out_dir: &Path, world: &Comm) -> R
 
 /// This rank's data, the same on every rank, with at least one global batch.
 pub(super) fn load_data(cfg: &Config, plan: &Plan, world: &Comm) -> Result<Dataset> {
-    let data = data::load(&cfg.data).with_context(|| format!("rank {}: loading data", world.rank()))?;
+    let data = agree(world, data::load(&cfg.data).context("loading data"))?;
     check_agreement(
         world,
         "the loaded data (data.dir contents or limits)",
         data.fingerprint,
     )?;
-    if data.train.len() < plan.batches.global {
-        bail!(
+    let enough = match data.train.len() < plan.batches.global {
+        true => Err(anyhow::anyhow!(
             "data.train_limit: {} training images is fewer than one global batch of {}",
             data.train.len(),
             plan.batches.global
-        );
-    }
+        )),
+        false => Ok(()),
+    };
+    agree(world, enough)?;
     Ok(data)
 }
 
@@ -173,8 +195,12 @@ pub(super) fn check_resumable(
     }
     let p = ck.meta.position;
     let steps = sampler.steps_per_epoch();
-    let finished = p.epoch > cfg.train.epochs || (p.epoch == cfg.train.epochs && p.step_in_epoch == steps);
-    if finished || cfg.train.max_steps.is_some_and(|m| p.global_step >= m) {
+    let at_end = (p.epoch == cfg.train.epochs && p.step_in_epoch == steps)
+        || cfg.train.max_steps.is_some_and(|m| p.global_step >= m);
+    // A run killed after its last checkpoint but before its summary resumes to finish: evaluate,
+    // write the model and the summary. A completed one needs more epochs to continue.
+    let finishes = at_end && crate::train::run_dir::holds_unfinished_run(dir);
+    if p.epoch > cfg.train.epochs || (at_end && !finishes) {
         bail!(
             "--resume: the checkpoint in {} already covers train.epochs = {} (epoch {}, step {}): raise train.epochs to continue",
             dir.display(),
