@@ -199,7 +199,7 @@ impl Net {
     }
 
     /// When this net starts with conv -> ReLU -> 2x2 max-pool and computes in fp32 channels-last,
-    /// the conv's padding: the block `fused` computes outside autograd (see src/fused.rs).
+    /// the conv's padding: the block `fused` computes outside autograd (see src/model/fused.rs).
     pub fn fused_first_block(&self) -> Option<i64> {
         let kinds: Vec<&LayerKind> = self.layers.iter().take(3).map(|l| &l.spec.kind).collect();
         match kinds.as_slice() {

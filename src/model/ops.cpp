@@ -1,4 +1,4 @@
-// libtorch entry points that the tch crate does not expose, for src/native.rs.
+// libtorch entry points that the tch crate does not expose, for src/model/native.rs.
 //
 // - partrain_conv_backward: at::convolution_backward for the gradients asked for (the fused first
 //   block asks for the weight and bias only: its input needs none), the same kernel autograd runs,

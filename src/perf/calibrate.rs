@@ -1,5 +1,5 @@
 //! `partrain calibrate`: measures on this machine what `partrain plan` and `partrain report`
-//! predict from (see src/perf_model.rs) and writes `calibration.json`.
+//! predict from (see src/perf/predict.rs) and writes `calibration.json`.
 //!
 //!   partrain calibrate --config configs/base.yaml                        # compute, on one rank
 //!   mpirun -np 2 partrain calibrate --config configs/base.yaml           # + the link inside a node
