@@ -176,7 +176,7 @@ claim_names() {
   holder=$(cat "$claim" 2>/dev/null || true)
   if [ -n "$holder" ] && [ "$holder" != "$DIR" ] && [ -f "$holder/nodes" ] &&
     kill -0 "$(cat "$holder/pids/slurmctld.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
-    log "the cluster in $holder is up with host names ${NODE}1, ${NODE}2, ...: two clusters with the same host names crash Open MPI's start-up now and then; give this one PARTRAIN_CLUSTER_NODE=<another prefix> (and PARTRAIN_CLUSTER_PORT=<another port>)"
+    log "the cluster in $holder is up with host names ${NODE}1, ${NODE}2, ...: two clusters must not share host names (Open MPI and Slurm tell hosts apart by name); give this one PARTRAIN_CLUSTER_NODE=<another prefix> (and PARTRAIN_CLUSTER_PORT=<another port>)"
     exit 1
   fi
   echo "$DIR" > "$claim"
@@ -193,6 +193,13 @@ up() {
   local n=${1:?usage: cluster.sh up N}
   [ "$n" -ge 1 ] || usage
   if [ -f "$DIR/nodes" ]; then down; fi
+  local p
+  for p in "$BASE_PORT" $(seq $((BASE_PORT + 1)) $((BASE_PORT + n))); do
+    if ss -Hltn "sport = :$p" | grep -q .; then
+      log "port $p is in use (another cluster or service): choose another PARTRAIN_CLUSTER_PORT (the cluster uses it and the next $((n + 199)))"
+      exit 1
+    fi
+  done
   claim_names
   mkdir -p "$DIR/pids" "$DIR/ctl/state" "$DIR/munge"
   for k in $(seq 1 "$n"); do mkdir -p "$DIR/${NODE}$k/spool" "$DIR/${NODE}$k/tmp"; done
@@ -223,6 +230,7 @@ up() {
   done
   log "the nodes did not become idle; see $DIR/ctl/slurmctld.log and $DIR/${NODE}*/slurmd.log"
   "$DIR/bin/in-ns" - sinfo -N >&2 || true
+  down   # nothing left running for a caller that gives up (a test's folder is deleted next)
   exit 1
 }
 
