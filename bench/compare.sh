@@ -8,6 +8,7 @@
 #   ROUNDS=6 TRAIN_LIMIT=12800 bash bench/compare.sh OLD [NEW]
 #   ONLY=mnist_serial bash bench/compare.sh OLD          # only the configurations whose name matches
 #   ONLY=mnist_serial_t1_cl ROUNDS=16 bash bench/compare.sh OLD   # a closer look at one row
+#   OLD_SET=train.noise_scale_every=0 bash bench/compare.sh target/release/partrain   # an option's cost
 #
 # The table also gives a 90 % bootstrap interval for each median ratio: on a shared machine single
 # rounds move by ±10 %, and the interval says whether the rounds resolve a few per cent (on the
@@ -53,6 +54,10 @@ run() { # run BINARY TAG CONFIG-LINE ROUND
   IFS='|' read -r name np t cmd cfg extra <<< "$3"
   local sets=(--set data.train_limit="$TRAIN_LIMIT" --set data.test_limit=500 --set train.epochs=1
               --set parallel.threads_per_rank="$t" --set checkpoint.every_epochs=0 --set "$extra" --overwrite)
+  # OLD_SET / NEW_SET: one more --set for that side (the same binary twice measures an option).
+  local side_set=${OLD_SET:-}
+  [ "$tag" = new ] && side_set=${NEW_SET:-}
+  [ -n "$side_set" ] && sets+=(--set "$side_set")
   local out="$work/${name}_${tag}_r$r"
   if [ "$np" -eq 1 ]; then
     "$bin" "$cmd" --config "$cfg" "${sets[@]}" --out "$out" > "$out.log" 2>&1
@@ -67,7 +72,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   echo "round $r of $ROUNDS done"
 done
-python3 - "$work" "$ROUNDS" "$OLD" "$NEW" > "$OUT/compare.md" <<'PY'
+python3 - "$work" "$ROUNDS" "$OLD${OLD_SET:+ --set $OLD_SET}" "$NEW${NEW_SET:+ --set $NEW_SET}" > "$OUT/compare.md" <<'PY'
 import json, os, random, statistics, sys, datetime
 work, rounds, old, new = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 ips = lambda n: json.load(open(os.path.join(work, n, "summary.json")))["samples_per_second"]

@@ -76,7 +76,7 @@ fn dp_and_hybrid_across_nodes_match_serial() {
                 );
                 let h = hosts(&out);
                 assert!(
-                    h.len() == nodes && h.iter().all(|n| n.starts_with("node")),
+                    h.len() == nodes && h.iter().all(|n| n.starts_with("span")),
                     "{label}: {h:?}"
                 );
                 assert_matches_serial(&serial, &out, &label);
