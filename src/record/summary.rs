@@ -242,6 +242,13 @@ pub fn status_doc(fields: serde_json::Value) -> serde_json::Value {
     doc
 }
 
+/// The `status` a `summary.json` gives (`running`, `failed`, `interrupted`, `completed`), read by
+/// name: a run that has not completed holds a status document, not a whole summary.
+pub fn read_status(path: &Path) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    doc.get("status")?.as_str().map(str::to_string)
+}
+
 pub fn read_summary(path: &Path) -> Result<Summary> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: serde_json::Value = serde_json::from_str(&text)

@@ -102,8 +102,13 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
                     accuracy,
                 });
             }
-            Ok(_) => skipped.push(format!("{name}: not a completed run")),
-            Err(e) => skipped.push(format!("{name}: {e:#}")),
+            Ok(s) => skipped.push(format!("{name}: not a completed run (status {})", s.status)),
+            Err(e) => match crate::record::summary::read_status(&sp) {
+                Some(status) if status != "completed" => {
+                    skipped.push(format!("{name}: not a completed run (status {status})"))
+                }
+                _ => skipped.push(format!("{name}: {e:#}")),
+            },
         }
     }
     skipped.sort();
