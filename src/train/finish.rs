@@ -12,8 +12,11 @@ use std::io::IsTerminal;
 use super::trainer::{EpochState, Trainer};
 
 impl Trainer<'_> {
+    /// A bar where it can be seen, else a progress line every `train.log_every` steps. The bar is
+    /// drawn on stderr, so stderr decides: under mpirun, rank 0's stdout is a pseudo-terminal but
+    /// its stderr a pipe, and a bar chosen by stdout was drawn nowhere (no progress at all in dp).
     pub(super) fn progress_bar(&self, epoch: usize, steps: usize) -> Option<ProgressBar> {
-        if !self.world.is_root() || !std::io::stdout().is_terminal() {
+        if !self.world.is_root() || !std::io::stderr().is_terminal() {
             return None;
         }
         let bar = ProgressBar::new(steps as u64);
