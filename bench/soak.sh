@@ -42,7 +42,7 @@ def ranks(mpirun):
                 pass
     return sorted(kids)
 
-def job(name, extra):
+def job(name, extra, steps=steps):
     cmd = ["mpirun", "-np", "2", *binding, "partrain", "dp", "--config", "configs/data_parallel.yaml",
            "--set", "train.batch_size=8", "--set", "data.train_limit=8000", "--set", "data.test_limit=500",
            "--set", f"train.epochs={steps // 500 + 1}", "--set", f"train.max_steps={steps}",
@@ -66,7 +66,8 @@ def memory(name, extra):
     return samples, growth
 
 def pauses():
-    p = job("pauses", ["--set", "parallel.timeout_s=10", "--set", "parallel.warn_s=2"])
+    # Long enough for three pauses of 5 s (27 s) at any speed this machine has shown.
+    p = job("pauses", ["--set", "parallel.timeout_s=10", "--set", "parallel.warn_s=2"], steps=min(steps, 6000))
     err = []
     threading.Thread(target=lambda: err.extend(p.stderr), daemon=True).start()
     threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
