@@ -35,7 +35,9 @@ cap() {
 }
 
 # The grid at global batch $1: one recipe per line, "name key=value ...". Seed 001's recipe
-# (momentum SGD, lr 0.01, constant) everywhere; from 256 the square-root rule with a 1-epoch warmup
+# (momentum SGD, lr 0.01, constant) everywhere; from 128 to 512 the linear rule (Goyal et al.) with
+# a 1-epoch warmup and cosine decay (seed 001's rate alone does not scale: without it the small
+# batches' steps stay far above perfect scaling); from 256 the square-root rule with a 1-epoch warmup
 # and cosine decay; from 1,024 LARS (linear scaling from 64, 2-epoch warmup, cosine decay, weight
 # decay 5e-4 on weights, trust 0.02); from 2,048 also trust 0.01; from 8,192 also trust 0.01 with a
 # 5-epoch warmup. The cosine decays to zero at the run's cap.
@@ -43,6 +45,7 @@ recipes() {
   local b=$1
   local lars="train.optimizer=lars train.lr_scaling=linear train.lr_schedule=cosine train.weight_decay=0.0005"
   echo "sgd"
+  if ((b >= 128 && b <= 512)); then echo "linear-cos train.lr_scaling=linear train.warmup_epochs=1 train.lr_schedule=cosine"; fi
   if ((b >= 256)); then echo "sqrt-cos train.lr_scaling=sqrt train.warmup_epochs=1 train.lr_schedule=cosine"; fi
   if ((b >= 1024)); then echo "lars $lars train.warmup_epochs=2"; fi
   if ((b >= 2048)); then echo "lars-t01 $lars train.warmup_epochs=2 train.lars_trust=0.01"; fi

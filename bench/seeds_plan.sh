@@ -6,6 +6,7 @@
 # efficiency measured from 1 to 2 threads), then writes results/plan/seeds_plan.md.
 #
 #   bash bench/seeds_plan.sh          # CORES=64 NODES="1 2 4 8 16 32"; TARGET=99 CURVE=results/example/converge_mnist.csv
+#   REUSE=1 bash bench/seeds_plan.sh  # keep the calibrations already in results/plan
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source env.sh >/dev/null
@@ -16,7 +17,10 @@ mkdir -p "$OUT"
 for net in mnist cifar10; do
   cfg=configs/data_parallel.yaml
   [ "$net" = cifar10 ] && cfg=configs/data_parallel_cifar10.yaml
-  target/release/partrain calibrate --config "$cfg" --out "$OUT/calibration_$net.json" --repeats 5
+  # REUSE=1 keeps a calibration already there (a second look at the same machine's figures).
+  if [ "${REUSE:-0}" != 1 ] || [ ! -f "$OUT/calibration_$net.json" ]; then
+    target/release/partrain calibrate --config "$cfg" --out "$OUT/calibration_$net.json" --repeats 5
+  fi
   for network in ib100 eth10; do
     target/release/partrain plan --config "$cfg" --cores-per-node "$CORES" --nodes "${NODES// /,}" \
       --calibration "$OUT/calibration_$net.json" --network "$network" --top 1 \
