@@ -7,6 +7,7 @@
 #
 #   bash bench/seeds_plan.sh          # CORES=64 NODES="1 2 4 8 16 32"; TARGET=99 CURVE=results/example/converge_mnist.csv
 #   REUSE=1 bash bench/seeds_plan.sh  # keep the calibrations already in results/plan
+#   ONLY_TARGET=1 bash bench/seeds_plan.sh   # only the time-to-accuracy table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source env.sh >/dev/null
@@ -14,7 +15,8 @@ OUT=${OUT:-results/plan}
 CORES=${CORES:-64}
 NODES=${NODES:-1 2 4 8 16 32}
 mkdir -p "$OUT"
-for net in mnist cifar10; do
+# ONLY_TARGET=1: the time-to-accuracy table alone (from results/plan/calibration_mnist.json).
+for net in $([ "${ONLY_TARGET:-0}" = 1 ] || echo mnist cifar10); do
   cfg=configs/data_parallel.yaml
   [ "$net" = cifar10 ] && cfg=configs/data_parallel_cifar10.yaml
   # REUSE=1 keeps a calibration already there (a second look at the same machine's figures).
@@ -27,7 +29,7 @@ for net in mnist cifar10; do
       --out "$OUT/plan_${net}_$network.csv" > /dev/null
   done
 done
-python3 - "$OUT" "$CORES" "$(git rev-parse --short HEAD)" "$(lscpu | sed -n 's/^Model name: *//p')" <<'PY'
+[ "${ONLY_TARGET:-0}" = 1 ] || python3 - "$OUT" "$CORES" "$(git rev-parse --short HEAD)" "$(lscpu | sed -n 's/^Model name: *//p')" <<'PY'
 import csv, datetime, sys
 out, cores, commit, cpu = sys.argv[1:]
 lines = [f"Predicted by `partrain plan` on {datetime.date.today()}, commit {commit}, from a calibration on "
