@@ -67,7 +67,7 @@ run() {
   local sets=(train.batch_scope=global "train.batch_size=$b" "parallel.micro_batches=$((per / micro))"
     "train.epochs=$(cap "$b")" "train.target_accuracy=$TARGET" train.stop_at_target=true
     "train.eval_every_steps=$every" checkpoint.every_epochs=0 "run.seed=$seed"
-    "data.dataset=$DATASET" "data.dir=data/$DATASET" "$@")
+    "data.dataset=$DATASET" "data.dir=data/$DATASET" train.noise_scale_every=1 "$@")
   local args=()
   for s in "${sets[@]}"; do args+=(--set "$s"); done
   echo "$(date +%T) b=$b $name seed $seed: ${sets[*]}"

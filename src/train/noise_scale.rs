@@ -15,9 +15,10 @@
 use crate::plan::noise::NoisePlan;
 use serde::{Deserialize, Serialize};
 
-/// EMA decay per measurement: a window of about 50 measured steps, under an epoch at the batches
-/// where the noise is large (938 steps per MNIST epoch at batch 64) and the whole run where steps
-/// are few (4 per epoch at 16,384), which the bias correction turns into a plain mean.
+/// EMA decay per measurement: a window of about 50 measurements (500 steps at the default
+/// `train.noise_scale_every` of 10), about half an epoch where the noise is large (938 steps per
+/// MNIST epoch at batch 64) and the whole run where steps are few (4 per epoch at 16,384), which
+/// the bias correction turns into a plain mean.
 pub const DECAY: f64 = 0.98;
 
 /// One measurement's unbiased estimates (|G|^2, S) from the mean squared norm of the small
