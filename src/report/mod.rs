@@ -5,6 +5,7 @@ mod accuracy;
 mod chart;
 pub mod converge;
 pub mod plots;
+mod runs;
 pub mod style;
 pub mod table;
 pub mod timeline;
