@@ -5,6 +5,7 @@
 #   nohup bash bench/converge.sh > converge_mnist.log 2>&1 &            # MNIST to 99.0 %, ~3 h here
 #   DATASET=fashion-mnist TARGET=90 nohup bash bench/converge.sh &      # the second workload
 #   BATCHES="4096" SEEDS="42" bash bench/converge.sh                    # one batch, one seed
+#   CAP_EPOCHS=30 RECIPES="lars" BATCHES="1024" bash bench/converge.sh   # a longer run of one recipe
 #
 # At every global batch (BATCHES) a small grid of recipes (`recipes` below) runs on the first seed;
 # then the recipe with the fewest steps to the target (else the best accuracy) runs on the other
@@ -13,7 +14,9 @@
 # tested within 1e-4, tests/time_to_accuracy.rs), so a global batch of 16,384 here is what 256
 # replicas of 64 would compute. Each run stops at the target, evaluates about four times per epoch
 # (every step when an epoch has fewer than 4; the evaluations count in the time, as in MLPerf) and
-# gives up after CAP epochs. Finished runs are skipped: the script can be stopped and restarted.
+# gives up after `cap` epochs (CAP_EPOCHS replaces it, and the recipe's name gains `-e<epochs>`:
+# the cosine decays over the cap, so a longer cap is another recipe; RECIPES keeps only the named
+# recipes of the grid). Finished runs are skipped: the script can be stopped and restarted.
 # Last, `partrain converge table` writes results/example/converge_<dataset>.{csv,md,png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,8 @@ DATASET=${DATASET:-mnist}
 TARGET=${TARGET:-99.0}
 BATCHES=${BATCHES:-"64 128 256 512 1024 2048 4096 8192 16384"}
 SEEDS=${SEEDS:-"42 43 44"}
+CAP_EPOCHS=${CAP_EPOCHS:-}
+RECIPES=${RECIPES:-}
 OUT=${OUT:-results/converge/$DATASET}
 TABLE=${TABLE:-results/example}
 TRAIN_IMAGES=60000
@@ -34,6 +39,16 @@ cap() {
   if ((b <= 1024)); then echo 10; elif ((b <= 4096)); then echo 15; elif ((b <= 8192)); then echo 25; else echo 40; fi
 }
 
+# The recipes to run at global batch $1: the grid's, or those RECIPES names, each named for its cap
+# when CAP_EPOCHS replaces it.
+recipes() {
+  grid "$1" | while read -r name sets; do
+    if [ -z "$RECIPES" ] || [[ " $RECIPES " == *" $name "* ]]; then
+      echo "$name${CAP_EPOCHS:+-e$CAP_EPOCHS} $sets"
+    fi
+  done
+}
+
 # The grid at global batch $1: one recipe per line, "name key=value ...". Seed 001's recipe
 # (momentum SGD, lr 0.01, constant) everywhere; from 128 to 512 the linear rule (Goyal et al.) with
 # a 1-epoch warmup and cosine decay (seed 001's rate alone does not scale: without it the small
@@ -41,7 +56,7 @@ cap() {
 # and cosine decay; from 1,024 LARS (linear scaling from 64, 2-epoch warmup, cosine decay, weight
 # decay 5e-4 on weights, trust 0.02); from 2,048 also trust 0.01; from 8,192 also trust 0.01 with a
 # 5-epoch warmup. The cosine decays to zero at the run's cap.
-recipes() {
+grid() {
   local b=$1
   local lars="train.optimizer=lars train.lr_scaling=linear train.lr_schedule=cosine train.weight_decay=0.0005"
   echo "sgd"
@@ -65,7 +80,7 @@ run() {
   local steps=$(((TRAIN_IMAGES + b - 1) / b))
   local every=$((steps / 4 > 0 ? steps / 4 : 1))
   local sets=(train.batch_scope=global "train.batch_size=$b" "parallel.micro_batches=$((per / micro))"
-    "train.epochs=$(cap "$b")" "train.target_accuracy=$TARGET" train.stop_at_target=true
+    "train.epochs=${CAP_EPOCHS:-$(cap "$b")}" "train.target_accuracy=$TARGET" train.stop_at_target=true
     "train.eval_every_steps=$every" checkpoint.every_epochs=0 "run.seed=$seed"
     "data.dataset=$DATASET" "data.dir=data/$DATASET" train.noise_scale_every=1 "$@")
   local args=()
@@ -85,6 +100,10 @@ for b in $BATCHES; do
   best=$(partrain converge best --runs "$OUT/runs" --batch "$b")
   if [ -z "$best" ]; then
     echo "$(date +%T) b=$b: no run of the grid finished: see $OUT/runs/b${b}_*.log"
+    continue
+  fi
+  if ! recipes "$b" | awk -v n="$best" '$1 == n { found = 1 } END { exit !found }'; then
+    echo "$(date +%T) b=$b: best recipe $best is not among this invocation's recipes: no seeds run"
     continue
   fi
   sets=$(recipes "$b" | awk -v n="$best" '$1 == n { $1 = ""; print }')
