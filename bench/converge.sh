@@ -102,11 +102,12 @@ for b in $BATCHES; do
     echo "$(date +%T) b=$b: no run of the grid finished: see $OUT/runs/b${b}_*.log"
     continue
   fi
-  if ! recipes "$b" | awk -v n="$best" '$1 == n { found = 1 } END { exit !found }'; then
+  line=$(recipes "$b" | awk -v n="$best" '$1 == n')
+  if [ -z "$line" ]; then
     echo "$(date +%T) b=$b: best recipe $best is not among this invocation's recipes: no seeds run"
     continue
   fi
-  sets=$(recipes "$b" | awk -v n="$best" '$1 == n { $1 = ""; print }')
+  sets=${line#"$best"}
   echo "$(date +%T) b=$b: best recipe $best"
   for seed in ${SEEDS#"$first_seed"}; do
     # shellcheck disable=SC2086

@@ -58,8 +58,6 @@ fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
         .collect()
 }
 
-/// Every folder below `runs` with a completed `summary.json`; unfinished runs are listed in the
-/// second value and left out of the tables.
 /// Every completed run below `runs`; the runs left out (unfinished, or with a summary.json that
 /// is torn or foreign: why) and notes on files read in part (a torn or missing metrics.csv).
 pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
