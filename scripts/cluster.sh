@@ -2,11 +2,12 @@
 # An N-node Slurm cluster on this one machine, for the tests and for trying the multi-node workflow.
 #
 #   bash scripts/cluster.sh up 4                 # munge, slurmctld, slurmd on node1..node4
+#   bash scripts/cluster.sh up 4 --link 100mbit  # the same, each node's NIC held to 100 Mbit/s
 #   bash scripts/cluster.sh exec sinfo           # any command with the cluster's environment
 #   bash scripts/cluster.sh exec sbatch slurm/run_all_scaling_and_plot.slurm
 #   bash scripts/cluster.sh exec salloc -N 2 -n 4 mpirun partrain dp --config configs/data_parallel.yaml
 #   bash scripts/cluster.sh exec mpirun --hostfile "$PARTRAIN_CLUSTER/hostfile" -np 4 partrain dp ...
-#   bash scripts/cluster.sh status
+#   bash scripts/cluster.sh status               # daemons, each node's link, Slurm's view
 #   bash scripts/cluster.sh kill-node 2          # node2 dies: its slurmd and every process on it
 #   bash scripts/cluster.sh down                 # cancel jobs, stop what `up` started (by pid)
 #   PARTRAIN_CLUSTER=/tmp/c2 PARTRAIN_CLUSTER_PORT=17800 PARTRAIN_CLUSTER_NODE=peer \
@@ -24,6 +25,8 @@
 # - no cgroup plugins (the nodes share one kernel), no accounting, non-default ports;
 # - `down` stops only what `up` started: its daemons by their pids, and leftovers found by the
 #   marker variable every process of the cluster inherits, by pid.
+# - `--link RATE`: every node's traffic to and from other nodes held to RATE each way, as a
+#   node's NIC would (scripts/link/links.sh says how); ranks on one node keep sharing memory.
 # All state lives under $PARTRAIN_CLUSTER (default /tmp/partrain-cluster). Needs root, util-linux's
 # unshare, and Debian's slurmctld slurmd slurm-client munge (scripts/setup.sh installs them).
 set -euo pipefail
@@ -36,8 +39,12 @@ NODE=${PARTRAIN_CLUSTER_NODE:-$(cat "$DIR/node_names" 2>/dev/null || echo node)}
 REGISTRY=/tmp/partrain-cluster-names
 CTL=partrain-ctl
 MARKER=PARTRAIN_CLUSTER_MEMBER
+LINK=
+# shellcheck source=scripts/link/links.sh
+. "$(dirname "$0")/link/links.sh"
 
-usage() { sed -n '2,14p' "$0" >&2; exit 2; }
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+usage() { sed -n '2,16p' "$0" >&2; exit 2; }
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
 nodes() { cat "$DIR/nodes" 2>/dev/null || echo 0; }
@@ -66,7 +73,10 @@ exec unshare \$uts --mount --propagation private sh -c '
   [ "\$0" = - ] || { hostname "\$0"; mount -t tmpfs -o mode=1777 partrain-shm /dev/shm; }
   mount --bind "$DIR/etc/hosts" /etc/hosts
   mount --bind "$DIR/etc/resolv.conf" /etc/resolv.conf
-  [ -f /etc/openmpi/openmpi-mca-params.conf ] && mount --bind "$DIR/etc/openmpi-mca-params.conf" /etc/openmpi/openmpi-mca-params.conf
+  # A node of a cluster with links: its own MCA file (listener ports) and port block.
+  m="$DIR/etc/mca-\$0.conf"; [ -f "\$m" ] || m="$DIR/etc/openmpi-mca-params.conf"
+  [ -f /etc/openmpi/openmpi-mca-params.conf ] && mount --bind "\$m" /etc/openmpi/openmpi-mca-params.conf
+  [ -f "$DIR/etc/this-node-\$0" ] && mount --bind "$DIR/etc/this-node-\$0" "$DIR/etc/this-node"
   exec "\$@"' "\$h" "\$@"
 EOF
   # mpirun's rsh agent without Slurm: drop ssh-style options, take the host, run the command there
@@ -100,6 +110,14 @@ export OMPI_MCA_plm_rsh_agent="$DIR/bin/agent"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export PATH="$DIR/bin:\$PATH"
 EOF
+  if [ -n "$LINK" ]; then
+    cat >> "$DIR/env.sh" <<EOF
+# Links of a set speed: every process of the cluster binds its TCP connections to its node's
+# ports (scripts/link/nodeport.c); PARTRAIN_LINK names the rate (runs record it).
+export LD_PRELOAD="$DIR/lib/nodeport.so\${LD_PRELOAD:+:\$LD_PRELOAD}"
+export PARTRAIN_LINK=$LINK
+EOF
+  fi
 }
 
 write_slurm_conf() {
@@ -190,8 +208,17 @@ release_names() {
 }
 
 up() {
-  local n=${1:?usage: cluster.sh up N}
-  [ "$n" -ge 1 ] || usage
+  local n=${1:?usage: cluster.sh up N [--link RATE]}
+  [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || usage
+  shift
+  LINK=
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --link) LINK=${2:?--link needs a rate: 100mbit, 1gbit, 10gbit}; shift 2 ;;
+      *) log "up: unknown argument '$1' (expected --link RATE)"; exit 2 ;;
+    esac
+  done
+  [ -z "$LINK" ] || link_rate_bits "$LINK" > /dev/null
   if [ -f "$DIR/nodes" ]; then down; fi
   local p
   for p in "$BASE_PORT" $(seq $((BASE_PORT + 1)) $((BASE_PORT + n))); do
@@ -206,6 +233,7 @@ up() {
   echo "$n" > "$DIR/nodes"
   write_namespace_files "$n"
   write_slurm_conf "$n"
+  [ -z "$LINK" ] || link_up "$n" "$LINK"
   # munged: socket folder 755, key 600 owned by munge.
   chmod 755 "$DIR/munge"
   if [ ! -f "$DIR/munge/munge.key" ]; then
@@ -222,7 +250,7 @@ up() {
   . "$DIR/env.sh"
   for _ in $(seq 150); do
     if [ "$("$DIR/bin/in-ns" - sinfo -h -N -o %T 2>/dev/null | grep -c '^idle')" -eq "$n" ]; then
-      log "up: $n nodes (${NODE}1..${NODE}$n on 127.0.1.1..127.0.1.$n, $CPUS CPUs each), state in $DIR"
+      log "up: $n nodes (${NODE}1..${NODE}$n on 127.0.1.1..127.0.1.$n, $CPUS CPUs each, links ${LINK:-unshaped}), state in $DIR"
       echo "export PARTRAIN_CLUSTER=$DIR"
       return 0
     fi
@@ -284,6 +312,7 @@ down() {
     log "stopping ${#left[@]} leftover process(es) of the cluster: ${left[*]}"
     kill -9 "${left[@]}" 2>/dev/null || true
   fi
+  link_down
   rm -f "$DIR"/pids/*.pid "$DIR/nodes"
   release_names
   log "down"
@@ -313,6 +342,7 @@ status() {
     pid=$(cat "$f"); name=$(basename "$f" .pid)
     if kill -0 "$pid" 2>/dev/null; then echo "$name: pid $pid"; else echo "$name: not running"; fi
   done
+  link_status
   # shellcheck disable=SC1091
   (. "$DIR/env.sh"; "$DIR/bin/in-ns" - sinfo -N; "$DIR/bin/in-ns" - squeue)
 }

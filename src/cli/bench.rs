@@ -155,13 +155,14 @@ pub fn conv_bench(args: &ConvBenchArgs, comm: &Comm) -> Result<()> {
 }
 pub fn calibrate(args: &CalibrateArgs, comm: &Comm) -> Result<()> {
     if let Some(cal) = args.options().run(comm)? {
-        println!(
-            "wrote {}: {} compute rows, link inside a node {:?}, between nodes {:?}",
-            args.out.display(),
-            cal.compute.len(),
-            cal.intra_node,
-            cal.inter_node
-        );
+        let show = |l: Option<partrain::comm::Link>| l.map_or("not measured".into(), |l| l.to_string());
+        let emulated = cal
+            .inter_node_emulated
+            .as_ref()
+            .map_or(String::new(), |r| format!(" (emulated link set to {r})"));
+        println!("wrote {}: {} compute rows", args.out.display(), cal.compute.len());
+        println!("  link inside a node:  {}", show(cal.intra_node));
+        println!("  link between nodes: {}{emulated}", show(cal.inter_node));
     }
     Ok(())
 }

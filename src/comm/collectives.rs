@@ -51,6 +51,37 @@ impl Comm {
         }
     }
 
+    /// Chunk r of `send` (its `send.len() / size` elements) to rank r; `recv` gets every rank's
+    /// chunk for this rank, rank after rank (MPI_Alltoall). Both lengths divide by the size.
+    pub fn all_to_all<T: Equivalence + Copy>(&self, send: &[T], recv: &mut [T]) {
+        assert_eq!(send.len(), recv.len(), "all_to_all: equal buffers");
+        assert_eq!(send.len() % self.size, 0, "all_to_all: a chunk per rank");
+        match &self.inner {
+            Inner::Solo => recv.copy_from_slice(send),
+            Inner::Mpi { comm, .. } => {
+                let _w = self.collective::<T>(OpKind::AllToAll, send.len());
+                comm.all_to_all_into(send, recv);
+            }
+        }
+    }
+
+    /// Every rank's `send` (the same length on every rank) into `recv`, rank after rank, with no
+    /// allocation (MPI_Allgather).
+    pub fn all_gather_into<T: Equivalence + Copy>(&self, send: &[T], recv: &mut [T]) {
+        assert_eq!(
+            send.len() * self.size,
+            recv.len(),
+            "all_gather_into: a slot per rank"
+        );
+        match &self.inner {
+            Inner::Solo => recv.copy_from_slice(send),
+            Inner::Mpi { comm, .. } => {
+                let _w = self.collective::<T>(OpKind::AllGather, send.len());
+                comm.all_gather_into(send, recv);
+            }
+        }
+    }
+
     /// Every rank's `values` (the same length on every rank), rank after rank.
     pub fn all_gather_slice<T: Equivalence + Copy + Default>(&self, values: &[T]) -> Vec<T> {
         let mut out = vec![T::default(); values.len() * self.size];

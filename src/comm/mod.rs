@@ -42,7 +42,7 @@ use std::rc::Rc;
 
 pub use board::comm_hash;
 pub use debug::debug_words;
-pub use pingpong::Link;
+pub use pingpong::{emulated_link, Link};
 pub use raw::abort_world;
 use raw::mpi_ok;
 

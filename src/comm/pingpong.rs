@@ -14,6 +14,33 @@ pub struct Link {
     pub bandwidth_gbs: f64,
 }
 
+/// As a person reads a link: `25.0 us latency, 1.10 GB/s (8.80 Gbit/s)`; rates below 1 GB/s
+/// in MB/s (`11.9 MB/s (95.2 Mbit/s)`).
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bits = self.bandwidth_gbs * 8.0;
+        let (rate, bits) = if self.bandwidth_gbs >= 1.0 {
+            (
+                format!("{:.2} GB/s", self.bandwidth_gbs),
+                format!("{bits:.2} Gbit/s"),
+            )
+        } else {
+            (
+                format!("{:.1} MB/s", self.bandwidth_gbs * 1e3),
+                format!("{:.1} Mbit/s", bits * 1e3),
+            )
+        };
+        write!(f, "{:.1} us latency, {rate} ({bits})", self.latency_us)
+    }
+}
+
+/// The emulated cluster's link rate (`scripts/cluster.sh up N --link RATE` exports it as
+/// `PARTRAIN_LINK`, e.g. `100mbit`), which runs and calibrations record beside what they
+/// measure; None off such a cluster or on its unshaped loopback.
+pub fn emulated_link() -> Option<String> {
+    std::env::var("PARTRAIN_LINK").ok().filter(|s| !s.is_empty())
+}
+
 impl Link {
     /// Seconds to move `bytes` one way.
     pub fn seconds(&self, bytes: f64) -> f64 {

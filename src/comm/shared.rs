@@ -148,6 +148,11 @@ impl NodeMean {
         self.n == 0
     }
 
+    /// Ranks of this node that share the windows.
+    pub fn ranks_per_node(&self) -> usize {
+        self.size
+    }
+
     fn barrier(&self) {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);

@@ -338,6 +338,27 @@ pub enum SyncMode {
     Weights,
 }
 
+/// How averaged gradients travel (`sync.compress`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compress {
+    /// f32, one MPI_Allreduce.
+    #[default]
+    None,
+    /// bf16 both ways (half the bytes), summed in f32: a reduce-scatter by all-to-all, then an
+    /// all-gather of each rank's mean chunk.
+    Bf16,
+}
+
+impl Compress {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compress::None => "none",
+            Compress::Bf16 => "bf16",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
@@ -350,6 +371,8 @@ pub struct SyncConfig {
     /// nodes the node sums (then one all-reduce per slice across nodes: two levels). `false`:
     /// one MPI_Allreduce of the flat gradient buffer.
     pub shared_memory: bool,
+    /// Gradient compression across the replicas: `none` or `bf16` (gradient averaging by MPI).
+    pub compress: Compress,
 }
 
 impl Default for RunConfig {
@@ -436,6 +459,7 @@ impl Default for SyncConfig {
             average_every: 1,
             overlap: false,
             shared_memory: true,
+            compress: Compress::None,
         }
     }
 }

@@ -46,10 +46,13 @@ pub enum OpKind {
     SendsComplete,
     /// The descriptor exchange of `PARTRAIN_DEBUG=collectives`.
     Check,
+    /// Every rank's chunk to every rank (the reduce-scatter of compressed averaging).
+    AllToAll,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 12] = [
+    // Codes are positions in this list (the node board's): new kinds go at the end.
+    pub const ALL: [OpKind; 13] = [
         OpKind::AllReduce,
         OpKind::Broadcast,
         OpKind::AllGather,
@@ -62,6 +65,7 @@ impl OpKind {
         OpKind::OverlappedWait,
         OpKind::SendsComplete,
         OpKind::Check,
+        OpKind::AllToAll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +82,7 @@ impl OpKind {
             OpKind::OverlappedWait => "wait for overlapped all-reduces",
             OpKind::SendsComplete => "completion of pipeline sends",
             OpKind::Check => "collective check",
+            OpKind::AllToAll => "all-to-all",
         }
     }
 

@@ -195,6 +195,7 @@ impl CalibrateOptions {
             compute: Vec::new(),
             intra_node: None,
             inter_node: None,
+            inter_node_emulated: None,
             shared_memory_s_per_elem: None,
             base_rss_mb: 0.0,
             corun: Vec::new(),
@@ -219,6 +220,7 @@ impl CalibrateOptions {
         }
         if let Some(r) = remote {
             cal.inter_node = Some(world.link(0, r, self.repeats * 3));
+            cal.inter_node_emulated = crate::comm::emulated_link();
         }
         if shape.size > 1 && shape.nodes() == 1 {
             self.measure_sharing(&cfg, world, &mut cal)?;

@@ -66,6 +66,10 @@ pub struct Calibration {
     pub intra_node: Option<Link>,
     /// Between two nodes.
     pub inter_node: Option<Link>,
+    /// The emulated cluster's set link rate when `inter_node` was measured on one
+    /// (`cluster.sh up N --link RATE`: `100mbit`, ...); None on a real network or unshaped loopback.
+    #[serde(default)]
+    pub inter_node_emulated: Option<String>,
     /// Node-shared-memory averaging: seconds per f32 element with 2 ranks (memory bound).
     pub shared_memory_s_per_elem: Option<f64>,
     /// Peak resident memory of a one-rank run (libtorch, data set, net), MiB.

@@ -1,7 +1,7 @@
 //! How the replicas of a stage agree on a step: the policy (`GradSync`), chosen once by
 //! `Plan::resolve` and named in `summary.json`; `train::averager` carries it out.
 
-use crate::config::{SyncConfig, SyncMode};
+use crate::config::{Compress, SyncConfig, SyncMode};
 use serde::{Deserialize, Serialize};
 
 /// The averaging path of a run. Its serde spelling is its name everywhere: `summary.json`'s
@@ -79,6 +79,8 @@ pub fn choose(sync: &SyncConfig, g: GroupSpread) -> GradSync {
         _ if g.replicas == 1 => GradSync::None,
         SyncMode::Weights => GradSync::WeightAverage,
         SyncMode::Gradients if sync.overlap => GradSync::Overlapped,
+        // Compressed gradients cross the replicas through MPI (the shared window holds f32).
+        SyncMode::Gradients if sync.compress != Compress::None => GradSync::Allreduce,
         SyncMode::Gradients if shared && runs_on(GradSync::SharedMemory, g) => GradSync::SharedMemory,
         SyncMode::Gradients if shared && runs_on(GradSync::TwoLevel, g) && g.per_node >= Some(2) => {
             GradSync::TwoLevel

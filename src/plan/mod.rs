@@ -42,6 +42,8 @@ pub struct Plan {
     pub grad_sync: GradSync,
     /// With model averaging: average the weights every this many steps (`sync.average_every`).
     pub average_every: usize,
+    /// How the averaged gradients travel (`sync.compress`).
+    pub compress: crate::config::Compress,
     /// libtorch intra-op threads per rank (0 in the config = libtorch's default, resolved here).
     pub threads_per_rank: usize,
     pub compute: Compute,
@@ -140,6 +142,7 @@ impl Plan {
             split,
             grad_sync,
             average_every: cfg.sync.average_every,
+            compress: cfg.sync.compress,
             threads_per_rank: match cfg.parallel.threads_per_rank {
                 0 => tch::get_num_threads().max(1) as usize,
                 n => n,

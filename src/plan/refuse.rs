@@ -66,6 +66,7 @@ fn refuse_for_serial(cfg: &Config, strategy: Strategy) -> Result<()> {
             ("average_every", sync.average_every != defaults.average_every),
             ("overlap", sync.overlap != defaults.overlap),
             ("shared_memory", sync.shared_memory != defaults.shared_memory),
+            ("compress", sync.compress != defaults.compress),
         ];
         if let Some((key, _)) = set.iter().find(|(_, changed)| *changed) {
             bail!("sync.{key}: applies to averaging across replicas (dp, hybrid); `partrain serial` has one replica");
@@ -114,6 +115,15 @@ fn refuse_sync_keys(cfg: &Config) -> Result<()> {
     }
     if sync.mode == SyncMode::Weights && (sync.overlap || !sync.shared_memory) {
         bail!("sync.overlap / sync.shared_memory: apply to gradient averaging, and sync.mode is weights");
+    }
+    if sync.compress != crate::config::Compress::None && (sync.mode == SyncMode::Weights || sync.overlap) {
+        bail!(
+            "sync.compress: {} compresses the gradient all-reduce of sync.mode: gradients without sync.overlap \
+             (this run has sync.mode: {}, sync.overlap: {})",
+            sync.compress.name(),
+            if sync.mode == SyncMode::Weights { "weights" } else { "gradients" },
+            sync.overlap
+        );
     }
     if sync.overlap && (p.stages > 1 || p.micro_batches > 1) {
         bail!(

@@ -51,6 +51,18 @@ pub struct Summary {
     /// With model averaging: the period in steps.
     #[serde(default = "one")]
     pub average_every: usize,
+    /// How the averaged gradients travelled (`sync.compress`: `none`, `bf16`).
+    #[serde(default)]
+    pub compress: crate::config::Compress,
+    /// Averaging traffic per rank per optimizer step, bytes: the payload this rank handed to the
+    /// averaging's collectives under bandwidth-optimal algorithms (a ring all-reduce of n f32
+    /// over R ranks sends 2 (R-1)/R x 4n; node-shared memory sends none); the largest over ranks.
+    #[serde(default)]
+    pub sent_bytes_per_step: f64,
+    /// The emulated cluster's set link rate the run's nodes talked over
+    /// (`scripts/cluster.sh up N --link RATE`: `100mbit`, ...); absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
     pub parameters: i64,
     pub train_samples: usize,
     pub test_samples: usize,

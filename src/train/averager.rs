@@ -5,7 +5,9 @@
 //! the optimizer steps with the gradient it names -> `Averager::after_step` (model averaging when due).
 
 use crate::comm::{Comm, NodeMean, ReduceWorker};
+use crate::config::Compress;
 use crate::plan::averaging::GradSync;
+use crate::train::compress::Bf16Mean;
 use crate::train::grads::{GradSource, GradientBuffer};
 use std::rc::Rc;
 
@@ -19,6 +21,18 @@ pub struct Averager {
     blocks: usize,
     /// Model averaging: every this many steps.
     every: usize,
+    /// How gradients travel on the all-reduce path, and the codec's buffers.
+    compress: Compress,
+    bf16: Bf16Mean,
+    /// Bytes this rank handed to the averaging's collectives, and the optimizer steps so far.
+    sent_bytes: f64,
+    steps: usize,
+}
+
+/// Bytes one rank sends in a bandwidth-optimal all-reduce (ring: reduce-scatter then
+/// all-gather) of `n` f32 over `ranks`: 2 (R-1)/R x 4n.
+pub fn ring_all_reduce_bytes(n: usize, ranks: usize) -> f64 {
+    2.0 * (ranks.saturating_sub(1)) as f64 / ranks.max(1) as f64 * 4.0 * n as f64
 }
 
 impl Averager {
@@ -45,6 +59,37 @@ impl Averager {
             worker,
             blocks,
             every,
+            compress: Compress::None,
+            bf16: Bf16Mean::default(),
+            sent_bytes: 0.0,
+            steps: 0,
+        }
+    }
+
+    /// The same averager with gradients travelling as `compress` says (the all-reduce path).
+    pub fn with_compress(mut self, compress: Compress) -> Averager {
+        self.compress = compress;
+        self
+    }
+
+    /// Averaging bytes this rank sent per optimizer step so far (the collectives' payload
+    /// under bandwidth-optimal algorithms; none through node-shared memory).
+    pub fn sent_bytes_per_step(&self) -> f64 {
+        self.sent_bytes / self.steps.max(1) as f64
+    }
+
+    /// Bytes the policy sends across the group for one averaging of `n` elements.
+    fn bytes_per_average(&self, n: usize) -> f64 {
+        let ranks = self.group.size();
+        match (self.policy, self.compress) {
+            (GradSync::None | GradSync::SharedMemory, _) => 0.0,
+            (GradSync::Allreduce, Compress::Bf16) => Bf16Mean::sent_bytes(n, ranks),
+            // Each rank of a node carries one slice of the node sum across the nodes.
+            (GradSync::TwoLevel, _) => {
+                let node = self.node_mean.as_ref().map_or(1, |m| m.ranks_per_node());
+                ring_all_reduce_bytes(n.div_ceil(node), ranks / node)
+            }
+            _ => ring_all_reduce_bytes(n, ranks),
         }
     }
 
@@ -74,8 +119,16 @@ impl Averager {
             || format!("average ({})", self.policy.name()),
             || serde_json::json!({"ranks": self.group.size(), "elements": buffer.len()}),
         );
+        if self.policy != GradSync::WeightAverage {
+            self.sent_bytes += self.bytes_per_average(buffer.len());
+        }
         match self.policy {
             GradSync::None | GradSync::WeightAverage => GradSource::Local,
+            GradSync::Allreduce if self.compress == Compress::Bf16 => {
+                let (grads, mean) = buffer.grads_and_mean();
+                self.bf16.average(grads, mean, &self.group);
+                GradSource::Mean
+            }
             GradSync::SharedMemory | GradSync::TwoLevel => {
                 self.node_mean.as_ref().expect("allocated in new").mean();
                 GradSource::Mean
@@ -97,7 +150,9 @@ impl Averager {
     /// averaging when it is due.
     pub fn after_step(&mut self, buffer: &mut GradientBuffer, global_step: usize, epoch_end: bool) {
         let due = epoch_end || global_step.is_multiple_of(self.every);
+        self.steps += usize::from(!epoch_end);
         if self.policy == GradSync::WeightAverage && due {
+            self.sent_bytes += self.bytes_per_average(buffer.len());
             crate::diag::flight::labelled("weights", || buffer.average_values(&self.group));
         }
     }

@@ -173,6 +173,12 @@ impl Summary {
             sync_mode: cfg.sync.mode,
             gradient_averaging: plan.grad_sync,
             average_every: plan.average_every,
+            compress: plan.compress,
+            sent_bytes_per_step: world
+                .all_gather(t.sync.sent_bytes_per_step())
+                .into_iter()
+                .fold(0.0, f64::max),
+            link: crate::comm::emulated_link(),
             parameters: plan.layers.iter().map(|s| s.kind.parameter_count()).sum(),
             train_samples: t.data.train.len(),
             test_samples: t.data.test.len(),

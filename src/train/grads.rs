@@ -177,6 +177,19 @@ impl GradientBuffer {
         }
     }
 
+    /// The gradients backward accumulated, and the buffer the mean goes to, for an averaging
+    /// codec that computes the mean itself (compressed averaging).
+    pub fn grads_and_mean(&mut self) -> (&[f32], &mut [f32]) {
+        // SAFETY: `grads` and `reduced` are distinct buffers of `numel` f32 that `self` owns;
+        // `&mut self` keeps every other reader and writer away while the slices live.
+        unsafe {
+            (
+                as_slice(&self.grads, self.numel),
+                as_mut_slice(&self.reduced, self.numel),
+            )
+        }
+    }
+
     /// After every span was reduced into `reduced`: the mean over `ranks`.
     pub fn finish_mean(&mut self, ranks: usize) -> &Tensor {
         let _ = self.reduced.g_div_scalar_(ranks as f64);

@@ -5,6 +5,7 @@ pub mod agree;
 pub mod averager;
 pub mod checkpoint;
 mod checkpointing;
+pub mod compress;
 pub mod engine;
 mod evaluation;
 pub mod faults;

@@ -185,7 +185,8 @@ impl<'a> Trainer<'a> {
         let group = world.split(plan.topology.stage, plan.topology.replica);
         let len = GradientBuffer::flat_len(params);
         let blocks = engine.net.param_blocks().len();
-        let sync = Averager::new((plan.grad_sync, plan.average_every), group, len, blocks);
+        let sync = Averager::new((plan.grad_sync, plan.average_every), group, len, blocks)
+            .with_compress(plan.compress);
         let mut buffer = GradientBuffer::bind(params, sync.node_mean());
         if plan.topology.replicas > 1 {
             // They are built from the same seed anyway; the broadcast makes that a guarantee
