@@ -642,3 +642,106 @@ fn two_clusters_start_jobs_together() {
         start.elapsed()
     );
 }
+
+/// `cluster.sh up 2 --link 100mbit`: calibrate's 16 MiB ping-pong between ranks on different nodes
+/// runs at 80-105 % of the set rate (htb's burst lets 64 KiB through at memory speed first), while
+/// two ranks on one node keep memory speed; the rate is recorded beside the measurement, `status`
+/// shows each node's link, and a rate tc would not read is refused before anything starts.
+#[test]
+fn links_hold_traffic_between_nodes_to_the_set_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = Command::new("bash")
+        .arg(root().join("scripts/cluster.sh"))
+        .args(["up", "2", "--link", "fast"])
+        .env("PARTRAIN_CLUSTER", tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("'fast' is not a rate as tc writes it"),
+        "{}",
+        text(&bad)
+    );
+    assert!(
+        !tmp.path().join("bad/nodes").exists(),
+        "a refused `up` starts nothing"
+    );
+
+    let cluster = Cluster::up_with(
+        &tmp.path().join("cluster"),
+        2,
+        17300,
+        "wire",
+        &["--link", "100mbit"],
+    );
+    let out = tmp.path().join("calibration.json");
+    let out_s = out.display().to_string();
+    let hosts = format!("{}:2,{}:1", cluster.host(1), cluster.host(2));
+    let cfg = config("base.yaml");
+    let args = [
+        "mpirun",
+        "--host",
+        &hosts,
+        "-np",
+        "3",
+        "--bind-to",
+        "none",
+        bin(),
+        "calibrate",
+        "--config",
+        &cfg,
+        "--threads",
+        "1",
+        "--batches",
+        "16",
+        "--repeats",
+        "1",
+        "--link-mib",
+        "16",
+        "--out",
+        &out_s,
+    ];
+    let (o, took) = run_with_limit(cluster.exec(&args, &root()), Duration::from_secs(240));
+    assert!(
+        o.status.success(),
+        "calibrate across the shaped link:\n{}",
+        text(&o)
+    );
+    println!("{}({took:?})", text(&o));
+    let cal: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let set_gbs = 100e6 / 8.0 / 1e9;
+    let across = cal["inter_node"]["bandwidth_gbs"].as_f64().unwrap() / set_gbs;
+    assert!(
+        (0.8..=1.05).contains(&across),
+        "between nodes: {across:.3} of the set rate"
+    );
+    let inside = cal["intra_node"]["bandwidth_gbs"].as_f64().unwrap() / set_gbs;
+    assert!(
+        inside > 20.0,
+        "inside a node: only {inside:.1}x the set rate (slowed by the link?)"
+    );
+    assert_eq!(cal["inter_node_emulated"], "100mbit");
+    assert!(
+        text(&o).contains("(emulated link set to 100mbit)"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("Mbit/s"),
+        "the link as a person reads it: {}",
+        text(&o)
+    );
+    let status = Command::new("bash")
+        .arg(root().join("scripts/cluster.sh"))
+        .arg("status")
+        .env("PARTRAIN_CLUSTER", tmp.path().join("cluster"))
+        .output()
+        .unwrap();
+    let status = text(&status);
+    for k in 1..=2 {
+        assert!(
+            status.contains(&format!("wire{k}: link 100mbit each way")),
+            "{status}"
+        );
+    }
+}

@@ -123,6 +123,10 @@ pub struct CalibrateArgs {
     /// waiting would disturb the compute timings).
     #[arg(long)]
     pub links_only: bool,
+    /// MiB of the ping-pong message that measures a link's bandwidth (a slow emulated link
+    /// wants a message well above its burst: 16 at 100 Mbit/s).
+    #[arg(long, default_value_t = 4)]
+    pub link_mib: usize,
 }
 
 impl CalibrateArgs {
@@ -135,6 +139,7 @@ impl CalibrateArgs {
             repeats: self.repeats,
             out: self.out.clone(),
             links_only: self.links_only,
+            link_mib: self.link_mib,
         }
     }
 }

@@ -52,7 +52,12 @@ impl Comm {
     /// The link between ranks `a` and `b`, on every rank (collective: the others wait at the
     /// broadcast of `a`'s result).
     pub fn link(&self, a: usize, b: usize, repeats: usize) -> Link {
-        let big = 1usize << 20;
+        self.link_sized(a, b, repeats, 4)
+    }
+
+    /// As `link`, with a bandwidth message of `mib` MiB.
+    pub fn link_sized(&self, a: usize, b: usize, repeats: usize, mib: usize) -> Link {
+        let big = mib.max(1) << 18;
         let mut out = [self.one_way(a, b, 2, repeats), self.one_way(a, b, big, repeats)];
         self.broadcast(&mut out, a);
         let [small, large] = out;

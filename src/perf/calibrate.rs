@@ -42,6 +42,8 @@ pub struct CalibrateOptions {
     /// Keep `--out`'s compute and measure only the links (launched on several ranks, whose
     /// waiting would disturb the compute timings).
     pub links_only: bool,
+    /// MiB of the message that measures bandwidth.
+    pub link_mib: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -216,10 +218,10 @@ impl CalibrateOptions {
         let local = (1..shape.size).find(|&r| shape.node_of_rank[r] == shape.node_of_rank[0]);
         let remote = (1..shape.size).find(|&r| shape.node_of_rank[r] != shape.node_of_rank[0]);
         if let Some(r) = local {
-            cal.intra_node = Some(world.link(0, r, self.repeats * 3));
+            cal.intra_node = Some(world.link_sized(0, r, self.repeats * 3, self.link_mib));
         }
         if let Some(r) = remote {
-            cal.inter_node = Some(world.link(0, r, self.repeats * 3));
+            cal.inter_node = Some(world.link_sized(0, r, self.repeats * 3, self.link_mib));
             cal.inter_node_emulated = crate::comm::emulated_link();
         }
         if shape.size > 1 && shape.nodes() == 1 {

@@ -255,6 +255,21 @@ mod tests {
         assert_eq!(dp(4, 2, &["sync.shared_memory=false"]), GradSync::Allreduce);
         assert_eq!(dp(2, 2, &["sync.shared_memory=false"]), GradSync::Allreduce);
         assert_eq!(dp(2, 2, &["sync.overlap=true"]), GradSync::Overlapped);
+        // Compressed gradients take MPI even where a shared window could hold f32 ones.
+        for np_per_node in [(2, 2), (4, 2), (4, 1)] {
+            let p = plan(
+                "",
+                &["sync.compress=bf16"],
+                Strategy::Dp,
+                np_per_node.0,
+                np_per_node.1,
+            )
+            .unwrap();
+            assert_eq!(
+                (p.grad_sync, p.compress),
+                (GradSync::Allreduce, crate::config::Compress::Bf16)
+            );
+        }
         assert_eq!(
             dp(2, 2, &["sync.mode=weights", "sync.average_every=5"]),
             GradSync::WeightAverage
@@ -285,6 +300,19 @@ mod tests {
         };
         refused(&["sync.overlap=true"], Strategy::Serial, 1, "sync.overlap");
         refused(&["sync.mode=weights"], Strategy::Serial, 1, "sync.mode");
+        refused(&["sync.compress=bf16"], Strategy::Serial, 1, "sync.compress");
+        refused(
+            &["sync.compress=bf16", "sync.mode=weights"],
+            Strategy::Dp,
+            2,
+            "sync.compress: bf16 compresses the gradient all-reduce",
+        );
+        refused(
+            &["sync.compress=bf16", "sync.overlap=true"],
+            Strategy::Dp,
+            2,
+            "sync.overlap: true",
+        );
         refused(&["parallel.stages=2"], Strategy::Dp, 2, "need `partrain hybrid`");
         refused(
             &["parallel.stage_boundaries=macs"],

@@ -251,9 +251,15 @@ impl Cluster {
     /// `up` in `dir` with Slurm ports (and job ids, see cluster.sh) from `port` and host names
     /// `{names}1..{names}N`.
     pub fn up(dir: &Path, nodes: usize, port: u16, names: &str) -> Cluster {
+        Self::up_with(dir, nodes, port, names, &[])
+    }
+
+    /// `up` with more arguments (`--link RATE`).
+    pub fn up_with(dir: &Path, nodes: usize, port: u16, names: &str, more: &[&str]) -> Cluster {
         let o = Command::new("bash")
             .arg(root().join("scripts/cluster.sh"))
             .args(["up", &nodes.to_string()])
+            .args(more)
             .env("PARTRAIN_CLUSTER", dir)
             .env("PARTRAIN_CLUSTER_PORT", port.to_string())
             .env("PARTRAIN_CLUSTER_NODE", names)
