@@ -14,6 +14,8 @@ pub struct ReduceWorker {
     jobs: Option<std::sync::mpsc::Sender<ReduceJob>>,
     done: std::sync::mpsc::Receiver<()>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Nanoseconds the thread has spent inside MPI_Allreduce.
+    busy_ns: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct ReduceJob {
@@ -50,9 +52,11 @@ impl Comm {
         let (jobs, rx) = std::sync::mpsc::channel::<ReduceJob>();
         let (tx_done, done) = std::sync::mpsc::channel();
         let thread_name = name.clone();
+        let busy_ns = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let busy = busy_ns.clone();
         let thread = std::thread::Builder::new()
             .name("partrain-allreduce".into())
-            .spawn(move || serve(raw, &thread_name, rx, tx_done))
+            .spawn(move || serve(raw, &thread_name, rx, tx_done, &busy))
             .expect("spawn all-reduce thread");
         Some(ReduceWorker {
             name,
@@ -60,6 +64,7 @@ impl Comm {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
+            busy_ns,
         })
     }
 }
@@ -71,6 +76,7 @@ fn serve(
     name: &str,
     jobs: std::sync::mpsc::Receiver<ReduceJob>,
     done: std::sync::mpsc::Sender<()>,
+    busy_ns: &std::sync::atomic::AtomicU64,
 ) {
     for (seq, job) in (1u64..).zip(jobs) {
         let op = Op {
@@ -82,6 +88,7 @@ fn serve(
             dtype: "f32",
         };
         let _op = super::guard::enter(op, || {}, crate::diag::trace::Span::none());
+        let started = std::time::Instant::now();
         // SAFETY: `submit`'s caller keeps both buffers alive and untouched until the
         // matching `wait` returns.
         unsafe {
@@ -97,6 +104,8 @@ fn serve(
                 "MPI_Allreduce (overlapped)",
             );
         }
+        let ns = started.elapsed().as_nanos() as u64;
+        busy_ns.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
         if done.send(()).is_err() {
             break;
         }
@@ -122,6 +131,11 @@ impl ReduceWorker {
             .expect("worker running")
             .send(job)
             .expect("all-reduce thread alive");
+    }
+
+    /// Seconds the thread has spent all-reducing so far.
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// Waits until `n` queued jobs have finished.

@@ -348,6 +348,10 @@ pub enum Compress {
     /// bf16 both ways (half the bytes), summed in f32: a reduce-scatter by all-to-all, then an
     /// all-gather of each rank's mean chunk.
     Bf16,
+    /// PowerSGD: each weight's gradient as two rank-`powersgd_rank` factors, error feedback,
+    /// warm start (`train::powersgd`).
+    #[serde(rename = "powersgd")]
+    PowerSgd,
 }
 
 impl Compress {
@@ -355,6 +359,7 @@ impl Compress {
         match self {
             Compress::None => "none",
             Compress::Bf16 => "bf16",
+            Compress::PowerSgd => "powersgd",
         }
     }
 }
@@ -364,15 +369,28 @@ impl Compress {
 pub struct SyncConfig {
     pub mode: SyncMode,
     pub average_every: usize,
-    /// dp with gradient averaging: all-reduce each finished block of layers' gradients on a
-    /// communication thread while the backward of earlier blocks goes on.
+    /// Gradient averaging overlapped with backward: each bucket of parameters is all-reduced on a
+    /// communication thread as soon as backward has finished it (every layout: micro-batches,
+    /// pipeline stages).
     pub overlap: bool,
+    /// With `overlap`: a bucket closes at this many MB of gradients (0: every block alone).
+    pub bucket_mb: f64,
     /// Gradient averaging through MPI-3 node-shared memory: on one node the whole mean, across
     /// nodes the node sums (then one all-reduce per slice across nodes: two levels). `false`:
     /// one MPI_Allreduce of the flat gradient buffer.
     pub shared_memory: bool,
     /// Gradient compression across the replicas: `none` or `bf16` (gradient averaging by MPI).
     pub compress: Compress,
+    /// PowerSGD's rank (the factors' columns).
+    pub powersgd_rank: usize,
+    /// PowerSGD: steps of plain averaging before compression starts.
+    pub compress_after_steps: usize,
+    /// 0: each step applies its own mean gradient; 1: the previous step's (one-step-stale), so the
+    /// all-reduce runs behind the next step's compute.
+    pub delay: usize,
+    /// Post-local SGD (`sync.mode: weights`): average gradients every step for this many steps,
+    /// then take local steps with the weights averaged every `average_every`.
+    pub local_sgd_after: Option<usize>,
 }
 
 impl Default for RunConfig {
@@ -458,8 +476,13 @@ impl Default for SyncConfig {
             mode: SyncMode::Gradients,
             average_every: 1,
             overlap: false,
+            bucket_mb: 1.0,
             shared_memory: true,
             compress: Compress::None,
+            powersgd_rank: 1,
+            compress_after_steps: 10,
+            delay: 0,
+            local_sgd_after: None,
         }
     }
 }

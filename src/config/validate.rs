@@ -68,6 +68,21 @@ impl Config {
         if self.data.test_limit == Some(0) {
             bail!("data.test_limit: must be at least 1 (or null for all), got 0");
         }
+        if !(self.sync.bucket_mb.is_finite() && self.sync.bucket_mb >= 0.0) {
+            bail!(
+                "sync.bucket_mb: expected a size in MB, 0 or more, got {}",
+                self.sync.bucket_mb
+            );
+        }
+        if self.sync.powersgd_rank == 0 {
+            bail!("sync.powersgd_rank: the factors need at least 1 column, got 0");
+        }
+        if self.sync.delay > 1 {
+            bail!(
+                "sync.delay: expected 0 (each step applies its own mean gradient) or 1 (the previous step's), got {}",
+                self.sync.delay
+            );
+        }
         if self.sync.average_every == 0 {
             bail!("sync.average_every: must be at least 1, got 0");
         }

@@ -167,7 +167,7 @@ fn step_time(cfg: &Config, batch: usize, repeats: usize) -> Result<f64> {
             seed: 1,
             poison: false,
         };
-        engine.train_step(&solo, &data, &b, &mut timers, None);
+        engine.train_step(&solo, &data, &b, &mut timers, None, None);
         optimizer.step(buffer.values(), buffer.grads(), plan.optim.peak_lr);
         buffer.zero_grads();
     }))
@@ -262,7 +262,7 @@ impl CalibrateOptions {
         let mut sync = Averager::new((GradSync::SharedMemory, 1), world.split(0, world.rank()), len, 1);
         let mut buffer = GradientBuffer::bind(&[&param], sync.node_mean());
         let t = time(self.repeats * 3, || {
-            sync.average(&mut buffer);
+            sync.average(&mut buffer, 0);
         });
         cal.shared_memory_s_per_elem = Some(t / n as f64);
         Ok(())

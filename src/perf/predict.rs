@@ -91,8 +91,12 @@ fn averaging_seconds(layout: &Layout, elems: f64, cal: &Calibration, network: Li
             shm * elems * (group_per_node / 2.0).max(1.0)
                 + ring(group_nodes, bytes / group_per_node, network, 1.0)
         }
-        GradSync::Allreduce | GradSync::Overlapped if group_nodes <= 1.0 => ring(r, bytes, intra, 1.0),
-        GradSync::Allreduce | GradSync::Overlapped => ring(r, bytes, network, group_per_node),
+        GradSync::Allreduce | GradSync::Overlapped | GradSync::Stale if group_nodes <= 1.0 => {
+            ring(r, bytes, intra, 1.0)
+        }
+        GradSync::Allreduce | GradSync::Overlapped | GradSync::Stale => {
+            ring(r, bytes, network, group_per_node)
+        }
         GradSync::WeightAverage => {
             ring(r, bytes, network, group_per_node) / layout.average_every.max(1) as f64
         }

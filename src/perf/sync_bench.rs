@@ -118,7 +118,7 @@ impl SyncBench {
         for i in 0..self.repeats + 10 {
             world.barrier();
             let t = Instant::now();
-            sync.average(&mut buffer);
+            sync.average(&mut buffer, 0);
             let us = t.elapsed().as_secs_f64() * 1e6;
             if i >= 10 {
                 times.push(us);

@@ -23,12 +23,17 @@ pub enum GradSync {
     /// One MPI_Allreduce of the flat gradient buffer, then a division.
     #[serde(rename = "mpi_allreduce")]
     Allreduce,
-    /// MPI_Allreduce of each finished block of layers on a communication thread while the
-    /// backward of earlier blocks goes on (`sync.overlap`, one stage and one micro-batch).
+    /// MPI_Allreduce of each finished bucket of parameters on a communication thread while the
+    /// backward of earlier blocks goes on (`sync.overlap`, `sync.bucket_mb`).
     #[serde(rename = "mpi_allreduce_overlapped")]
     Overlapped,
+    /// One-step-stale averaging (`sync.delay: 1`): each step's gradients are all-reduced on a
+    /// communication thread behind the next step, which applies their mean.
+    #[serde(rename = "mpi_allreduce_one_step_stale")]
+    Stale,
     /// Seed 004's model averaging: local SGD steps, weights averaged every `sync.average_every`
-    /// steps (`Plan::average_every`) and at the end of every epoch.
+    /// steps (`Plan::average_every`) and at the end of every epoch; with `sync.local_sgd_after`,
+    /// post-local SGD (gradients averaged every step until then).
     #[serde(rename = "weight_average")]
     WeightAverage,
 }
@@ -42,6 +47,7 @@ impl GradSync {
             GradSync::TwoLevel => "two_level",
             GradSync::Allreduce => "mpi_allreduce",
             GradSync::Overlapped => "mpi_allreduce_overlapped",
+            GradSync::Stale => "mpi_allreduce_one_step_stale",
             GradSync::WeightAverage => "weight_average",
         }
     }
@@ -64,7 +70,7 @@ pub fn runs_on(path: GradSync, g: GroupSpread) -> bool {
         GradSync::None => g.replicas == 1,
         GradSync::SharedMemory => g.nodes == 1,
         GradSync::TwoLevel => g.nodes > 1 && g.per_node.is_some(),
-        GradSync::Allreduce | GradSync::Overlapped | GradSync::WeightAverage => true,
+        GradSync::Allreduce | GradSync::Overlapped | GradSync::Stale | GradSync::WeightAverage => true,
     }
 }
 
@@ -79,6 +85,7 @@ pub fn choose(sync: &SyncConfig, g: GroupSpread) -> GradSync {
         _ if g.replicas == 1 => GradSync::None,
         SyncMode::Weights => GradSync::WeightAverage,
         SyncMode::Gradients if sync.overlap => GradSync::Overlapped,
+        SyncMode::Gradients if sync.delay == 1 => GradSync::Stale,
         // Compressed gradients cross the replicas through MPI (the shared window holds f32).
         SyncMode::Gradients if sync.compress != Compress::None => GradSync::Allreduce,
         SyncMode::Gradients if shared && runs_on(GradSync::SharedMemory, g) => GradSync::SharedMemory,
@@ -101,6 +108,7 @@ mod tests {
             GradSync::TwoLevel,
             GradSync::Allreduce,
             GradSync::Overlapped,
+            GradSync::Stale,
             GradSync::WeightAverage,
         ] {
             assert_eq!(serde_json::to_value(p).unwrap(), p.name());

@@ -44,6 +44,13 @@ pub struct Plan {
     pub average_every: usize,
     /// How the averaged gradients travel (`sync.compress`).
     pub compress: crate::config::Compress,
+    /// Overlapped averaging: a bucket closes at this many bytes of gradients (`sync.bucket_mb`).
+    pub bucket_bytes: usize,
+    /// PowerSGD's rank and its steps of plain averaging first (`sync.powersgd_rank`,
+    /// `sync.compress_after_steps`).
+    pub powersgd: (usize, usize),
+    /// Post-local SGD: gradient averaging for the first this many steps (`sync.local_sgd_after`).
+    pub local_sgd_after: usize,
     /// libtorch intra-op threads per rank (0 in the config = libtorch's default, resolved here).
     pub threads_per_rank: usize,
     pub compute: Compute,
@@ -123,7 +130,8 @@ impl Plan {
         let topology = Topology::new(shape.size, shape.rank, cfg.parallel.stages, placement)?;
         check_tags(&topology, &batches, tag_ub)?;
         let grad_sync = averaging::choose(&cfg.sync, group_spread(&topology, &shape));
-        let averages_gradients = grad_sync != GradSync::WeightAverage;
+        // The estimator needs the step's own mean gradient.
+        let averages_gradients = !matches!(grad_sync, GradSync::WeightAverage | GradSync::Stale);
         Ok(Plan {
             optim: OptimPlan::new(&cfg.train, batches.global),
             noise: NoisePlan::new(
@@ -143,6 +151,9 @@ impl Plan {
             grad_sync,
             average_every: cfg.sync.average_every,
             compress: cfg.sync.compress,
+            powersgd: (cfg.sync.powersgd_rank, cfg.sync.compress_after_steps),
+            bucket_bytes: (cfg.sync.bucket_mb * 1024.0 * 1024.0) as usize,
+            local_sgd_after: cfg.sync.local_sgd_after.unwrap_or(0),
             threads_per_rank: match cfg.parallel.threads_per_rank {
                 0 => tch::get_num_threads().max(1) as usize,
                 n => n,
@@ -255,6 +266,20 @@ mod tests {
         assert_eq!(dp(4, 2, &["sync.shared_memory=false"]), GradSync::Allreduce);
         assert_eq!(dp(2, 2, &["sync.shared_memory=false"]), GradSync::Allreduce);
         assert_eq!(dp(2, 2, &["sync.overlap=true"]), GradSync::Overlapped);
+        // Buckets overlap backward in every layout: micro-batches and pipeline stages too.
+        assert_eq!(
+            dp(2, 2, &["sync.overlap=true", "parallel.micro_batches=4"]),
+            GradSync::Overlapped
+        );
+        let h = plan(
+            "",
+            &["parallel.stages=2", "sync.overlap=true"],
+            Strategy::Hybrid,
+            4,
+            4,
+        )
+        .unwrap();
+        assert_eq!(h.grad_sync, GradSync::Overlapped);
         // Compressed gradients take MPI even where a shared window could hold f32 ones.
         for np_per_node in [(2, 2), (4, 2), (4, 1)] {
             let p = plan(
@@ -328,16 +353,16 @@ mod tests {
         );
         refused(&["sync.average_every=4"], Strategy::Dp, 2, "sync.average_every");
         refused(
-            &["parallel.stages=2", "sync.overlap=true"],
-            Strategy::Hybrid,
-            2,
-            "one stage and one micro-batch",
-        );
-        refused(
-            &["parallel.micro_batches=4", "sync.overlap=true"],
+            &["sync.bucket_mb=4"],
             Strategy::Dp,
             2,
-            "sync.overlap",
+            "sync.bucket_mb: sizes the buckets of sync.overlap",
+        );
+        refused(
+            &["sync.overlap=true", "sync.bucket_mb=-1"],
+            Strategy::Dp,
+            2,
+            "sync.bucket_mb",
         );
         refused(
             &["parallel.micro_batches=5"],

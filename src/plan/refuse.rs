@@ -65,8 +65,14 @@ fn refuse_for_serial(cfg: &Config, strategy: Strategy) -> Result<()> {
             ("mode", sync.mode != defaults.mode),
             ("average_every", sync.average_every != defaults.average_every),
             ("overlap", sync.overlap != defaults.overlap),
+            ("bucket_mb", sync.bucket_mb != defaults.bucket_mb),
             ("shared_memory", sync.shared_memory != defaults.shared_memory),
             ("compress", sync.compress != defaults.compress),
+            ("delay", sync.delay != defaults.delay),
+            (
+                "local_sgd_after",
+                sync.local_sgd_after != defaults.local_sgd_after,
+            ),
         ];
         if let Some((key, _)) = set.iter().find(|(_, changed)| *changed) {
             bail!("sync.{key}: applies to averaging across replicas (dp, hybrid); `partrain serial` has one replica");
@@ -106,7 +112,7 @@ fn refuse_pipeline_keys(cfg: &Config, strategy: Strategy) -> Result<()> {
 
 /// Averaging keys that do not apply to the averaging mode or the layout.
 fn refuse_sync_keys(cfg: &Config) -> Result<()> {
-    let (p, sync) = (&cfg.parallel, &cfg.sync);
+    let sync = &cfg.sync;
     if sync.mode == SyncMode::Gradients && sync.average_every != 1 {
         bail!(
             "sync.average_every: {} applies to sync.mode: weights (model averaging); gradients are averaged every step",
@@ -125,13 +131,36 @@ fn refuse_sync_keys(cfg: &Config) -> Result<()> {
             sync.overlap
         );
     }
-    if sync.overlap && (p.stages > 1 || p.micro_batches > 1) {
+    let defaults = crate::config::SyncConfig::default();
+    if sync.compress != crate::config::Compress::PowerSgd {
+        for (key, changed) in [
+            ("powersgd_rank", sync.powersgd_rank != defaults.powersgd_rank),
+            (
+                "compress_after_steps",
+                sync.compress_after_steps != defaults.compress_after_steps,
+            ),
+        ] {
+            if changed {
+                bail!(
+                    "sync.{key}: applies to sync.compress: powersgd (this run has sync.compress: {})",
+                    sync.compress.name()
+                );
+            }
+        }
+    }
+    if sync.delay == 1
+        && (sync.mode == SyncMode::Weights || sync.overlap || sync.compress != crate::config::Compress::None)
+    {
         bail!(
-            "sync.overlap: overlaps the all-reduce with one backward pass, so it needs one stage and one micro-batch; \
-             this run has {} stage(s) x {} micro-batch(es)",
-            p.stages,
-            p.micro_batches
+            "sync.delay: 1 defers the gradient all-reduce of sync.mode: gradients to the next step; it does not \
+             combine with sync.mode: weights, sync.overlap or sync.compress"
         );
+    }
+    if sync.local_sgd_after.is_some() && sync.mode != SyncMode::Weights {
+        bail!("sync.local_sgd_after: post-local SGD switches to model averaging, so it needs sync.mode: weights");
+    }
+    if sync.bucket_mb != crate::config::SyncConfig::default().bucket_mb && !sync.overlap {
+        bail!("sync.bucket_mb: sizes the buckets of sync.overlap, which is off");
     }
     Ok(())
 }

@@ -59,6 +59,13 @@ pub struct Summary {
     /// over R ranks sends 2 (R-1)/R x 4n; node-shared memory sends none); the largest over ranks.
     #[serde(default)]
     pub sent_bytes_per_step: f64,
+    /// Overlapped averaging (`sync.overlap`): seconds of all-reduce on the communication thread,
+    /// and the share hidden behind backward (1 - the wait after backward / those seconds),
+    /// rank 0's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlapped_allreduce_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub averaging_hidden_fraction: Option<f64>,
     /// The emulated cluster's set link rate the run's nodes talked over
     /// (`scripts/cluster.sh up N --link RATE`: `100mbit`, ...); absent elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -128,21 +128,30 @@ impl Checkpoint {
 
     /// Copies `name` (and its momentum) into `param` (and `momentum`).
     pub fn restore(&self, name: &str, param: &Tensor, momentum: &Tensor) -> Result<()> {
-        for (key, dst) in [(name.to_string(), param), (format!("momentum.{name}"), momentum)] {
-            let (_, src) = self
-                .tensors
-                .iter()
-                .find(|(n, _)| *n == key)
-                .with_context(|| format!("checkpoint has no `{key}`"))?;
-            if src.size() != dst.size() {
-                bail!(
-                    "checkpoint `{key}` has shape {:?}, expected {:?}",
-                    src.size(),
-                    dst.size()
-                );
-            }
-            tch::no_grad(|| dst.shallow_clone().copy_(src));
+        self.copy_into(name, param)?;
+        self.copy_into(&format!("momentum.{name}"), momentum)
+    }
+
+    /// Whether any tensor's name starts with `prefix` (state a run of some settings saves).
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        self.tensors.iter().any(|(n, _)| n.starts_with(prefix))
+    }
+
+    /// Copies the tensor `key` into `dst` (same shape).
+    pub fn copy_into(&self, key: &str, dst: &Tensor) -> Result<()> {
+        let (_, src) = self
+            .tensors
+            .iter()
+            .find(|(n, _)| n == key)
+            .with_context(|| format!("checkpoint has no `{key}`"))?;
+        if src.size() != dst.size() {
+            bail!(
+                "checkpoint `{key}` has shape {:?}, expected {:?}",
+                src.size(),
+                dst.size()
+            );
         }
+        tch::no_grad(|| dst.shallow_clone().copy_(src));
         Ok(())
     }
 }
@@ -209,6 +218,27 @@ pub fn gather_to_root(
         }
     }
     named
+}
+
+/// Collects state each rank keeps for itself (every rank names the same tensors, whose lengths
+/// may differ by stage) on rank 0 as `<name>.rank<R>`, flat; other ranks get an empty list.
+pub fn gather_rank_state(own: Vec<(&'static str, Tensor)>, world: &Comm) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    for (name, t) in own {
+        let n = t.numel();
+        let lens = world.all_gather(n as u64);
+        if !world.is_root() {
+            world.send(0, Tag::Gather, &crate::train::grads::flatten_values(&[&t]));
+            continue;
+        }
+        out.push((format!("{name}.rank0"), t.detach().copy().view([-1])));
+        for (r, &len) in lens.iter().enumerate().skip(1) {
+            let mut buf = vec![0f32; len as usize];
+            world.recv(r, Tag::Gather, &mut buf);
+            out.push((format!("{name}.rank{r}"), Tensor::from_slice(&buf)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! a stop at a step boundary after a signal, and the restore on `--resume`.
 
 use crate::diag::watchdog;
-use crate::train::checkpoint::{gather_to_root, Checkpoint, Meta, Position};
+use crate::train::checkpoint::{gather_rank_state, gather_to_root, Checkpoint, Meta, Position};
 use crate::train::run_dir::{self};
 use crate::train::target::TimeToTarget;
 use anyhow::{Context, Result};
@@ -30,11 +30,11 @@ impl Trainer<'_> {
 
     /// Gathers every weight and momentum buffer on rank 0 and writes the checkpoint there.
     /// Called on every rank at the same step.
-    pub(super) fn checkpoint(&self, position: Position) -> Result<()> {
+    pub(super) fn checkpoint(&mut self, position: Position) -> Result<()> {
         watchdog::in_phase(watchdog::Phase::Checkpoint, || self.write_checkpoint(position))
     }
 
-    pub(super) fn write_checkpoint(&self, position: Position) -> Result<()> {
+    pub(super) fn write_checkpoint(&mut self, position: Position) -> Result<()> {
         let _span = crate::diag::trace::span("checkpoint", || "checkpoint".into());
         let mut tensors = self.gather_weights();
         let momentum: Vec<(String, Tensor)> = self
@@ -46,6 +46,22 @@ impl Trainer<'_> {
             .map(|((n, _), m)| (format!("momentum.{n}"), m.shallow_clone()))
             .collect();
         tensors.extend(gather_to_root(momentum, "momentum.", self.plan, self.world));
+        let names: Vec<String> = self
+            .engine
+            .net
+            .named_parameters()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        tensors.extend(gather_rank_state(self.sync.rank_state(), self.world));
+        if let Some((prefix, views)) = self.sync.checkpoint_state() {
+            let state = names
+                .iter()
+                .zip(views)
+                .map(|(n, v)| (format!("{prefix}{n}"), v.shallow_clone()))
+                .collect();
+            tensors.extend(gather_to_root(state, prefix, self.plan, self.world));
+        }
         if self.world.is_root() {
             let layout = self.plan.layout(self.sampler.samples_per_epoch());
             let meta = Meta::new(self.cfg.resume_hash(), position, layout);
@@ -85,12 +101,44 @@ impl Trainer<'_> {
         }))
     }
 
+    /// The averaging's saved state (one-step-stale: the mean the next step applies), if the
+    /// checkpoint has it.
+    fn restore_averaging(&mut self, ck: &Checkpoint) -> Result<()> {
+        let own = format!(".rank{}", self.world.rank());
+        let targets = self.sync.rank_state_targets();
+        let mine: Vec<_> = targets
+            .iter()
+            .filter(|(n, _)| ck.has_prefix(&format!("{n}{own}")))
+            .collect();
+        for (name, t) in &mine {
+            ck.copy_into(&format!("{name}{own}"), t)
+                .with_context(|| format!("--resume: {}", self.dir.display()))?;
+        }
+        if !mine.is_empty() {
+            self.sync.restored_rank_state();
+        }
+        let names = self.engine.net.named_parameters();
+        let Some((prefix, views)) = self.sync.restore_target() else {
+            return Ok(());
+        };
+        if !ck.has_prefix(prefix) {
+            return Ok(());
+        }
+        for ((name, _), v) in names.iter().zip(views) {
+            ck.copy_into(&format!("{prefix}{name}"), v)
+                .with_context(|| format!("--resume: {}", self.dir.display()))?;
+        }
+        self.sync.restored();
+        Ok(())
+    }
+
     pub(super) fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
         let names = self.engine.net.named_parameters();
         for ((name, p), m) in names.iter().zip(&self.optimizer.buffers) {
             ck.restore(name, p, m)
                 .with_context(|| format!("--resume: {}", self.dir.display()))?;
         }
+        self.restore_averaging(ck)?;
         let p = ck.meta.position;
         self.progress.global_step = p.global_step;
         self.progress.trained_samples = p.trained_samples;

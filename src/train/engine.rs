@@ -7,6 +7,13 @@
 //! neighbouring stages as f32 buffers tagged with the micro-batch. The last stage scales each
 //! micro-batch's mean loss by 1/M, so the gradients accumulated over the M micro-batches equal
 //! the full batch's gradient.
+//!
+//! With overlapped averaging (`sync.overlap`), the last micro-batch to run backward on this stage
+//! goes forward block by block (each block's input cut from the graph) and back block by block:
+//! as soon as a bucket's gradients are final (`train::buckets`), its span of the flat gradient
+//! buffer goes to the all-reduce thread while backward goes on through the blocks before it. The
+//! gradients are the ones a whole backward gives (each block's backward starts from the gradient
+//! the block after it left at its input); earlier micro-batches only accumulate.
 
 use crate::comm::{AsyncSends, Comm, ReduceWorker, Tag};
 use crate::data::Split;
@@ -14,6 +21,7 @@ use crate::model::fused;
 use crate::model::{LayerSpec, Net, ParamBlock};
 use crate::plan::{Plan, Topology};
 use crate::schedule::Action;
+use crate::train::buckets::Bucket;
 use crate::train::grads::GradientBuffer;
 use crate::train::noise_scale::MicroBatchNorms;
 use crate::train::timers::StepTimers;
@@ -57,6 +65,17 @@ pub struct Engine {
     recv_buf: Vec<f32>,
     /// Largest number of bytes of activations held at once (micro-batches in flight x their size).
     pub peak_activation_bytes: i64,
+    /// Overlapped averaging: the stage's blocks, its buckets in the order backward finishes them,
+    /// and the micro-batch whose backward runs last (the one that runs by blocks).
+    blocks: Vec<ParamBlock>,
+    buckets: Vec<Bucket>,
+    last_backward: usize,
+}
+
+/// Where finished buckets go: the flat buffers they are spans of, and the all-reduce thread.
+pub struct Overlap<'a> {
+    pub buffer: &'a GradientBuffer,
+    pub worker: &'a ReduceWorker,
 }
 
 /// (input shape, output shape, activation elements) per sample of `range` of `layers`.
@@ -110,7 +129,22 @@ impl Engine {
         } else {
             None
         };
+        let blocks = net.param_blocks();
+        let param_bytes: Vec<usize> = net.parameters().iter().map(|p| 4 * p.numel()).collect();
+        let buckets = crate::train::buckets::buckets(&blocks, &param_bytes, plan.bucket_bytes);
+        let actions = &plan.schedule.actions[plan.topology.stage];
+        let last_backward = actions
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::Backward(i) => Some(*i),
+                Action::Forward(_) => None,
+            })
+            .unwrap_or(0);
         Engine {
+            blocks,
+            buckets,
+            last_backward,
             fused,
             fused_buffers: (0..m).map(|_| fused::Buffers::default()).collect(),
             net,
@@ -126,8 +160,14 @@ impl Engine {
         }
     }
 
+    /// Buckets a step hands to the all-reduce thread when it overlaps averaging.
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
     /// Runs one training step's actions on `batch`. Returns the replica's mean loss on the last
-    /// stage (None elsewhere). Gradients accumulate in the stage's parameters (the flat buffer).
+    /// stage (None elsewhere). Gradients accumulate in the stage's parameters (the flat buffer);
+    /// with `overlap`, each bucket goes to the all-reduce thread as soon as it is final.
     pub fn train_step(
         &mut self,
         world: &Comm,
@@ -135,6 +175,7 @@ impl Engine {
         batch: &StepBatch,
         timers: &mut StepTimers,
         norms: Option<&mut MicroBatchNorms>,
+        overlap: Option<Overlap>,
     ) -> Option<f64> {
         let m = self.micro_batches;
         let b = (batch.shard.len() / m) as i64;
@@ -158,6 +199,9 @@ impl Engine {
             peak: self.peak_activation_bytes,
             act_bytes: 4 * b * self.activation_elems_per_sample,
             norms,
+            overlap: overlap.map(|o| (o, &self.blocks[..], &self.buckets[..])),
+            last_backward: self.last_backward,
+            block_io: Vec::new(),
         };
         let actions = &self.actions;
         world.with_async_sends(&mut self.arena, |tx| {
@@ -170,66 +214,6 @@ impl Engine {
         });
         self.peak_activation_bytes = step.peak;
         self.topo.is_last().then(|| step.loss_sum / m as f64)
-    }
-
-    /// One stage, one micro-batch, with the gradient averaging overlapped: forward by layer
-    /// blocks, then backward block by block from the loss; as soon as a block's parameter
-    /// gradients are complete they go to the all-reduce thread, while the backward of the blocks
-    /// before it continues. Same gradients as one backward (each block's backward starts from the
-    /// gradient the next block left at its input). Returns the loss.
-    pub fn overlapped_step(
-        &mut self,
-        data: &Split,
-        batch: &StepBatch,
-        buffer: &GradientBuffer,
-        worker: &ReduceWorker,
-        timers: &mut StepTimers,
-    ) -> f64 {
-        let blocks = self.net.param_blocks();
-        let idx = Tensor::from_slice(batch.shard);
-        tch::manual_seed(micro_seed(batch.seed, 0));
-        timers.compute.time(|| {
-            let mut x = data.images.index_select(0, &idx);
-            if batch.poison {
-                x *= f64::NAN;
-            }
-            let y = data.labels.index_select(0, &idx);
-            let (inputs, outputs) = self.forward_blocks(&x, &blocks);
-            let loss = outputs
-                .last()
-                .expect("a net has blocks")
-                .cross_entropy_for_logits(&y);
-            for b in (0..blocks.len()).rev() {
-                if b + 1 == blocks.len() {
-                    loss.backward();
-                } else {
-                    crate::model::native::backward_with_grad(&outputs[b], &inputs[b + 1].grad())
-                        .expect("block backward");
-                }
-                let (send, recv, len) = buffer.grad_span(blocks[b].params.clone());
-                // SAFETY: the spans stay allocated in `buffer` and untouched until `worker.wait`
-                // (`Averager::average`, right after this step).
-                unsafe { worker.submit(send, recv, len) };
-            }
-            loss.double_value(&[])
-        })
-    }
-
-    /// Each block's input (cut from the graph before it, so its backward can run on its own)
-    /// and output.
-    fn forward_blocks(&self, x: &Tensor, blocks: &[ParamBlock]) -> (Vec<Tensor>, Vec<Tensor>) {
-        let mut inputs = Vec::with_capacity(blocks.len());
-        let mut outputs: Vec<Tensor> = Vec::with_capacity(blocks.len());
-        for (b, block) in blocks.iter().enumerate() {
-            let input = match outputs.last() {
-                None => x.shallow_clone(),
-                Some(h) => h.detach().set_requires_grad(true),
-            };
-            outputs.push(self.net.forward_layers(&input, true, block.layers.clone()));
-            inputs.push(input);
-            debug_assert_eq!(inputs.len(), b + 1);
-        }
-        (inputs, outputs)
     }
 
     /// Forward-only pipeline over this replica's share of `split`, `batch` images at a time.
@@ -302,6 +286,11 @@ struct StageStep<'e> {
     act_bytes: i64,
     /// When the step measures the noise scale with several micro-batches: each one's gradient norm.
     norms: Option<&'e mut MicroBatchNorms>,
+    /// Overlapped averaging: where buckets go, the stage's blocks and buckets; the micro-batch
+    /// that runs by blocks, and its blocks' (input, output) between its forward and backward.
+    overlap: Option<(Overlap<'e>, &'e [ParamBlock], &'e [Bucket])>,
+    last_backward: usize,
+    block_io: Vec<(Tensor, Tensor)>,
 }
 
 impl StageStep<'_> {
@@ -334,48 +323,91 @@ impl StageStep<'_> {
         }
     }
 
+    /// Whether micro-batch `i` runs by blocks (overlapped averaging, the last to run backward).
+    fn by_blocks(&self, i: usize) -> bool {
+        self.overlap.is_some() && i == self.last_backward
+    }
+
     fn forward(&mut self, i: usize, tx: &mut AsyncSends) {
         let idx = self.micro_indices(i);
         let input = self.input(i, &idx, tx);
         tch::manual_seed(micro_seed(self.batch.seed, i));
         let _span = crate::diag::trace::span("forward", || format!("F{i}"));
-        let (net, m, out_elems, next) = (self.net, self.m, self.out_elems, self.topo.next());
-        let (fused, buffers, saved) = (self.fused, &mut self.fused_buffers[i], &mut self.fused_saved[i]);
-        let out = self.timers.compute.time(|| {
-            let out = match fused {
-                Some(pad) => {
-                    let p = &net.layers[0].params;
-                    let block = fused::forward(&input, &p[0], &p[1], pad, buffers);
-                    let out = net.forward_layers(&block.leaf, true, 3..net.layers.len());
-                    *saved = Some(block);
-                    out
-                }
-                None => net.forward(&input, true),
-            };
-            match next {
-                Some(n) => {
-                    tx.send_with(n, Tag::Activation(i), out_elems, |buf| {
-                        out.copy_data(buf, out_elems)
-                    });
-                    out
-                }
-                None => {
-                    let y = self.data.labels.index_select(0, &idx);
-                    let loss = out.cross_entropy_for_logits(&y);
-                    if m > 1 {
-                        loss / m as f64
-                    } else {
-                        loss
-                    }
+        let started = std::time::Instant::now();
+        let out = match self.by_blocks(i) {
+            true => self.forward_by_blocks(&input, i),
+            false => self.forward_whole(&input, i),
+        };
+        let m = self.m;
+        let out = match self.topo.next() {
+            Some(n) => {
+                let elems = self.out_elems;
+                tx.send_with(n, Tag::Activation(i), elems, |buf| out.copy_data(buf, elems));
+                out
+            }
+            None => {
+                let y = self.data.labels.index_select(0, &idx);
+                let loss = out.cross_entropy_for_logits(&y);
+                if m > 1 {
+                    loss / m as f64
+                } else {
+                    loss
                 }
             }
-        });
-        if next.is_none() {
+        };
+        self.timers.compute.add_since(started);
+        if self.topo.next().is_none() {
             self.loss_sum += out.double_value(&[]) * m as f64;
         }
         self.saved[i] = Some((input, out));
         self.in_flight += 1;
         self.peak = self.peak.max(self.in_flight * self.act_bytes);
+    }
+
+    /// The stage's output for micro-batch `i` in one graph (the first block fused when it can be).
+    fn forward_whole(&mut self, input: &Tensor, i: usize) -> Tensor {
+        let net = self.net;
+        match self.fused {
+            Some(pad) => {
+                let p = &net.layers[0].params;
+                let block = fused::forward(input, &p[0], &p[1], pad, &mut self.fused_buffers[i]);
+                let out = net.forward_layers(&block.leaf, true, 3..net.layers.len());
+                self.fused_saved[i] = Some(block);
+                out
+            }
+            None => net.forward(input, true),
+        }
+    }
+
+    /// The stage's output for micro-batch `i`, block by block, each block's input a leaf of its
+    /// own (the fused first block's output already is one); the pairs are kept for the backward.
+    fn forward_by_blocks(&mut self, input: &Tensor, i: usize) -> Tensor {
+        let (net, blocks) = (
+            self.net,
+            self.overlap.as_ref().expect("by blocks when overlapping").1,
+        );
+        let mut io: Vec<(Tensor, Tensor)> = Vec::with_capacity(blocks.len());
+        for (b, block) in blocks.iter().enumerate() {
+            let x = match io.last() {
+                None => input.shallow_clone(),
+                Some((_, h)) if b == 1 && self.fused.is_some() => h.shallow_clone(),
+                Some((_, h)) => h.detach().set_requires_grad(true),
+            };
+            let y = match self.fused {
+                Some(pad) if b == 0 => {
+                    let p = &net.layers[0].params;
+                    let saved = fused::forward(&x, &p[0], &p[1], pad, &mut self.fused_buffers[i]);
+                    let leaf = saved.leaf.shallow_clone();
+                    self.fused_saved[i] = Some(saved);
+                    leaf
+                }
+                _ => net.forward_layers(&x, true, block.layers.clone()),
+            };
+            io.push((x, y));
+        }
+        let out = io.last().expect("a stage has blocks").1.shallow_clone();
+        self.block_io = io;
+        out
     }
 
     fn backward(&mut self, i: usize, tx: &mut AsyncSends) {
@@ -389,23 +421,20 @@ impl StageStep<'_> {
             Tensor::from_slice(self.recv_buf).view_as(&out)
         });
         let _span = crate::diag::trace::span("backward", || format!("B{i}"));
+        let started = std::time::Instant::now();
         match from_next {
-            None => self.timers.compute.time(|| out.backward()),
-            Some(g) => {
-                // J^T g: the stage's share of the chain rule, straight from the neighbour's
-                // gradient (the same gradients as backward of sum(out * g), without its product).
-                self.timers
-                    .compute
-                    .time(|| crate::model::native::backward_with_grad(&out, &g).expect("stage backward"));
-            }
+            None => out.backward(),
+            // J^T g: the stage's share of the chain rule, straight from the neighbour's gradient
+            // (the same gradients as backward of sum(out * g), without its product).
+            Some(g) => crate::model::native::backward_with_grad(&out, &g).expect("stage backward"),
         }
-        if let (Some(pad), Some(block)) = (self.fused, self.fused_saved[i].take()) {
+        if self.by_blocks(i) {
+            self.backward_by_blocks(i);
+        } else if let (Some(pad), Some(block)) = (self.fused, self.fused_saved[i].take()) {
             let p = &self.net.layers[0].params;
-            let buffers = &mut self.fused_buffers[i];
-            self.timers
-                .compute
-                .time(|| fused::backward(&block, &p[0], &p[1], pad, buffers));
+            fused::backward(&block, &p[0], &p[1], pad, &mut self.fused_buffers[i]);
         }
+        self.timers.compute.add_since(started);
         if let Some(n) = self.norms.as_mut() {
             n.after_backward();
         }
@@ -415,6 +444,32 @@ impl StageStep<'_> {
             tx.send_with(p, Tag::Gradient(i), elems, |buf| gin.copy_data(buf, elems));
         }
         self.in_flight -= 1;
+    }
+
+    /// After the last block's backward (from the loss or the neighbour's gradient): the blocks
+    /// before it, last first, each from the gradient at the next block's input; every bucket
+    /// goes to the all-reduce thread once the block that finishes it is done.
+    fn backward_by_blocks(&mut self, i: usize) {
+        let (overlap, _, buckets) = self.overlap.as_ref().expect("by blocks when overlapping");
+        let io = std::mem::take(&mut self.block_io);
+        let mut next = 0;
+        for b in (0..io.len()).rev() {
+            if let (Some(pad), 0) = (self.fused, b) {
+                let saved = self.fused_saved[i].take().expect("the fused block ran forward");
+                let p = &self.net.layers[0].params;
+                fused::backward(&saved, &p[0], &p[1], pad, &mut self.fused_buffers[i]);
+            } else if b + 1 < io.len() {
+                crate::model::native::backward_with_grad(&io[b].1, &io[b + 1].0.grad())
+                    .expect("block backward");
+            }
+            while next < buckets.len() && buckets[next].first_block == b {
+                let (send, recv, len) = overlap.buffer.grad_span(buckets[next].params.clone());
+                // SAFETY: the spans stay allocated in the flat buffers and untouched until the
+                // worker's wait (`Averager::average`, right after the step).
+                unsafe { overlap.worker.submit(send, recv, len) };
+                next += 1;
+            }
+        }
     }
 }
 

@@ -179,6 +179,8 @@ impl Summary {
                 .into_iter()
                 .fold(0.0, f64::max),
             link: crate::comm::emulated_link(),
+            overlapped_allreduce_seconds: t.sync.overlap_figures().map(|f| f.0),
+            averaging_hidden_fraction: t.sync.overlap_figures().map(|f| f.1),
             parameters: plan.layers.iter().map(|s| s.kind.parameter_count()).sum(),
             train_samples: t.data.train.len(),
             test_samples: t.data.test.len(),

@@ -30,11 +30,13 @@ pub struct GradientBuffer {
     _window_owner: Option<Rc<NodeMean>>,
 }
 
-/// Which gradient the optimizer steps with: this rank's own, or the replicas' mean.
+/// Which gradient the optimizer steps with: this rank's own, or the replicas' mean; or none
+/// (the first step of one-step-stale averaging has no earlier mean to apply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GradSource {
     Local,
     Mean,
+    Nothing,
 }
 
 /// A tensor's storage as a slice.
@@ -123,6 +125,15 @@ impl GradientBuffer {
     pub fn len(&self) -> usize {
         self.numel
     }
+
+    /// Each parameter's offset in the flat buffers and its shape.
+    pub fn param_layout(&self) -> Vec<(i64, Vec<i64>)> {
+        self.params
+            .iter()
+            .zip(&self.spans)
+            .map(|(p, &(off, _))| (off, p.size()))
+            .collect()
+    }
     pub fn is_empty(&self) -> bool {
         self.numel == 0
     }
@@ -141,7 +152,7 @@ impl GradientBuffer {
     pub fn gradient(&self, source: GradSource) -> &Tensor {
         match source {
             GradSource::Local => &self.grads,
-            GradSource::Mean => &self.reduced,
+            GradSource::Mean | GradSource::Nothing => &self.reduced,
         }
     }
 

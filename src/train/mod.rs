@@ -3,6 +3,7 @@
 
 pub mod agree;
 pub mod averager;
+pub mod buckets;
 pub mod checkpoint;
 mod checkpointing;
 pub mod compress;
@@ -14,7 +15,9 @@ pub mod grads;
 mod launch;
 pub mod noise_scale;
 pub mod optimizer;
+pub mod powersgd;
 pub mod run_dir;
+pub mod stale;
 pub mod stop;
 pub mod target;
 pub mod timers;

@@ -18,6 +18,11 @@ pub struct Timer {
 }
 
 impl Timer {
+    /// Adds the seconds since `started`.
+    pub fn add_since(&mut self, started: Instant) {
+        self.seconds += started.elapsed().as_secs_f64();
+    }
+
     pub fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
         let t = Instant::now();
         let out = f();

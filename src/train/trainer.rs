@@ -21,6 +21,7 @@ use crate::record::metrics_csv::{EvalRow, MetricsWriter};
 use crate::record::summary::Summary;
 use crate::train::averager::Averager;
 use crate::train::checkpoint::{Checkpoint, Position};
+use crate::train::engine::Overlap;
 use crate::train::engine::{Engine, StepBatch};
 use crate::train::faults::Fault;
 use crate::train::grads::GradientBuffer;
@@ -184,10 +185,16 @@ impl<'a> Trainer<'a> {
     ) -> (Averager, GradientBuffer) {
         let group = world.split(plan.topology.stage, plan.topology.replica);
         let len = GradientBuffer::flat_len(params);
-        let blocks = engine.net.param_blocks().len();
-        let sync = Averager::new((plan.grad_sync, plan.average_every), group, len, blocks)
-            .with_compress(plan.compress);
+        let blocks = engine.bucket_count();
+        let mut sync = Averager::new((plan.grad_sync, plan.average_every), group, len, blocks)
+            .with_compress(plan.compress, plan.powersgd)
+            .with_local_sgd_after(plan.local_sgd_after);
         let mut buffer = GradientBuffer::bind(params, sync.node_mean());
+        sync.attach(
+            &buffer,
+            params,
+            crate::util::mix_seed(&[plan.topology.stage as u64]),
+        );
         if plan.topology.replicas > 1 {
             // They are built from the same seed anyway; the broadcast makes that a guarantee
             // rather than an assumption.
@@ -354,17 +361,19 @@ impl<'a> Trainer<'a> {
             );
         }
         let skip = self.fault.skips_averaging(self.progress.global_step + 1);
-        let (sync, buffer) = (&mut self.sync, &mut self.buffer);
+        let (sync, buffer, done) = (&mut self.sync, &mut self.buffer, self.progress.global_step);
         let source = match skip {
             true => crate::train::grads::GradSource::Local,
-            false => self.timers.averaging.time(|| sync.average(buffer)),
+            false => self.timers.averaging.time(|| sync.average(buffer, done)),
         };
         if measure {
             self.measure_noise(source);
         }
         let (buffer, optimizer, lr) = (&mut self.buffer, &mut self.optimizer, self.lr);
         self.timers.compute.time(|| {
-            optimizer.step(buffer.values(), buffer.gradient(source), lr);
+            if source != crate::train::grads::GradSource::Nothing {
+                optimizer.step(buffer.values(), buffer.gradient(source), lr);
+            }
             buffer.zero_grads();
         });
         let p = &mut self.progress;
@@ -382,19 +391,22 @@ impl<'a> Trainer<'a> {
     /// The engine's part of a step: this stage's forward and backward of every micro-batch
     /// (the overlapped variant sends finished blocks to the all-reduce thread as it goes).
     pub(super) fn engine_step(&mut self, batch: &StepBatch, measure: bool) -> Option<f64> {
-        if let Some(worker) = self.sync.worker() {
-            let (data, buffer) = (&self.data.train, &self.buffer);
-            return Some(
-                self.engine
-                    .overlapped_step(data, batch, buffer, worker, &mut self.timers),
-            );
-        }
+        let overlap = self.sync.worker().map(|worker| Overlap {
+            buffer: &self.buffer,
+            worker,
+        });
         let mut norms = self.norms.as_mut().filter(|_| measure);
         if let Some(n) = norms.as_mut() {
             n.start();
         }
-        self.engine
-            .train_step(self.world, &self.data.train, batch, &mut self.timers, norms)
+        self.engine.train_step(
+            self.world,
+            &self.data.train,
+            batch,
+            &mut self.timers,
+            norms,
+            overlap,
+        )
     }
 
     /// One noise-scale measurement (collective): the squared norms of the small gradients (each
