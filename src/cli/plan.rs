@@ -48,6 +48,10 @@ pub struct PlanArgs {
     /// How often the predicted runs evaluate (their time counts, as in MLPerf), in epochs.
     #[arg(long, default_value_t = 1.0)]
     pub eval_every_epochs: f64,
+    /// Each remedy's steps to target over plain averaging's (bench/remedies.sh's
+    /// results/example/remedies.csv): the target scope weighs every layout with each remedy.
+    #[arg(long, requires = "target_accuracy")]
+    pub remedies: Option<PathBuf>,
 }
 
 impl PlanArgs {
@@ -66,6 +70,7 @@ impl PlanArgs {
             curve: self.curve.clone(),
             run: self.run.clone(),
             eval_every_epochs: self.eval_every_epochs,
+            remedies: self.remedies.clone(),
         }
     }
 }
@@ -140,7 +145,7 @@ fn print_plan_rows(rows: &[&PlanRow], top: usize) {
 /// The target scope, best first per node count: the recommended layout is each node count's first.
 fn print_target_rows(rows: &[PlanRow], top: usize) {
     println!(
-        "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>9} {:>7} {:>7} {:>9}",
+        "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>11} {:>9} {:>7} {:>7} {:>9}",
         "nodes",
         "layout",
         "ranks/nd",
@@ -150,6 +155,7 @@ fn print_target_rows(rows: &[PlanRow], top: usize) {
         "micro",
         "per-rank",
         "averaging",
+        "remedy",
         "images/s",
         "steps",
         "epochs",
@@ -166,7 +172,7 @@ fn print_target_rows(rows: &[PlanRow], top: usize) {
         }
         *n += 1;
         println!(
-            "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>9.0} {:>7.0} {:>7.2} {:>9.1}{}",
+            "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>11} {:>9.0} {:>7.0} {:>7.2} {:>9.1}{}",
             r.nodes,
             r.strategy,
             r.ranks_per_node,
@@ -176,6 +182,7 @@ fn print_target_rows(rows: &[PlanRow], top: usize) {
             r.micro_batch,
             r.per_replica_batch,
             r.averaging,
+            r.remedy,
             r.images_per_s,
             r.steps_to_target.unwrap_or(f64::NAN),
             r.epochs_to_target.unwrap_or(f64::NAN),

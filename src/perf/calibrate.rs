@@ -201,6 +201,7 @@ impl CalibrateOptions {
             shared_memory_s_per_elem: None,
             base_rss_mb: 0.0,
             corun: Vec::new(),
+            allreduce: Vec::new(),
         });
         cal.date = crate::util::today();
         if self.links_only && cal.compute.is_empty() {
@@ -226,6 +227,9 @@ impl CalibrateOptions {
         }
         if shape.size > 1 && shape.nodes() == 1 {
             self.measure_sharing(&cfg, world, &mut cal)?;
+        }
+        if shape.size > 1 && shape.nodes() == shape.size {
+            self.measure_allreduce(&cfg, world, &mut cal);
         }
         if !world.is_root() {
             return Ok(None);
@@ -266,6 +270,23 @@ impl CalibrateOptions {
         });
         cal.shared_memory_s_per_elem = Some(t / n as f64);
         Ok(())
+    }
+
+    /// One rank per node: the MPI_Allreduce of the net's gradient (f32) across them, rank 0's
+    /// median, replacing an earlier row of the same rank count.
+    fn measure_allreduce(&self, cfg: &Config, world: &Comm, cal: &mut crate::perf::Calibration) {
+        let layers = crate::model::preset_layers(cfg.model.preset, cfg.model.dropout);
+        let n: i64 = layers.iter().map(|l| l.kind.parameter_count()).sum();
+        let send = vec![1f32; n as usize];
+        let mut recv = vec![0f32; n as usize];
+        let seconds = time(self.repeats, || world.all_reduce_sum(&send, &mut recv));
+        cal.allreduce.retain(|r| r.ranks != world.size());
+        cal.allreduce.push(crate::perf::calibration::AllReduceRow {
+            ranks: world.size(),
+            bytes: 4.0 * n as f64,
+            seconds,
+        });
+        cal.allreduce.sort_by_key(|r| r.ranks);
     }
 
     /// The existing `--out` of the same net, whose measurements this launch may not repeat.

@@ -79,6 +79,19 @@ pub struct Calibration {
     /// (measured by `calibrate` launched on one node with that many ranks).
     #[serde(default)]
     pub corun: Vec<CoRun>,
+    /// MPI_Allreduce of the net's gradient across nodes (one rank per node), as the MPI library
+    /// does it: Open MPI's algorithm at 4 ranks and 1.69 MB sends about twice the gradient per
+    /// rank where a ring sends 1.5 times, so the ring model alone under-predicted a slow link.
+    #[serde(default)]
+    pub allreduce: Vec<AllReduceRow>,
+}
+
+/// One measured all-reduce: `bytes` of f32 summed over `ranks` ranks, one per node.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AllReduceRow {
+    pub ranks: usize,
+    pub bytes: f64,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -205,6 +205,8 @@ impl Grid {
                     grad_sync: averaging::choose(&SyncConfig::default(), spread),
                     average_every: 1,
                     pipeline_in_node,
+                    remedy: super::remedy::Remedy::Plain,
+                    traffic: 1.0,
                 });
             }
         }

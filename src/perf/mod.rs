@@ -10,6 +10,7 @@ pub mod layouts;
 pub mod peak;
 pub mod planner;
 pub mod predict;
+pub mod remedy;
 pub mod steps;
 pub mod sync_bench;
 

@@ -5,7 +5,9 @@
 use super::calibration::{named_network, Calibration, Link};
 use super::layouts::{layouts, Scope};
 use super::predict::{eval_seconds, predict, time_to_target, Layout};
+use super::remedy::{Remedy, StepFactors};
 use super::steps::StepsModel;
+use crate::plan::averaging::GradSync;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
@@ -34,6 +36,9 @@ pub struct PlanOptions {
     pub run: Option<std::path::PathBuf>,
     /// How often the predicted runs evaluate (their time counts, as in MLPerf), in epochs.
     pub eval_every_epochs: f64,
+    /// Each remedy's steps to target over plain averaging's (bench/remedies.sh's CSV): the
+    /// target scope then weighs every layout with each measured remedy.
+    pub remedies: Option<std::path::PathBuf>,
 }
 
 /// One row of `plan.csv`.
@@ -50,6 +55,8 @@ pub struct PlanRow {
     pub schedule: String,
     pub placement: String,
     pub averaging: String,
+    /// The remedy for communication overhead (`plain`, `overlap`, `bf16`, `powersgd2`, ...).
+    pub remedy: String,
     pub global_batch: usize,
     pub images_per_s: f64,
     pub speedup: f64,
@@ -124,6 +131,11 @@ impl PlanOptions {
             );
         }
         let steps_model = self.steps_model()?;
+        let factors = match &self.remedies {
+            Some(p) => StepFactors::read(p)?,
+            None => StepFactors::default(),
+        };
+        let layers = crate::model::preset_layers(cfg.model.preset, cfg.model.dropout);
         let network = self.network(&cal)?;
         let sizes = cfg.data.sizes();
         let mut scopes = vec![Scope::Strong, Scope::Weak];
@@ -132,7 +144,10 @@ impl PlanOptions {
         for &nodes in &self.nodes {
             for &scope in &scopes {
                 let at = (nodes, self.cores_per_node);
-                let (found, no) = layouts(cfg.train.batch_size, &cal, at, scope, sizes.0);
+                let (mut found, no) = layouts(cfg.train.batch_size, &cal, at, scope, sizes.0);
+                if scope == Scope::Target {
+                    found = with_remedies(found, &factors, &layers);
+                }
                 let ctx = Predictor {
                     cal: &cal,
                     network,
@@ -141,6 +156,7 @@ impl PlanOptions {
                     model: steps_model.as_ref(),
                     sizes,
                     eval_every: self.eval_every_epochs,
+                    factors: &factors,
                 };
                 rows.extend(found.iter().map(|l| ctx.row(l)));
                 refused.extend(no.into_iter().map(|r| (scope.name().to_string(), r)));
@@ -176,6 +192,39 @@ struct Predictor<'a> {
     /// Training and test images.
     sizes: (usize, usize),
     eval_every: f64,
+    factors: &'a StepFactors,
+}
+
+/// Every layout with several replicas once per remedy whose steps to target were measured
+/// (plain always); one replica has nothing to average.
+fn with_remedies(
+    found: Vec<Layout>,
+    factors: &StepFactors,
+    layers: &[crate::model::LayerSpec],
+) -> Vec<Layout> {
+    let mut out = Vec::with_capacity(found.len());
+    for l in found {
+        for remedy in crate::perf::remedy::ALL {
+            if remedy != Remedy::Plain && (l.replicas() == 1 || factors.factor(remedy).is_none()) {
+                continue;
+            }
+            let mut v = l.clone();
+            v.remedy = remedy;
+            v.traffic = remedy.traffic(layers);
+            match remedy {
+                Remedy::Plain => {}
+                Remedy::Overlap => v.grad_sync = GradSync::Overlapped,
+                Remedy::Stale => v.grad_sync = GradSync::Stale,
+                Remedy::Bf16 | Remedy::PowerSgd(_) => v.grad_sync = GradSync::Allreduce,
+                Remedy::PostLocal(k) => {
+                    v.grad_sync = GradSync::WeightAverage;
+                    v.average_every = k;
+                }
+            }
+            out.push(v);
+        }
+    }
+    out
 }
 
 impl Predictor<'_> {
@@ -183,7 +232,21 @@ impl Predictor<'_> {
         let mut r = row(l, self.cal, self.network, self.cfg, self.scope.name());
         let (train, test) = self.sizes;
         r.eval_s = eval_seconds(l, self.cal, test);
-        r.steps_to_target = self.model.and_then(|m| m.steps(l.global_batch));
+        let factor = self.factors.factor(l.remedy).unwrap_or(1.0);
+        r.steps_to_target = self
+            .model
+            .and_then(|m| m.steps(l.global_batch))
+            .map(|s| s * factor);
+        // Post-local SGD averages gradients every step for its warm-up epoch: those steps cost
+        // plain averaging's.
+        if let (Remedy::PostLocal(_), Some(steps)) = (l.remedy, r.steps_to_target) {
+            let mut plain = l.clone();
+            (plain.remedy, plain.traffic, plain.average_every, plain.grad_sync) =
+                (Remedy::Plain, 1.0, 1, GradSync::Allreduce);
+            let warm = (train as f64 / l.global_batch as f64).min(steps);
+            let plain_ms = row(&plain, self.cal, self.network, self.cfg, self.scope.name()).step_ms;
+            r.step_ms = (warm * plain_ms + (steps - warm) * r.step_ms) / steps;
+        }
         r.epochs_to_target = r
             .steps_to_target
             .map(|s| s * l.global_batch as f64 / train as f64);
@@ -226,6 +289,7 @@ fn row(l: &Layout, cal: &Calibration, network: Link, cfg: &crate::config::Config
         }
         .into(),
         averaging: l.grad_sync.name().into(),
+        remedy: l.remedy.name(),
         global_batch: l.global_batch,
         images_per_s: p.images_per_s,
         speedup,

@@ -9,10 +9,14 @@
 //! - **Averaging**: a latency-bandwidth model of the plan's path: shared memory inside a node
 //!   (measured per element), a ring all-reduce (2 (p-1) messages of n/p) across nodes, whose link
 //!   the ranks of a node share; two levels add the node sum to an all-reduce of each rank's slice.
+//! - **Remedies** (`perf::remedy`): compression scales the bytes; bucketed overlap hides the
+//!   averaging behind the backward of the layers before the first bucket to close (1 MB from the
+//!   end), one-step-stale behind the whole step; model averaging divides it by its period.
 //! - **Network**: measured between emulated or real nodes (`calibrate` on several nodes), or a
 //!   named assumption (`--network ib100`, `eth25`), or given (`--latency-us`, `--bandwidth-gbs`).
 
 use super::calibration::{Calibration, Link};
+use super::remedy::Remedy;
 use crate::plan::averaging::GradSync;
 use crate::schedule::{PipelineSchedule, ScheduleKind};
 use serde::Serialize;
@@ -40,6 +44,9 @@ pub struct Layout {
     pub average_every: usize,
     /// A pipeline's stages are neighbours (false: a stage's replicas are).
     pub pipeline_in_node: bool,
+    /// How the averaging is done, and the share of the f32 gradient's bytes it sends.
+    pub remedy: super::remedy::Remedy,
+    pub traffic: f64,
 }
 
 impl Layout {
@@ -64,7 +71,7 @@ pub struct Prediction {
 
 /// Seconds to average `elems` f32 per rank over `layout`'s replica groups.
 fn averaging_seconds(layout: &Layout, elems: f64, cal: &Calibration, network: Link) -> f64 {
-    let bytes = 4.0 * elems;
+    let bytes = 4.0 * elems * layout.traffic;
     let (r, l) = (layout.replicas() as f64, layout.ranks_per_node as f64);
     let ring = |p: f64, bytes: f64, link: Link, sharing: f64| {
         if p <= 1.0 {
@@ -84,6 +91,12 @@ fn averaging_seconds(layout: &Layout, elems: f64, cal: &Calibration, network: Li
         l.min(r)
     };
     let group_nodes = (r / group_per_node).max(1.0);
+    // An all-reduce across nodes, one rank of the group per node, at a rank count calibrate
+    // measured: the MPI library's own algorithm, scaled to these bytes (bandwidth-bound).
+    let measured = (group_nodes > 1.0 && group_per_node <= 1.0 && layout.remedy != Remedy::Bf16)
+        .then(|| cal.allreduce.iter().find(|m| m.ranks as f64 == r))
+        .flatten()
+        .map(|m| m.seconds * bytes / m.bytes);
     match layout.grad_sync {
         GradSync::None => 0.0,
         GradSync::SharedMemory => shm * elems * (r / 2.0).max(1.0),
@@ -95,10 +108,11 @@ fn averaging_seconds(layout: &Layout, elems: f64, cal: &Calibration, network: Li
             ring(r, bytes, intra, 1.0)
         }
         GradSync::Allreduce | GradSync::Overlapped | GradSync::Stale => {
-            ring(r, bytes, network, group_per_node)
+            measured.unwrap_or_else(|| ring(r, bytes, network, group_per_node))
         }
         GradSync::WeightAverage => {
-            ring(r, bytes, network, group_per_node) / layout.average_every.max(1) as f64
+            measured.unwrap_or_else(|| ring(r, bytes, network, group_per_node))
+                / layout.average_every.max(1) as f64
         }
     }
 }
@@ -194,7 +208,18 @@ fn predict_at(layout: &Layout, cal: &Calibration, network: Link, slow: f64) -> S
         .max()
         .unwrap_or(0) as f64;
     let averaging_s = averaging_seconds(layout, max_stage_params, cal, network);
-    let step_s = pipeline_s + averaging_s;
+    let exposed_s = match layout.remedy {
+        Remedy::Stale => (averaging_s - pipeline_s).max(0.0),
+        Remedy::Overlap => {
+            let widest = (0..ranges.len())
+                .max_by_key(|&s| cal.layer_params[ranges[s].clone()].iter().sum::<i64>())
+                .unwrap_or(0);
+            let hide = hidden_behind_backward(cal, ranges[widest].clone(), layout.threads, micro) * slow;
+            (averaging_s - hide).max(0.0)
+        }
+        _ => averaging_s,
+    };
+    let step_s = pipeline_s + exposed_s;
     let m = layout.micro_batches as f64;
     let busy: f64 = fwd.iter().zip(&bwd).map(|(f, b)| m * (f + b)).sum::<f64>() / s_n as f64;
     let in_flight = schedule.peak_in_flight() as f64;
@@ -216,6 +241,26 @@ fn predict_at(layout: &Layout, cal: &Calibration, network: Link, slow: f64) -> S
         },
         busy_fraction: (busy / step_s).min(1.0),
     }
+}
+
+/// The backward seconds of `range`'s layers before the first bucket of overlapped averaging to
+/// close (1 MB of gradients counted from the last layer): what its all-reduces can hide behind.
+fn hidden_behind_backward(
+    cal: &Calibration,
+    range: std::ops::Range<usize>,
+    threads: usize,
+    micro: usize,
+) -> f64 {
+    let mut bytes = 0i64;
+    let mut first = range.end;
+    while first > range.start && bytes < 1 << 20 {
+        first -= 1;
+        bytes += 4 * cal.layer_params[first];
+    }
+    if first == range.start {
+        return 0.0;
+    }
+    cal.stage_seconds(range.start..first, threads, micro).1
 }
 
 /// Seconds of one evaluation of `test` images: each replica forwards its share through the
