@@ -63,11 +63,15 @@ PY
 # seeds' convention (64 images per replica) at the same node count.
 TARGET=${TARGET:-99}
 CURVE=${CURVE:-results/example/converge_mnist.csv}
+# Each remedy's steps to target over plain averaging's (bench/remedies.sh): every layout is also
+# weighed with each remedy, and the table names the one chosen.
+REMEDIES=${REMEDIES:-results/example/remedies.csv}
+remedies=(); [ -f "$REMEDIES" ] && remedies=(--remedies "$REMEDIES")
 [ -f "$CURVE" ] || { echo "no $CURVE (bash bench/converge.sh makes it): time-to-target table skipped"; exit 0; }
 for network in ib100 eth10; do
   target/release/partrain plan --config configs/data_parallel.yaml --cores-per-node "$CORES" --nodes "${NODES// /,}" \
     --calibration "$OUT/calibration_mnist.json" --network "$network" --top 1 \
-    --target-accuracy "$TARGET" --curve "$CURVE" --out "$OUT/plan_target_mnist_$network.csv" > "$OUT/plan_target_mnist_$network.txt"
+    --target-accuracy "$TARGET" --curve "$CURVE" "${remedies[@]}" --out "$OUT/plan_target_mnist_$network.csv" > "$OUT/plan_target_mnist_$network.txt"
 done
 python3 - "$OUT" "$CORES" "$TARGET" "$CURVE" "$(git rev-parse --short HEAD)" "$(lscpu | sed -n 's/^Model name: *//p')" <<'PY'
 import csv, datetime, sys
@@ -90,7 +94,8 @@ for network in ["ib100", "eth10"]:
         w = max(weak, key=lambda r: float(r["images_per_s"])) if weak else None
         t = min(tgt, key=lambda r: float(r["time_to_target_s"])) if tgt else None
         lay = lambda r: (f"{r['strategy']} {r['ranks_per_node']}x{r['threads']}t, {r['stages']} x {r['replicas']}, "
-                         f"{r['per_replica_batch']}/replica" + (f" in {r['micro_batches']} micro-batches" if int(r['micro_batches']) > 1 else ""))
+                         f"{r['per_replica_batch']}/replica" + (f" in {r['micro_batches']} micro-batches" if int(r['micro_batches']) > 1 else "")
+                         + (f", remedy {r['remedy']}" if r.get("remedy") and r["scope"] == "target" else ""))
         left = ("refused: 64 per replica exceeds the training set" if w is None
                 else f"{lay(w)}, {int(w['global_batch']):,}, {float(w['images_per_s']):,.0f}, {fmt_t(w)}")
         right = "-" if t is None else f"{lay(t)}, {int(t['global_batch']):,}, {float(t['images_per_s']):,.0f}"
