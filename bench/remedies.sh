@@ -6,6 +6,7 @@
 #
 #   nohup bash bench/remedies.sh > remedies.log 2>&1 &        # all links, ~75 min here
 #   LINKS="100mbit" REMEDIES="plain bf16" SEEDS=42 bash bench/remedies.sh    # a subset
+#   REMEDIES_unshaped="plain powersgd4" DDP_HOOKS_unshaped=none bash bench/remedies.sh   # per link
 #
 # For each link (LINKS: `unshaped`, or a rate as tc writes it) the cluster comes up with that link;
 # every remedy runs on the first seed, PyTorch DDP's hooks too; then plain averaging and the
@@ -18,6 +19,7 @@ cd "$(dirname "$0")/.."
 LINKS=${LINKS:-"100mbit 1gbit unshaped"}
 SEEDS=${SEEDS:-"42 43 44"}
 REMEDIES=${REMEDIES:-"plain overlap bf16 powersgd1 powersgd2 powersgd4 postlocal4 postlocal16 stale"}
+# A link-specific subset: REMEDIES_1gbit="plain bf16" (the rate's name; unshaped too).
 DDP_HOOKS=${DDP_HOOKS:-"none bf16 powersgd2"}
 TARGET=${TARGET:-99.0}
 OUT=${OUT:-results/remedies}
@@ -72,9 +74,10 @@ ddp_run() {
   local link=$1 hook=$2 seed=$3 dir="$OUT/$1/ddp-$2_s$3"
   done_already "$dir" && return 0
   mkdir -p "$dir"
-  local args=(--hook "${hook%%[0-9]*}" --epochs 10 --eval-every $EVERY --target "$TARGET" --seed "$seed"
+  local args=(--hook "${hook%%powersgd*}" --epochs 10 --eval-every $EVERY --target "$TARGET" --seed "$seed"
     --start $PSGD_AFTER --out "$(realpath "$dir")/ddp.json" --data "$PWD/data/mnist")
-  [[ $hook == powersgd* ]] && args+=(--rank "${hook#powersgd}")
+  # powersgd<R>: the hook and its rank; none and bf16 as they are.
+  [[ $hook == powersgd* ]] && args[1]=powersgd && args+=(--rank "${hook#powersgd}")
   echo "$(date +%T) $link ddp-$hook seed $seed"
   bash scripts/cluster.sh exec mpirun --hostfile "$PARTRAIN_CLUSTER/hostfile" -np $NODES --map-by ppr:1:node \
     --bind-to none -x OMP_NUM_THREADS=1 -x MASTER_PORT=$((29500 + seed)) \
@@ -107,8 +110,9 @@ for link in $LINKS; do
   bash scripts/cluster.sh up $NODES "${more[@]}" > /dev/null
   trap 'bash scripts/cluster.sh down > /dev/null 2>&1' EXIT
   mkdir -p "$OUT/$link"
-  for r in $REMEDIES; do partrain_run "$link" "$r" "$first"; done
-  for h in $DDP_HOOKS; do ddp_run "$link" "$h" "$first"; done
+  here="REMEDIES_$link" hooks="DDP_HOOKS_$link"
+  for r in ${!here:-$REMEDIES}; do partrain_run "$link" "$r" "$first"; done
+  for h in ${!hooks:-$DDP_HOOKS}; do ddp_run "$link" "$h" "$first"; done
   best=$(best_remedy "$link")
   echo "$(date +%T) $link: best remedy ${best:-none}"
   for seed in ${SEEDS#"$first"}; do

@@ -115,7 +115,7 @@ def plot(medians, path):
         ax.bar(xs, ys, width, label=name, hatch="//" if name.startswith("ddp") else None)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(links))], links)
     ax.set_ylabel("time to 99 % (s, median of seeds)")
-    ax.set_title("MNIST dp on 4 emulated nodes x 1 rank: time to 99 % per remedy and link (0: not reached)")
+    ax.set_title("MNIST dp on 4 emulated nodes x 1 rank: time to 99 % per remedy and link (no bar: not run on that link)")
     ax.legend(ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
