@@ -327,9 +327,24 @@ mod tests {
         refused(&["sync.mode=weights"], Strategy::Serial, 1, "sync.mode");
         refused(&["sync.compress=bf16"], Strategy::Serial, 1, "sync.compress");
         refused(&["sync.delay=2"], Strategy::Dp, 2, "sync.delay: expected 0");
-        refused(&["sync.delay=1", "sync.compress=bf16"], Strategy::Dp, 2, "sync.delay: 1 defers");
-        refused(&["sync.local_sgd_after=5"], Strategy::Dp, 2, "sync.local_sgd_after: post-local SGD");
-        refused(&["sync.powersgd_rank=2"], Strategy::Dp, 2, "sync.powersgd_rank: applies to sync.compress: powersgd");
+        refused(
+            &["sync.delay=1", "sync.compress=bf16"],
+            Strategy::Dp,
+            2,
+            "sync.delay: 1 defers",
+        );
+        refused(
+            &["sync.local_sgd_after=5"],
+            Strategy::Dp,
+            2,
+            "sync.local_sgd_after: post-local SGD",
+        );
+        refused(
+            &["sync.powersgd_rank=2"],
+            Strategy::Dp,
+            2,
+            "sync.powersgd_rank: applies to sync.compress: powersgd",
+        );
         refused(
             &["sync.compress=powersgd", "sync.powersgd_rank=0"],
             Strategy::Dp,
