@@ -215,16 +215,7 @@ impl CalibrateOptions {
             self.measure_compute(&cfg, &threads, &mut cal)?;
         }
         world.barrier();
-        // Links: the first rank sharing rank 0's node, and the first rank on another node.
-        let local = (1..shape.size).find(|&r| shape.node_of_rank[r] == shape.node_of_rank[0]);
-        let remote = (1..shape.size).find(|&r| shape.node_of_rank[r] != shape.node_of_rank[0]);
-        if let Some(r) = local {
-            cal.intra_node = Some(world.link_sized(0, r, self.repeats * 3, self.link_mib));
-        }
-        if let Some(r) = remote {
-            cal.inter_node = Some(world.link_sized(0, r, self.repeats * 3, self.link_mib));
-            cal.inter_node_emulated = crate::comm::emulated_link();
-        }
+        self.measure_links(world, &shape, &mut cal);
         if shape.size > 1 && shape.nodes() == 1 {
             self.measure_sharing(&cfg, world, &mut cal)?;
         }
@@ -270,6 +261,25 @@ impl CalibrateOptions {
         });
         cal.shared_memory_s_per_elem = Some(t / n as f64);
         Ok(())
+    }
+
+    /// The links from rank 0 to the first rank sharing its node and to the first rank on another
+    /// node (collective).
+    fn measure_links(
+        &self,
+        world: &Comm,
+        shape: &crate::comm::WorldShape,
+        cal: &mut crate::perf::Calibration,
+    ) {
+        let local = (1..shape.size).find(|&r| shape.node_of_rank[r] == shape.node_of_rank[0]);
+        let remote = (1..shape.size).find(|&r| shape.node_of_rank[r] != shape.node_of_rank[0]);
+        if let Some(r) = local {
+            cal.intra_node = Some(world.link_sized(0, r, self.repeats * 3, self.link_mib));
+        }
+        if let Some(r) = remote {
+            cal.inter_node = Some(world.link_sized(0, r, self.repeats * 3, self.link_mib));
+            cal.inter_node_emulated = crate::comm::emulated_link();
+        }
     }
 
     /// One rank per node: the MPI_Allreduce of the net's gradient (f32) across them, rank 0's

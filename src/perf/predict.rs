@@ -214,18 +214,7 @@ fn predict_at(layout: &Layout, cal: &Calibration, network: Link, slow: f64) -> S
         .max()
         .unwrap_or(0) as f64;
     let averaging_s = averaging_seconds(layout, max_stage_params, cal, network);
-    let exposed_s = match layout.remedy {
-        Remedy::Stale => (averaging_s - pipeline_s).max(0.0),
-        Remedy::Overlap => {
-            let widest = (0..ranges.len())
-                .max_by_key(|&s| cal.layer_params[ranges[s].clone()].iter().sum::<i64>())
-                .unwrap_or(0);
-            let hide = hidden_behind_backward(cal, ranges[widest].clone(), layout.threads, micro) * slow;
-            (averaging_s - hide).max(0.0)
-        }
-        _ => averaging_s,
-    };
-    let step_s = pipeline_s + exposed_s;
+    let step_s = pipeline_s + exposed_averaging(layout, cal, &ranges, (averaging_s, pipeline_s), micro, slow);
     let m = layout.micro_batches as f64;
     let busy: f64 = fwd.iter().zip(&bwd).map(|(f, b)| m * (f + b)).sum::<f64>() / s_n as f64;
     let in_flight = schedule.peak_in_flight() as f64;
@@ -246,6 +235,30 @@ fn predict_at(layout: &Layout, cal: &Calibration, network: Link, slow: f64) -> S
             extrapolated,
         },
         busy_fraction: (busy / step_s).min(1.0),
+    }
+}
+
+/// The part of `averaging_s` a step waits for: one-step-stale hides it behind the whole step
+/// (`pipeline_s`), bucketed overlap behind the backward of the widest stage's layers before its
+/// first bucket closes; the rest wait for all of it.
+fn exposed_averaging(
+    layout: &Layout,
+    cal: &Calibration,
+    ranges: &[std::ops::Range<usize>],
+    (averaging_s, pipeline_s): (f64, f64),
+    micro: usize,
+    slow: f64,
+) -> f64 {
+    match layout.remedy {
+        Remedy::Stale => (averaging_s - pipeline_s).max(0.0),
+        Remedy::Overlap => {
+            let widest = (0..ranges.len())
+                .max_by_key(|&s| cal.layer_params[ranges[s].clone()].iter().sum::<i64>())
+                .unwrap_or(0);
+            let hide = hidden_behind_backward(cal, ranges[widest].clone(), layout.threads, micro) * slow;
+            (averaging_s - hide).max(0.0)
+        }
+        _ => averaging_s,
     }
 }
 

@@ -51,25 +51,9 @@ pub struct Summary {
     /// With model averaging: the period in steps.
     #[serde(default = "one")]
     pub average_every: usize,
-    /// How the averaged gradients travelled (`sync.compress`: `none`, `bf16`).
-    #[serde(default)]
-    pub compress: crate::config::Compress,
-    /// Averaging traffic per rank per optimizer step, bytes: the payload this rank handed to the
-    /// averaging's collectives under bandwidth-optimal algorithms (a ring all-reduce of n f32
-    /// over R ranks sends 2 (R-1)/R x 4n; node-shared memory sends none); the largest over ranks.
-    #[serde(default)]
-    pub sent_bytes_per_step: f64,
-    /// Overlapped averaging (`sync.overlap`): seconds of all-reduce on the communication thread,
-    /// and the share hidden behind backward (1 - the wait after backward / those seconds),
-    /// rank 0's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overlapped_allreduce_seconds: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub averaging_hidden_fraction: Option<f64>,
-    /// The emulated cluster's set link rate the run's nodes talked over
-    /// (`scripts/cluster.sh up N --link RATE`: `100mbit`, ...); absent elsewhere.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<String>,
+    /// How the averaging travelled and what it cost (flattened: its fields are top-level keys).
+    #[serde(flatten)]
+    pub averaging: AveragingSummary,
     pub parameters: i64,
     pub train_samples: usize,
     pub test_samples: usize,
@@ -119,6 +103,30 @@ pub struct Summary {
     /// Where the ranks ran and how the node leaders' links measured at start-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preflight: Option<crate::record::preflight::Preflight>,
+}
+
+/// The averaging's traffic and link, flattened into `summary.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AveragingSummary {
+    /// How the averaged gradients travelled (`sync.compress`: `none`, `bf16`, `powersgd`).
+    #[serde(default)]
+    pub compress: crate::config::Compress,
+    /// Averaging traffic per rank per optimizer step, bytes: the payload this rank handed to the
+    /// averaging's collectives under bandwidth-optimal algorithms (a ring all-reduce of n f32
+    /// over R ranks sends 2 (R-1)/R x 4n; node-shared memory sends none); the largest over ranks.
+    #[serde(default)]
+    pub sent_bytes_per_step: f64,
+    /// Overlapped averaging (`sync.overlap`): seconds of all-reduce on the communication thread,
+    /// and the share hidden behind backward (1 - the wait after backward / those seconds),
+    /// rank 0's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlapped_allreduce_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub averaging_hidden_fraction: Option<f64>,
+    /// The emulated cluster's set link rate the run's nodes talked over
+    /// (`scripts/cluster.sh up N --link RATE`: `100mbit`, ...); absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 /// Time to accuracy (`train.target_accuracy`, percent) and the gradient noise scale, flattened

@@ -158,13 +158,13 @@ pub fn layout_of(s: &Summary) -> crate::perf::Layout {
         average_every: s.average_every,
         pipeline_in_node: s.placement != crate::config::Placement::ReplicasInNode,
         remedy: remedy_of(s),
-        traffic: match s.compress {
+        traffic: match s.averaging.compress {
             crate::config::Compress::None => 1.0,
             crate::config::Compress::Bf16 => 0.5,
             // What the run sent against a ring all-reduce of its f32 gradients.
             crate::config::Compress::PowerSgd => {
                 let ring = crate::train::averager::ring_all_reduce_bytes(s.parameters as usize, s.replicas);
-                (s.sent_bytes_per_step / ring.max(1.0)).min(1.0)
+                (s.averaging.sent_bytes_per_step / ring.max(1.0)).min(1.0)
             }
         },
     }
@@ -174,7 +174,7 @@ pub fn layout_of(s: &Summary) -> crate::perf::Layout {
 fn remedy_of(s: &Summary) -> crate::perf::remedy::Remedy {
     use crate::perf::remedy::Remedy;
     use crate::plan::averaging::GradSync;
-    match (s.gradient_averaging, s.compress) {
+    match (s.gradient_averaging, s.averaging.compress) {
         (GradSync::Overlapped, _) => Remedy::Overlap,
         (GradSync::Stale, _) => Remedy::Stale,
         (GradSync::WeightAverage, _) => Remedy::PostLocal(s.average_every),

@@ -117,6 +117,19 @@ impl Trainer<'_> {
         })
     }
 
+    /// The averaging's traffic (the largest over ranks: collective), overlap and link.
+    fn averaging_summary(&self) -> crate::record::summary::AveragingSummary {
+        let sent = self.world.all_gather(self.sync.sent_bytes_per_step());
+        let overlap = self.sync.overlap_figures();
+        crate::record::summary::AveragingSummary {
+            compress: self.plan.compress,
+            sent_bytes_per_step: sent.into_iter().fold(0.0, f64::max),
+            overlapped_allreduce_seconds: overlap.map(|f| f.0),
+            averaging_hidden_fraction: overlap.map(|f| f.1),
+            link: crate::comm::emulated_link(),
+        }
+    }
+
     /// Time to target and the noise scale as the summary records them.
     fn target_summary(&self) -> crate::record::summary::TargetSummary {
         let reached = self.ttt.reached();
@@ -173,14 +186,7 @@ impl Summary {
             sync_mode: cfg.sync.mode,
             gradient_averaging: plan.grad_sync,
             average_every: plan.average_every,
-            compress: plan.compress,
-            sent_bytes_per_step: world
-                .all_gather(t.sync.sent_bytes_per_step())
-                .into_iter()
-                .fold(0.0, f64::max),
-            link: crate::comm::emulated_link(),
-            overlapped_allreduce_seconds: t.sync.overlap_figures().map(|f| f.0),
-            averaging_hidden_fraction: t.sync.overlap_figures().map(|f| f.1),
+            averaging: t.averaging_summary(),
             parameters: plan.layers.iter().map(|s| s.kind.parameter_count()).sum(),
             train_samples: t.data.train.len(),
             test_samples: t.data.test.len(),
