@@ -174,7 +174,10 @@ fn optimizer_schedule_and_target_errors() {
     let o = out.to_str().unwrap();
     let good = config("base.yaml");
     let cases: &[(&[&str], &[&str])] = &[
-        (&["train.optimizer=adam"], &["train.optimizer", "adam", "lars"]),
+        (
+            &["train.optimizer=adagrad"],
+            &["train.optimizer", "adagrad", "lamb"],
+        ),
         (&["train.lr_scaling=cubic"], &["train.lr_scaling", "sqrt"]),
         (&["train.lr_schedule=linear"], &["train.lr_schedule", "cosine"]),
         (
@@ -243,6 +246,27 @@ fn optimizer_schedule_and_target_errors() {
             &["train.optimizer", "nesterov needs momentum"],
         ),
         (&["train.weight_decay=-0.1"], &["train.weight_decay", ">= 0"]),
+        (
+            &["train.betas=[0.9, 0.99]"],
+            &["train.betas", "applies to train.optimizer: adam, adamw or lamb"],
+        ),
+        (&["train.eps=1e-6"], &["train.eps", "applies to train.optimizer"]),
+        (
+            &["train.optimizer=adam", "train.betas=[0.9, 1.0]"],
+            &["train.betas", "[0, 1)"],
+        ),
+        (
+            &["train.optimizer=lamb", "train.eps=0"],
+            &["train.eps", "positive"],
+        ),
+        (
+            &["train.warmup_start_factor=0.1"],
+            &["train.warmup_start_factor", "no warmup"],
+        ),
+        (
+            &["train.warmup_epochs=1", "train.warmup_start_factor=2"],
+            &["train.warmup_start_factor", "(0, 1]"],
+        ),
         (
             &["train.lr_reference_batch=256"],
             &["train.lr_reference_batch", "lr_scaling is none"],

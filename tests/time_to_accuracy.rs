@@ -32,7 +32,8 @@ fn recipe_args(cmd: &str, cfg: &str, out: &Path, optimizer: &str, extra: &[&str]
 }
 
 /// Serial with 4 micro-batches (accumulation) is the reference; dp on 2 and 4 ranks and hybrid
-/// 2 x 2 take the same 50 steps: weights within TOLERANCE, for sgd, nesterov and lars.
+/// 2 x 2 take the same 50 steps: weights within TOLERANCE, for sgd, nesterov and lars, and for
+/// adam, adamw and lamb at a tenth of the rate (their steps are normalised: 0.01 per element).
 ///
 /// Why warmup and decay here, not only because they are the recipe: at a constant rate of 0.01,
 /// Nesterov with momentum 0.9 amplifies the rounding difference between one batch of 64 and two
@@ -42,10 +43,14 @@ fn recipe_args(cmd: &str, cfg: &str, out: &Path, optimizer: &str, extra: &[&str]
 #[test]
 fn every_optimizer_gives_the_same_weights_in_every_layout() {
     let tmp = tempfile::tempdir().unwrap();
-    for optimizer in ["sgd", "nesterov", "lars"] {
+    for optimizer in ["sgd", "nesterov", "lars", "adam", "adamw", "lamb"] {
         let dir = tmp.path().join(optimizer);
         let serial = dir.join("serial");
-        let accumulate = ["parallel.micro_batches=4"];
+        let lr = match optimizer.starts_with("ada") || optimizer == "lamb" {
+            true => "train.lr=0.0005",
+            false => "train.lr=0.005",
+        };
+        let accumulate = ["parallel.micro_batches=4", lr];
         assert_ok(&partrain(&refs(&recipe_args(
             "serial",
             "base.yaml",
@@ -55,17 +60,19 @@ fn every_optimizer_gives_the_same_weights_in_every_layout() {
         ))));
         for np in [2, 4] {
             let out = dir.join(format!("dp{np}"));
-            let args = recipe_args("dp", "data_parallel.yaml", &out, optimizer, &[]);
+            let args = recipe_args("dp", "data_parallel.yaml", &out, optimizer, &[lr]);
             assert_ok(&mpirun(np, &refs(&args)).0);
             assert_matches_serial(&serial, &out, &format!("{optimizer} dp {np}"));
         }
         let out = dir.join("hybrid");
-        let args = recipe_args("hybrid", "hybrid_pipeline.yaml", &out, optimizer, &[]);
+        let args = recipe_args("hybrid", "hybrid_pipeline.yaml", &out, optimizer, &[lr]);
         assert_ok(&mpirun(4, &refs(&args)).0);
         assert_matches_serial(&serial, &out, &format!("{optimizer} hybrid 2x2"));
         let plan = &summary(&out)["optimizer"];
         assert_eq!(plan["optimizer"], optimizer);
-        assert!((plan["peak_lr"].as_f64().unwrap() - 0.01).abs() < 1e-12, "{plan}");
+        let base: f64 = lr["train.lr=".len()..].parse().unwrap();
+        let peak = plan["peak_lr"].as_f64().unwrap();
+        assert!((peak - 2.0 * base).abs() < 1e-12, "{plan}");
     }
 }
 
@@ -74,6 +81,13 @@ fn every_optimizer_gives_the_same_weights_in_every_layout() {
 /// target in its summary and the same accuracies in metrics.csv.
 #[test]
 fn resume_mid_warmup_is_bit_identical_books_included() {
+    // LARS keeps momentum; LAMB keeps two moments and a bias correction from the step count.
+    for optimizer in ["lars", "lamb"] {
+        resume_is_bit_identical(optimizer);
+    }
+}
+
+fn resume_is_bit_identical(optimizer: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
     let extra = [
@@ -82,9 +96,9 @@ fn resume_mid_warmup_is_bit_identical_books_included() {
         "train.target_accuracy=80",
         "train.max_steps=30",
     ];
-    let args = recipe_args("dp", "data_parallel.yaml", &full, "lars", &extra);
+    let args = recipe_args("dp", "data_parallel.yaml", &full, optimizer, &extra);
     assert_ok(&mpirun(2, &refs(&args)).0);
-    let mut args = recipe_args("dp", "data_parallel.yaml", &part, "lars", &extra);
+    let mut args = recipe_args("dp", "data_parallel.yaml", &part, optimizer, &extra);
     let (o, _) = mpirun_with_fault(2, &refs(&args), "exit:1:11");
     assert!(!o.status.success(), "{}", text(&o));
     args.push("--resume".into());

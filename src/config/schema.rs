@@ -176,12 +176,21 @@ pub struct TrainConfig {
     pub lr_schedule: LrScheduleKind,
     pub lr_decay_epochs: Vec<usize>,
     pub lr_decay_factor: f64,
-    /// `sgd` (PyTorch's momentum SGD), `nesterov`, or `lars` (a per-layer trust ratio,
-    /// `lars_trust x |w| / (|g| + weight_decay x |w|)`, on weights, not biases).
+    /// `sgd` (PyTorch's momentum SGD), `nesterov`, `lars` (a per-layer trust ratio,
+    /// `lars_trust x |w| / (|g| + weight_decay x |w|)`, on weights, not biases), `adam`, `adamw`
+    /// (decoupled weight decay) or `lamb` (Adam's direction x a per-layer trust ratio).
     pub optimizer: OptimizerKind,
     pub lars_trust: f64,
-    /// L2 weight decay, on weights (not biases).
+    /// Weight decay, on weights (not biases): L2 in the direction for sgd, nesterov, lars and
+    /// adam; decoupled for adamw and lamb.
     pub weight_decay: f64,
+    /// The Adam family's moment decay rates (beta1, beta2).
+    pub betas: [f64; 2],
+    /// The Adam family's denominator term.
+    pub eps: f64,
+    /// The warmup starts at this fraction of the scaled rate (PyTorch's `LinearLR` start_factor;
+    /// one-cycle's 0.1); `null`: at `lr`.
+    pub warmup_start_factor: Option<f64>,
     /// Test accuracy (percent) whose first reach fixes the time, steps, epochs and images to target.
     pub target_accuracy: Option<f64>,
     /// Also evaluate every N optimizer steps inside an epoch (its time counts, as in MLPerf).
@@ -217,6 +226,19 @@ pub enum OptimizerKind {
     Sgd,
     Nesterov,
     Lars,
+    Adam,
+    Adamw,
+    Lamb,
+}
+
+impl OptimizerKind {
+    /// The Adam family: per-parameter rates from two moment estimates (no momentum buffer).
+    pub fn is_adaptive(self) -> bool {
+        matches!(
+            self,
+            OptimizerKind::Adam | OptimizerKind::Adamw | OptimizerKind::Lamb
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -445,6 +467,9 @@ impl Default for TrainConfig {
             optimizer: OptimizerKind::Sgd,
             lars_trust: 0.02,
             weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            warmup_start_factor: None,
             target_accuracy: None,
             eval_every_steps: None,
             stop_at_target: false,

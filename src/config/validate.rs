@@ -122,6 +122,35 @@ impl Config {
         Ok(())
     }
 
+    /// The Adam family's keys, refused for the SGD family and checked for range.
+    fn validate_adaptive(&self) -> Result<()> {
+        let (t, d) = (&self.train, TrainConfig::default());
+        let adaptive = t.optimizer.is_adaptive();
+        for (key, changed) in [("betas", t.betas != d.betas), ("eps", t.eps != d.eps)] {
+            if changed && !adaptive {
+                bail!(
+                    "train.{key}: applies to train.optimizer: adam, adamw or lamb, and the optimizer is {:?}",
+                    t.optimizer
+                );
+            }
+        }
+        if !t.betas.iter().all(|b| (0.0..1.0).contains(b)) {
+            bail!("train.betas: each must be in [0, 1), got {:?}", t.betas);
+        }
+        if !(t.eps.is_finite() && t.eps > 0.0) {
+            bail!("train.eps: must be a positive number, got {}", t.eps);
+        }
+        if let Some(f) = t.warmup_start_factor {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!("train.warmup_start_factor: must be in (0, 1], got {f}");
+            }
+            if t.warmup_epochs == 0.0 {
+                bail!("train.warmup_start_factor: set, but there is no warmup (train.warmup_epochs is 0)");
+            }
+        }
+        Ok(())
+    }
+
     /// The optimizer's own keys, each refused where it does not apply.
     fn validate_optimizer(&self) -> Result<()> {
         let (t, d) = (&self.train, TrainConfig::default());
@@ -140,6 +169,7 @@ impl Config {
                 t.optimizer
             );
         }
+        self.validate_adaptive()?;
         if !(t.lars_trust.is_finite() && t.lars_trust > 0.0) {
             bail!(
                 "train.lars_trust: must be a positive number, got {}",

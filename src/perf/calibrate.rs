@@ -168,7 +168,7 @@ fn step_time(cfg: &Config, batch: usize, repeats: usize) -> Result<f64> {
             poison: false,
         };
         engine.train_step(&solo, &data, &b, &mut timers, None, None);
-        optimizer.step(buffer.values(), buffer.grads(), plan.optim.peak_lr);
+        optimizer.step(buffer.values(), buffer.grads(), plan.optim.peak_lr, 0);
         buffer.zero_grads();
     }))
 }

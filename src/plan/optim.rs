@@ -1,12 +1,21 @@
 //! The optimizer and learning-rate schedule of a run, resolved once by the plan (the global batch
 //! is known there, so the scaled rate is too): the rate used at a step is `lr x f(global batch /
-//! lr_reference_batch)` (f = 1, B/B0 or sqrt(B/B0)), reached by a linear warmup from `lr`, then
+//! lr_reference_batch)` (f = 1, B/B0 or sqrt(B/B0)), reached by a linear warmup from `lr` (or
+//! `warmup_start_factor` x the scaled rate), then
 //! constant, cosine to zero at the end of `train.epochs`, or cut by `lr_decay_factor` after each
 //! of `lr_decay_epochs`. The rate is a function of the global step alone, so a checkpoint's step
 //! is the schedule's whole state. The optimizer that applies it is `train::optimizer`.
 
 use crate::config::{LrScaling, LrScheduleKind, OptimizerKind, TrainConfig};
 use serde::{Deserialize, Serialize};
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+fn default_eps() -> f64 {
+    1e-8
+}
 
 /// What happens to the rate after the warmup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +40,12 @@ pub struct OptimPlan {
     pub momentum: f64,
     pub weight_decay: f64,
     pub lars_trust: f64,
-    /// `train.lr`: the rate at the reference batch, where a warmup starts.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Where a warmup starts: `train.lr` (the rate at the reference batch), or
+    /// `warmup_start_factor` x `peak_lr`.
     pub base_lr: f64,
     /// The scaled rate the warmup reaches.
     pub peak_lr: f64,
@@ -52,7 +66,9 @@ impl OptimPlan {
             momentum: t.momentum,
             weight_decay: t.weight_decay,
             lars_trust: t.lars_trust,
-            base_lr: t.lr,
+            betas: t.betas,
+            eps: t.eps,
+            base_lr: t.warmup_start_factor.map_or(t.lr, |f| f * t.lr * factor),
             peak_lr: t.lr * factor,
             warmup_epochs: t.warmup_epochs,
             decay: match t.lr_schedule {
@@ -64,6 +80,19 @@ impl OptimPlan {
                 },
             },
         }
+    }
+
+    /// The L2 decay added to the direction (adamw and lamb decay the weights outside it).
+    pub fn l2_decay(&self) -> f64 {
+        match self.optimizer {
+            OptimizerKind::Adamw | OptimizerKind::Lamb => 0.0,
+            _ => self.weight_decay,
+        }
+    }
+
+    /// Whether the step's direction is other than the mean gradient (L2 decay or LARS).
+    pub fn direction_differs_from_gradient(&self) -> bool {
+        self.optimizer == OptimizerKind::Lars || self.l2_decay() > 0.0
     }
 
     /// The schedule in steps for `steps_per_epoch` steps per epoch.
@@ -91,13 +120,14 @@ impl OptimPlan {
             w if w > 0.0 => format!("warmup {w} epochs from {}, ", self.base_lr),
             _ => String::new(),
         };
-        let extras = match self.optimizer {
-            OptimizerKind::Lars => format!(", trust {}", self.lars_trust),
-            _ => String::new(),
+        let state = match self.optimizer {
+            OptimizerKind::Lars => format!("momentum {}, trust {}", self.momentum, self.lars_trust),
+            k if k.is_adaptive() => format!("betas {:?}, eps {}", self.betas, self.eps),
+            _ => format!("momentum {}", self.momentum),
         };
         format!(
-            "optimizer: {:?} (momentum {}, weight decay {}{extras}), lr {} ({warmup}{decay})",
-            self.optimizer, self.momentum, self.weight_decay, self.peak_lr
+            "optimizer: {:?} ({state}, weight decay {}), lr {} ({warmup}{decay})",
+            self.optimizer, self.weight_decay, self.peak_lr
         )
         .to_lowercase()
     }

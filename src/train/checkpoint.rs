@@ -1,5 +1,6 @@
 //! Checkpoints for exact resume: `checkpoint.safetensors` in the run folder holds every weight
-//! (all stages, gathered on rank 0), every SGD momentum buffer (`momentum.<name>`), and a JSON
+//! (all stages, gathered on rank 0), the optimizer's named state (`momentum.<name>`, or
+//! `exp_avg.<name>` and `exp_avg_sq.<name>`), and a JSON
 //! document `meta.json` (stored as a u8 tensor, read by name): the format and its version, the
 //! config hash, the position in training and the layout it was trained with. The data order and
 //! dropout masks are derived from (seed, epoch, step), so the position is the whole RNG state: a
@@ -70,7 +71,8 @@ impl Meta {
 
 pub struct Checkpoint {
     pub meta: Meta,
-    /// `name` -> weight, `momentum.name` -> momentum buffer.
+    /// `name` -> weight, `<state>.name` -> the optimizer's state of that name (`momentum`,
+    /// `exp_avg`, ...), and the averaging's state under its own prefix.
     pub tensors: Vec<(String, Tensor)>,
 }
 
@@ -124,12 +126,6 @@ impl Checkpoint {
         let bytes: Vec<u8> = Vec::try_from(tensors.remove(i).1.to_kind(Kind::Uint8))?;
         let meta = parse_meta(&bytes).with_context(|| format!("--resume: {}", p.display()))?;
         Ok(Checkpoint { meta, tensors })
-    }
-
-    /// Copies `name` (and its momentum) into `param` (and `momentum`).
-    pub fn restore(&self, name: &str, param: &Tensor, momentum: &Tensor) -> Result<()> {
-        self.copy_into(name, param)?;
-        self.copy_into(&format!("momentum.{name}"), momentum)
     }
 
     /// Whether any tensor's name starts with `prefix` (state a run of some settings saves).
@@ -302,7 +298,8 @@ mod tests {
             Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)),
             Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)),
         );
-        back.restore("fc.weight", &p, &m).unwrap();
+        back.copy_into("fc.weight", &p).unwrap();
+        back.copy_into("momentum.fc.weight", &m).unwrap();
         assert!(p.equal(&w) && m.equal(&w));
         // A NaN weight is refused and the good checkpoint stays.
         let bad = Checkpoint {

@@ -1,4 +1,5 @@
-//! Checkpoints of a running trainer: its position, its weights and momentum gathered on rank 0,
+//! Checkpoints of a running trainer: its position, its weights and the optimizer's named state
+//! (`<state>.<parameter>`) gathered on rank 0,
 //! a stop at a step boundary after a signal, and the restore on `--resume`.
 
 use crate::diag::watchdog;
@@ -28,7 +29,7 @@ impl Trainer<'_> {
         }
     }
 
-    /// Gathers every weight and momentum buffer on rank 0 and writes the checkpoint there.
+    /// Gathers every weight and optimizer state on rank 0 and writes the checkpoint there.
     /// Called on every rank at the same step.
     pub(super) fn checkpoint(&mut self, position: Position) -> Result<()> {
         watchdog::in_phase(watchdog::Phase::Checkpoint, || self.write_checkpoint(position))
@@ -37,15 +38,6 @@ impl Trainer<'_> {
     pub(super) fn write_checkpoint(&mut self, position: Position) -> Result<()> {
         let _span = crate::diag::trace::span("checkpoint", || "checkpoint".into());
         let mut tensors = self.gather_weights();
-        let momentum: Vec<(String, Tensor)> = self
-            .engine
-            .net
-            .named_parameters()
-            .into_iter()
-            .zip(&self.optimizer.buffers)
-            .map(|((n, _), m)| (format!("momentum.{n}"), m.shallow_clone()))
-            .collect();
-        tensors.extend(gather_to_root(momentum, "momentum.", self.plan, self.world));
         let names: Vec<String> = self
             .engine
             .net
@@ -53,6 +45,15 @@ impl Trainer<'_> {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
+        for slot in self.optimizer.state() {
+            let prefix = format!("{}.", slot.name);
+            let state = names
+                .iter()
+                .zip(&slot.views)
+                .map(|(n, v)| (format!("{prefix}{n}"), v.shallow_clone()))
+                .collect();
+            tensors.extend(gather_to_root(state, &prefix, self.plan, self.world));
+        }
         tensors.extend(gather_rank_state(self.sync.rank_state(), self.world));
         if let Some((prefix, views)) = self.sync.checkpoint_state() {
             let state = names
@@ -134,9 +135,13 @@ impl Trainer<'_> {
 
     pub(super) fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
         let names = self.engine.net.named_parameters();
-        for ((name, p), m) in names.iter().zip(&self.optimizer.buffers) {
-            ck.restore(name, p, m)
-                .with_context(|| format!("--resume: {}", self.dir.display()))?;
+        let context = || format!("--resume: {}", self.dir.display());
+        for (i, (name, p)) in names.iter().enumerate() {
+            ck.copy_into(name, p).with_context(context)?;
+            for slot in self.optimizer.state() {
+                ck.copy_into(&format!("{}.{name}", slot.name), &slot.views[i])
+                    .with_context(context)?;
+            }
         }
         self.restore_averaging(ck)?;
         let p = ck.meta.position;

@@ -1,6 +1,7 @@
 //! Training: the trainer loop and the one engine, the optimizer, the averager, the noise scale,
 //! time-to-target books, checkpoints, the run folder, signals and test faults.
 
+mod adaptive;
 pub mod agree;
 pub mod averager;
 pub mod buckets;

@@ -372,7 +372,7 @@ impl<'a> Trainer<'a> {
         let (buffer, optimizer, lr) = (&mut self.buffer, &mut self.optimizer, self.lr);
         self.timers.compute.time(|| {
             if source != crate::train::grads::GradSource::Nothing {
-                optimizer.step(buffer.values(), buffer.gradient(source), lr);
+                optimizer.step(buffer.values(), buffer.gradient(source), lr, done);
             }
             buffer.zero_grads();
         });
