@@ -9,9 +9,11 @@ use serde_yaml::Value;
 use std::path::Path;
 
 mod schema;
+mod train_kinds;
 mod validate;
 
 pub use schema::*;
+pub use train_kinds::*;
 
 /// More threads than any node has cores: a typo, and libgomp would try to start them all (with
 /// 100,000 the process overflowed its stack).

@@ -1,6 +1,7 @@
 //! The config's schema: every section and key with its default (seed 001's settings), the enums
 //! by their serde spelling (the one spelling configs, summaries and the command line share).
 
+use super::train_kinds::{LrScaling, LrScheduleKind, OptimizerKind, Precision};
 use crate::schedule::ScheduleKind;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -202,50 +203,6 @@ pub struct TrainConfig {
     /// 3.7 % of dp 2 x 1's images/s and 6 % of hybrid 2 x 1's here (bench/compare.sh with
     /// OLD_SET=train.noise_scale_every=0, 2026-12-03): every 10th step is within the step's noise.
     pub noise_scale_every: usize,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LrScaling {
-    None,
-    Linear,
-    Sqrt,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LrScheduleKind {
-    Constant,
-    Cosine,
-    Step,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OptimizerKind {
-    Sgd,
-    Nesterov,
-    Lars,
-    Adam,
-    Adamw,
-    Lamb,
-}
-
-impl OptimizerKind {
-    /// The Adam family: per-parameter rates from two moment estimates (no momentum buffer).
-    pub fn is_adaptive(self) -> bool {
-        matches!(
-            self,
-            OptimizerKind::Adam | OptimizerKind::Adamw | OptimizerKind::Lamb
-        )
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    Fp32,
-    Bf16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
