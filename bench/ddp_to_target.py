@@ -8,11 +8,19 @@ cadence; one rank per emulated node, launched by mpirun through the cluster):
 
 Hooks: `none` (DDP's all-reduce), `bf16` (bf16_compress_hook), `powersgd` (powerSGD_hook with
 `--rank`, `--start` plain steps first; one bucket: over gloo the hook aborts when DDP makes two,
-"Received data size doesn't match expected size"). The recipe is partrain's linear-cos: SGD with
-momentum 0.9, the rate 0.01 scaled linearly from a batch of 64, a linear warm-up over the first
-epoch from 0.01, cosine decay to 0 at `--epochs`. Evaluations on the whole test set every
-`--eval-every` steps count in the clock (MLPerf's rule, as partrain's). Writes a JSON with the
-time and steps to the target, the best accuracy and the training images/s.
+"Received data size doesn't match expected size"). The default recipe is partrain's linear-cos:
+SGD with momentum 0.9, the rate 0.01 scaled linearly from a batch of 64, a linear warm-up over
+the first epoch from 0.01, cosine decay to 0 at `--epochs`. configs/fastest.yaml's recipe
+(bench/fastest.sh) is
+
+    --optimizer adam --betas 0.9 0.99 --lr 0.004 --lr-scaling none --warmup-epochs 0.2
+    --warmup-start-factor 0.1 --decay-epochs 1.25 --epochs 2 --dropout 0 --batch 64
+    --eval-every 50 --eval-after 350 [--bf16]
+
+(`--bf16`: autocast to bfloat16 on the CPU, PyTorch's mixed precision). Evaluations on the whole
+test set every `--eval-every` steps from step `--eval-after` and at each epoch's end count in the
+clock (MLPerf's rule, as partrain's). Writes a JSON with the time and steps to the target, the best
+accuracy and the training images/s; `--save FILE` also the final weights (safetensors).
 """
 import argparse
 import json
@@ -31,13 +39,15 @@ from reference import MnistCnn, load  # noqa: E402
 
 
 def lr_at(step, a, steps_per_epoch, global_batch):
-    """partrain's LrSchedule for linear scaling, a warm-up in epochs and cosine decay."""
-    base = a.lr
-    peak = a.lr * global_batch / 64
+    """partrain's LrSchedule (src/plan/optim.rs): the scaled peak, a warm-up in epochs from `lr`
+    (or a fraction of the peak) and cosine decay to 0 at `--decay-epochs` (else `--epochs`)."""
+    peak = a.lr * global_batch / 64 if a.lr_scaling == "linear" else a.lr
+    base = a.lr if a.warmup_start_factor is None else a.warmup_start_factor * peak
     warm = max(1, round(a.warmup_epochs * steps_per_epoch)) if a.warmup_epochs > 0 else 0
     if step < warm:
         return base + (peak - base) * step / warm
-    total = max(a.epochs * steps_per_epoch, warm + 1)
+    decay = a.decay_epochs if a.decay_epochs is not None else a.epochs
+    total = max(round(decay * steps_per_epoch), warm + 1)
     progress = min((step - warm) / (total - warm), 1.0)
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -79,6 +89,15 @@ def main():
     p.add_argument("--batch", type=int, default=64, help="per rank")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--warmup-start-factor", type=float, default=None)
+    p.add_argument("--decay-epochs", type=float, default=None)
+    p.add_argument("--lr-scaling", choices=["linear", "none"], default="linear")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--betas", type=float, nargs=2, default=[0.9, 0.999])
+    p.add_argument("--dropout", type=float, default=0.25)
+    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
+    p.add_argument("--eval-after", type=int, default=0)
+    p.add_argument("--save", default=None, help="write the final weights here (safetensors)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--target", type=float, default=99.0)
     p.add_argument("--eval-every", type=int, default=58)
@@ -96,16 +115,20 @@ def main():
     xs, ys, xt, yt = load("mnist", a.data, 60000, 10000)
     xs = xs.contiguous(memory_format=torch.channels_last)
     xt = xt.contiguous(memory_format=torch.channels_last)
-    model = MnistCnn().to(memory_format=torch.channels_last)
+    model = MnistCnn(dropout=a.dropout).to(memory_format=torch.channels_last)
     bucket_mb = 100 if a.hook == "powersgd" else 25
     model = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_mb)
     register_hook(model, a)
-    opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
+    if a.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=tuple(a.betas), foreach=True)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
 
     global_batch = a.batch * world
     n = xs.shape[0]
     steps_per_epoch = n // global_batch
-    clock, train_s, step, best = 0.0, 0.0, 0, 0.0
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16)
+    clock, train_s, step, best, acc = 0.0, 0.0, 0, 0.0, 0.0
     reached = None
     for epoch in range(a.epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(a.seed + epoch))
@@ -115,15 +138,18 @@ def main():
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, a, steps_per_epoch, global_batch)
             opt.zero_grad(set_to_none=False)
-            F.cross_entropy(model(xs.index_select(0, idx)), ys.index_select(0, idx)).backward()
+            with autocast:
+                loss = F.cross_entropy(model(xs.index_select(0, idx)), ys.index_select(0, idx))
+            loss.backward()
             opt.step()
             step += 1
             dt = time.perf_counter() - t0
             train_s += dt
             clock += dt
-            if step % a.eval_every == 0 or s + 1 == steps_per_epoch:
+            if (step % a.eval_every == 0 and step >= a.eval_after) or s + 1 == steps_per_epoch:
                 t0 = time.perf_counter()
-                acc = evaluate(model, xt, yt, rank, world)
+                with autocast:
+                    acc = evaluate(model, xt, yt, rank, world)
                 clock += time.perf_counter() - t0
                 best = max(best, acc)
                 if rank == 0:
@@ -135,7 +161,10 @@ def main():
             break
     if rank == 0:
         out = {
-            "implementation": f"pytorch-ddp-{a.hook}" + (f"{a.rank}" if a.hook == "powersgd" else ""),
+            "implementation": f"pytorch-ddp-{a.hook}" + (f"{a.rank}" if a.hook == "powersgd" else "")
+            + ("-bf16" if a.bf16 else ""),
+            "optimizer": a.optimizer,
+            "final_accuracy": acc,
             "target_accuracy": a.target,
             "time_to_target_s": reached and reached["time_to_target_s"],
             "steps_to_target": reached and reached["steps_to_target"],
@@ -148,6 +177,10 @@ def main():
         }
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)
+        if a.save:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in model.module.state_dict().items()}, a.save)
     sys.stdout.flush()
     # Tearing down the gloo process group aborts in torch 2.13 (bench/reference.py): leave without it.
     os._exit(0)

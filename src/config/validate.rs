@@ -202,10 +202,10 @@ impl Config {
                 t.epochs
             );
         }
-        if t.warmup_epochs > 0.0 && t.lr_scaling == LrScaling::None {
+        if t.warmup_epochs > 0.0 && t.lr_scaling == LrScaling::None && t.warmup_start_factor.is_none() {
             bail!(
                 "train.warmup_epochs: the warmup ramps from train.lr to the scaled rate, and train.lr_scaling is none \
-                 (nothing to ramp to): set lr_scaling to linear or sqrt"
+                 (nothing to ramp to): set lr_scaling to linear or sqrt, or train.warmup_start_factor"
             );
         }
         if t.lr_schedule == LrScheduleKind::Cosine && t.warmup_epochs >= epochs {
@@ -214,6 +214,18 @@ impl Config {
                 t.warmup_epochs,
                 t.epochs
             );
+        }
+        if let Some(e) = t.decay_epochs {
+            if t.lr_schedule != LrScheduleKind::Cosine {
+                bail!("train.decay_epochs: applies to train.lr_schedule: cosine, and the schedule is {:?}", t.lr_schedule);
+            }
+            if !(e > t.warmup_epochs && e <= epochs) {
+                bail!(
+                    "train.decay_epochs: must be after the warmup ({}) and at most train.epochs ({}), got {e}",
+                    t.warmup_epochs,
+                    t.epochs
+                );
+            }
         }
         if t.lr_schedule != LrScheduleKind::Step {
             if !t.lr_decay_epochs.is_empty() {
@@ -278,6 +290,9 @@ impl Config {
         }
         if t.stop_at_target && t.target_accuracy.is_none() {
             bail!("train.stop_at_target: stops at train.target_accuracy, which is not set");
+        }
+        if t.eval_after_steps > 0 && t.eval_every_steps.is_none() {
+            bail!("train.eval_after_steps: applies to train.eval_every_steps, which is null (epoch ends only)");
         }
         if t.eval_every_steps == Some(0) {
             bail!("train.eval_every_steps: must be at least 1 (or null: evaluate at epoch ends only), got 0");

@@ -24,7 +24,7 @@ pub enum Decay {
     Constant,
     /// Half a cosine from the peak to 0 between the end of the warmup and the end of `epochs`.
     Cosine {
-        epochs: usize,
+        epochs: f64,
     },
     /// x `factor` after each of these (1-based, completed) epochs.
     Step {
@@ -73,7 +73,9 @@ impl OptimPlan {
             warmup_epochs: t.warmup_epochs,
             decay: match t.lr_schedule {
                 LrScheduleKind::Constant => Decay::Constant,
-                LrScheduleKind::Cosine => Decay::Cosine { epochs: t.epochs },
+                LrScheduleKind::Cosine => Decay::Cosine {
+                    epochs: t.decay_epochs.unwrap_or(t.epochs as f64),
+                },
                 LrScheduleKind::Step => Decay::Step {
                     after_epochs: t.lr_decay_epochs.clone(),
                     factor: t.lr_decay_factor,
@@ -151,7 +153,7 @@ impl LrSchedule {
         match &p.decay {
             Decay::Constant => p.peak_lr,
             Decay::Cosine { epochs } => {
-                let total = (epochs * self.steps_per_epoch).max(w + 1);
+                let total = ((epochs * self.steps_per_epoch as f64).round() as usize).max(w + 1);
                 let progress = ((step - w) as f64 / (total - w) as f64).min(1.0);
                 p.peak_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }

@@ -106,15 +106,22 @@ impl TimeToTarget {
     }
 }
 
-/// Whether an evaluation is due after global step `global_step`, which is step `step_in_epoch`
-/// of an epoch of `steps_per_epoch` (the epoch's end evaluates anyway).
-pub fn eval_due(
-    every: Option<usize>,
-    global_step: usize,
-    step_in_epoch: usize,
-    steps_per_epoch: usize,
-) -> bool {
-    every.is_some_and(|k| global_step.is_multiple_of(k)) && step_in_epoch < steps_per_epoch
+/// When evaluations inside an epoch happen: every `every` global steps from global step `after`
+/// on (`train.eval_every_steps`, `train.eval_after_steps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalCadence {
+    pub every: Option<usize>,
+    pub after: usize,
+}
+
+impl EvalCadence {
+    /// Whether an evaluation is due after global step `global_step`, which is step
+    /// `step_in_epoch` of an epoch of `steps_per_epoch` (the epoch's end evaluates anyway).
+    pub fn due(&self, global_step: usize, step_in_epoch: usize, steps_per_epoch: usize) -> bool {
+        self.every.is_some_and(|k| global_step.is_multiple_of(k))
+            && global_step >= self.after
+            && step_in_epoch < steps_per_epoch
+    }
 }
 
 #[cfg(test)]
@@ -163,8 +170,11 @@ mod tests {
 
     #[test]
     fn evaluations_inside_epochs() {
+        let eval_due = |every, g, s, spe| EvalCadence { every, after: 0 }.due(g, s, spe);
         assert!(eval_due(Some(10), 20, 5, 938));
         assert!(!eval_due(Some(10), 21, 6, 938));
+        let late = EvalCadence { every: Some(10), after: 30 };
+        assert!(!late.due(20, 20, 938) && late.due(30, 30, 938) && late.due(40, 40, 938));
         assert!(
             !eval_due(Some(10), 20, 938, 938),
             "the epoch's end evaluates anyway"

@@ -305,8 +305,12 @@ impl<'a> Trainer<'a> {
                 ep.loss_sum += l;
                 ep.loss_count += 1;
             }
-            let every = self.cfg.train.eval_every_steps;
-            if crate::train::target::eval_due(every, self.progress.global_step, ep.steps, steps_per_epoch) {
+            let t = &self.cfg.train;
+            let cadence = crate::train::target::EvalCadence {
+                every: t.eval_every_steps,
+                after: t.eval_after_steps,
+            };
+            if cadence.due(self.progress.global_step, ep.steps, steps_per_epoch) {
                 let row = self.evaluation_row(&mut ep, false)?;
                 if self.target_stops_the_run() {
                     if let Some(b) = bar {
