@@ -217,7 +217,10 @@ impl Config {
         }
         if let Some(e) = t.decay_epochs {
             if t.lr_schedule != LrScheduleKind::Cosine {
-                bail!("train.decay_epochs: applies to train.lr_schedule: cosine, and the schedule is {:?}", t.lr_schedule);
+                bail!(
+                    "train.decay_epochs: applies to train.lr_schedule: cosine, and the schedule is {:?}",
+                    t.lr_schedule
+                );
             }
             if !(e > t.warmup_epochs && e <= epochs) {
                 bail!(
@@ -292,7 +295,9 @@ impl Config {
             bail!("train.stop_at_target: stops at train.target_accuracy, which is not set");
         }
         if t.eval_after_steps > 0 && t.eval_every_steps.is_none() {
-            bail!("train.eval_after_steps: applies to train.eval_every_steps, which is null (epoch ends only)");
+            bail!(
+                "train.eval_after_steps: applies to train.eval_every_steps, which is null (epoch ends only)"
+            );
         }
         if t.eval_every_steps == Some(0) {
             bail!("train.eval_every_steps: must be at least 1 (or null: evaluate at epoch ends only), got 0");

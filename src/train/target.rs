@@ -115,6 +115,13 @@ pub struct EvalCadence {
 }
 
 impl EvalCadence {
+    pub fn of(t: &crate::config::TrainConfig) -> EvalCadence {
+        EvalCadence {
+            every: t.eval_every_steps,
+            after: t.eval_after_steps,
+        }
+    }
+
     /// Whether an evaluation is due after global step `global_step`, which is step
     /// `step_in_epoch` of an epoch of `steps_per_epoch` (the epoch's end evaluates anyway).
     pub fn due(&self, global_step: usize, step_in_epoch: usize, steps_per_epoch: usize) -> bool {
@@ -173,7 +180,10 @@ mod tests {
         let eval_due = |every, g, s, spe| EvalCadence { every, after: 0 }.due(g, s, spe);
         assert!(eval_due(Some(10), 20, 5, 938));
         assert!(!eval_due(Some(10), 21, 6, 938));
-        let late = EvalCadence { every: Some(10), after: 30 };
+        let late = EvalCadence {
+            every: Some(10),
+            after: 30,
+        };
         assert!(!late.due(20, 20, 938) && late.due(30, 30, 938) && late.due(40, 40, 938));
         assert!(
             !eval_due(Some(10), 20, 938, 938),

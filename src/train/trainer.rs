@@ -305,11 +305,7 @@ impl<'a> Trainer<'a> {
                 ep.loss_sum += l;
                 ep.loss_count += 1;
             }
-            let t = &self.cfg.train;
-            let cadence = crate::train::target::EvalCadence {
-                every: t.eval_every_steps,
-                after: t.eval_after_steps,
-            };
+            let cadence = crate::train::target::EvalCadence::of(&self.cfg.train);
             if cadence.due(self.progress.global_step, ep.steps, steps_per_epoch) {
                 let row = self.evaluation_row(&mut ep, false)?;
                 if self.target_stops_the_run() {
