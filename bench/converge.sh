@@ -6,6 +6,8 @@
 #   DATASET=fashion-mnist TARGET=90 nohup bash bench/converge.sh &      # the second workload
 #   BATCHES="4096" SEEDS="42" bash bench/converge.sh                    # one batch, one seed
 #   CAP_EPOCHS=30 RECIPES="lars" BATCHES="1024" bash bench/converge.sh   # a longer run of one recipe
+#   RECIPES="adam-1cycle lamb-1cycle" BATCHES="64 128 256 512 1024" NAME=converge_mnist_adaptive \
+#     bash bench/converge.sh                                           # the Adam family alone
 #
 # At every global batch (BATCHES) a small grid of recipes (`recipes` below) runs on the first seed;
 # then the recipe with the fewest steps to the target (else the best accuracy) runs on the other
@@ -55,7 +57,10 @@ recipes() {
 # batches' steps stay far above perfect scaling); from 256 the square-root rule with a 1-epoch warmup
 # and cosine decay; from 1,024 LARS (linear scaling from 64, 2-epoch warmup, cosine decay, weight
 # decay 5e-4 on weights, trust 0.02); from 2,048 also trust 0.01; from 8,192 also trust 0.01 with a
-# 5-epoch warmup. The cosine decays to zero at the run's cap.
+# 5-epoch warmup. The cosine decays to zero at the run's cap. Up to 1,024 also Adam one-cycle
+# (betas 0.9/0.99, 0.004 at 128 by the square-root rule, warmup over 0.2 epochs from a tenth,
+# cosine to 0 at a budget of epochs that grows with the batch, `one_cycle_budget`), and from 256
+# LAMB the same way (0.01 at 512, decoupled weight decay 0.01).
 grid() {
   local b=$1
   local lars="train.optimizer=lars train.lr_scaling=linear train.lr_schedule=cosine train.weight_decay=0.0005"
@@ -65,6 +70,20 @@ grid() {
   if ((b >= 1024)); then echo "lars $lars train.warmup_epochs=2"; fi
   if ((b >= 2048)); then echo "lars-t01 $lars train.warmup_epochs=2 train.lars_trust=0.01"; fi
   if ((b >= 8192)); then echo "lars-t01-w5 $lars train.warmup_epochs=5 train.lars_trust=0.01"; fi
+  if ((b <= 1024)); then
+    local budget cap
+    read -r budget cap <<< "$(one_cycle_budget "$b")"
+    local cycle="train.warmup_epochs=0.2 train.warmup_start_factor=0.1 train.lr_schedule=cosine train.decay_epochs=$budget train.epochs=$cap"
+    echo "adam-1cycle train.optimizer=adam train.betas=[0.9,0.99] train.lr=0.004 train.lr_scaling=sqrt train.lr_reference_batch=128 $cycle"
+    if ((b >= 256)); then echo "lamb-1cycle train.optimizer=lamb train.betas=[0.9,0.99] train.lr=0.01 train.lr_scaling=sqrt train.lr_reference_batch=512 train.weight_decay=0.01 $cycle"; fi
+  fi
+}
+
+# One-cycle's budget (where the cosine reaches 0) and cap in epochs at global batch $1: Adam needs
+# about 450-500 steps to 99 % at 128 (configs/fastest.yaml), a budget of at least ~250 steps.
+one_cycle_budget() {
+  local b=$1
+  if ((b <= 128)); then echo "1.25 2"; elif ((b <= 256)); then echo "2 3"; elif ((b <= 512)); then echo "3 4"; else echo "4 5"; fi
 }
 
 # run BATCH NAME SEED KEY=VALUE...: one run into $OUT/runs/b<batch>_<name>_s<seed>, skipped when done.
@@ -114,4 +133,4 @@ for b in $BATCHES; do
     run "$b" "$best" "$seed" $sets
   done
 done
-partrain converge table --runs "$OUT/runs" --out "$TABLE" --name "converge_${DATASET//-/_}"
+partrain converge table --runs "$OUT/runs" --out "$TABLE" --name "${NAME:-converge_${DATASET//-/_}}"

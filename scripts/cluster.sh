@@ -109,6 +109,8 @@ export OMPI_MCA_orte_tmpdir_base=/dev/shm
 export OMPI_MCA_plm_rsh_agent="$DIR/bin/agent"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export PATH="$DIR/bin:\$PATH"
+# The nodes share this machine's cores: the scaling workflow runs one node count at a time here.
+export PARTRAIN_SHARED_CORES=1
 EOF
   if [ -n "$LINK" ]; then
     cat >> "$DIR/env.sh" <<EOF

@@ -251,6 +251,7 @@ fn slurm_array_workflow_across_node_counts() {
     }
     let dp4 = clone.join("results/runs/slurm/dp_4n_t1_r1");
     assert_eq!(hosts(&dp4), ["node1", "node2", "node3", "node4"]);
+    recipe_target_and_throttle(&rows, &results, &logs_dir);
     let driver_log = std::fs::read_to_string(logs_dir.join("driver.log")).unwrap();
     for n in [1, 2, 4] {
         assert!(
@@ -265,6 +266,27 @@ fn slurm_array_workflow_across_node_counts() {
     );
     let driver_log = std::fs::read_to_string(logs_dir.join("driver.log")).unwrap();
     assert_eq!(driver_log.matches(": COMPLETED").count(), 3, "{driver_log}");
+}
+
+/// The workflow's rules, as its table shows them: each run's recipe from its global batch (Adam
+/// one-cycle at 64-256), a target by default (99 %, which 640 images do not reach: each run shows
+/// its best), and one node count at a time on nodes that share the machine's cores (no two runs
+/// overlapped).
+fn recipe_target_and_throttle(
+    rows: &[std::collections::HashMap<String, String>],
+    results: &Path,
+    logs_dir: &Path,
+) {
+    for r in rows {
+        assert_eq!(r["recipe"], "adam-1cycle", "{r:?}");
+        assert_eq!(r["target_accuracy"].parse::<f64>().ok(), Some(99.0), "{r:?}");
+        assert!(r["best_test_accuracy"].parse::<f64>().unwrap() > 10.0, "{r:?}");
+    }
+    let md = std::fs::read_to_string(results.join("metrics/speedup_table.md")).unwrap();
+    assert!(md.contains("not reached (99%; best"), "{md}");
+    assert!(!md.contains("overlapped in time"), "{md}");
+    let driver_log = std::fs::read_to_string(logs_dir.join("driver.log")).unwrap();
+    assert!(driver_log.contains("one node count at a time"), "{driver_log}");
 }
 
 /// The pid of the partrain process of Slurm rank `rank` whose command line mentions `marker`.

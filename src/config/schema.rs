@@ -1,7 +1,7 @@
 //! The config's schema: every section and key with its default (seed 001's settings), the enums
 //! by their serde spelling (the one spelling configs, summaries and the command line share).
 
-use super::train_kinds::{LrScaling, LrScheduleKind, OptimizerKind, Precision};
+use super::train_kinds::{LrScaling, LrScheduleKind, OptimizerKind, Precision, RecipeRule};
 use crate::schedule::ScheduleKind;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -209,6 +209,9 @@ pub struct TrainConfig {
     /// 3.7 % of dp 2 x 1's images/s and 6 % of hybrid 2 x 1's here (bench/compare.sh with
     /// OLD_SET=train.noise_scale_every=0, 2026-12-03): every 10th step is within the step's noise.
     pub noise_scale_every: usize,
+    /// `fixed`: the keys above as written; `by_global_batch`: the plan replaces the optimizer
+    /// and schedule keys with the recipe measured best at the run's global batch (`plan::recipe`).
+    pub recipe: RecipeRule,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -437,6 +440,7 @@ impl Default for TrainConfig {
             eval_every_steps: None,
             eval_after_steps: 0,
             decay_epochs: None,
+            recipe: RecipeRule::Fixed,
             stop_at_target: false,
             noise_scale_every: 10,
         }

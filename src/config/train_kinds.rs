@@ -45,3 +45,14 @@ pub enum Precision {
     Fp32,
     Bf16,
 }
+
+/// Where a run's optimizer and schedule come from: `fixed` (the config's own `train` keys, the
+/// seeds' fixed rate whatever the batch) or `by_global_batch` (`plan::recipe`'s rule: the recipe
+/// the converge tables measured best at the run's global batch).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipeRule {
+    #[default]
+    Fixed,
+    ByGlobalBatch,
+}

@@ -16,6 +16,7 @@ mod topology;
 
 pub use topology::{Batches, Layout, Strategy, Topology, Traffic};
 pub mod optim;
+pub mod recipe;
 
 use crate::comm::{Comm, WorldShape};
 use crate::config::{Config, Placement, Precision, StageBoundaries};

@@ -51,10 +51,16 @@ pub struct OptimPlan {
     pub peak_lr: f64,
     pub warmup_epochs: f64,
     pub decay: Decay,
+    /// The recipe rule's choice (`train.recipe: by_global_batch`, `plan::recipe`), e.g.
+    /// `adam-1cycle (by global batch 256)`; absent with `fixed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
 }
 
 impl OptimPlan {
     pub fn new(t: &TrainConfig, global_batch: usize) -> OptimPlan {
+        let (t, recipe) = crate::plan::recipe::resolve(t, global_batch);
+        let t = &t;
         let ratio = global_batch as f64 / t.lr_reference_batch as f64;
         let factor = match t.lr_scaling {
             LrScaling::None => 1.0,
@@ -81,6 +87,7 @@ impl OptimPlan {
                     factor: t.lr_decay_factor,
                 },
             },
+            recipe,
         }
     }
 
@@ -127,11 +134,15 @@ impl OptimPlan {
             k if k.is_adaptive() => format!("betas {:?}, eps {}", self.betas, self.eps),
             _ => format!("momentum {}", self.momentum),
         };
-        format!(
-            "optimizer: {:?} ({state}, weight decay {}), lr {} ({warmup}{decay})",
+        let recipe = self
+            .recipe
+            .as_ref()
+            .map_or(String::new(), |r| format!("recipe {r}: "));
+        let line = format!(
+            "{:?} ({state}, weight decay {}), lr {} ({warmup}{decay})",
             self.optimizer, self.weight_decay, self.peak_lr
-        )
-        .to_lowercase()
+        );
+        format!("optimizer: {recipe}{}", line.to_lowercase())
     }
 }
 

@@ -100,6 +100,15 @@ pub struct Summary {
     /// Hybrid runs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineSummary>,
+    /// Rank 0's process start and the summary's writing, seconds since 1970 (UTC): the report
+    /// notes runs that overlapped in time on one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_unix: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix: Option<f64>,
+    /// The machines (kernels, by boot id) the ranks ran on: emulated nodes share one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machine_ids: Vec<String>,
     /// Where the ranks ran and how the node leaders' links measured at start-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preflight: Option<crate::record::preflight::Preflight>,
@@ -155,6 +164,9 @@ pub struct TargetSummary {
     pub evaluations: usize,
     #[serde(default)]
     pub eval_seconds: f64,
+    /// The best test accuracy of the run's evaluations (a run that missed its target shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_test_accuracy: Option<f64>,
     /// The smoothed gradient noise scale B_simple (images) at the end of the run and at the
     /// first reach of the target; null when the layout does not measure it (one gradient per step).
     #[serde(default)]

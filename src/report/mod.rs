@@ -22,6 +22,10 @@ pub fn write(records: &[RunRecord], out: &Path, predictor: Option<&Predictor>) -
     std::fs::create_dir_all(&metrics)?;
     std::fs::create_dir_all(&plots_dir)?;
     let all = rows(records, predictor);
+    let notes: String = runs::overlaps(records)
+        .iter()
+        .map(|n| format!("\nNote: {n}.\n"))
+        .collect();
     let mut written = Vec::new();
     let mut emit = |name: &str, rows: &[&Row]| -> Result<()> {
         let (csv, md) = (
@@ -29,7 +33,7 @@ pub fn write(records: &[RunRecord], out: &Path, predictor: Option<&Predictor>) -
             metrics.join(format!("{name}.md")),
         );
         write_csv(&csv, rows)?;
-        atomic::write(&md, markdown(rows).as_bytes())?;
+        atomic::write(&md, (markdown(rows) + &notes).as_bytes())?;
         written.extend([csv, md]);
         Ok(())
     };

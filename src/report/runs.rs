@@ -20,6 +20,52 @@ pub struct RunRecord {
     pub throughputs: Vec<f64>,
     /// Time to target of every repeat (None: never reached).
     pub times_to_target: Vec<Option<f64>>,
+    /// When and where every repeat ran.
+    pub spans: Vec<RunSpan>,
+}
+
+/// When and on which machines one run ran (its summary's `started_unix`, `finished_unix`,
+/// `machine_ids`, else its host names).
+#[derive(Debug, Clone)]
+pub struct RunSpan {
+    pub name: String,
+    pub start: f64,
+    pub end: f64,
+    pub machines: Vec<String>,
+}
+
+impl RunSpan {
+    fn of(name: &str, s: &Summary) -> Option<RunSpan> {
+        let machines = match s.machine_ids.is_empty() {
+            true => s.world.hostnames.clone(),
+            false => s.machine_ids.clone(),
+        };
+        Some(RunSpan {
+            name: name.to_string(),
+            start: s.started_unix?,
+            end: s.finished_unix?,
+            machines,
+        })
+    }
+}
+
+/// Notes on runs that ran at the same time on one machine: their timings shared its cores.
+pub fn overlaps(records: &[RunRecord]) -> Vec<String> {
+    let spans: Vec<&RunSpan> = records.iter().flat_map(|r| &r.spans).collect();
+    let mut notes = Vec::new();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            let shared = a.machines.iter().any(|m| b.machines.contains(m));
+            let seconds = a.end.min(b.end) - a.start.max(b.start);
+            if shared && seconds > 0.0 {
+                notes.push(format!(
+                    "{} and {} overlapped in time on the same machine for {seconds:.0} s: their timings are not independent",
+                    a.name, b.name
+                ));
+            }
+        }
+    }
+    notes
 }
 
 /// `dp_2n_t1_r3` -> (`dp_2n_t1`, 3): the repeat suffix the SLURM workflow and sweeps use.
@@ -42,6 +88,7 @@ fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
         .map(|(name, mut reps)| {
             let throughputs: Vec<f64> = reps.iter().map(|r| r.summary.samples_per_second).collect();
             let times_to_target = reps.iter().map(|r| r.summary.target.time_to_target_s).collect();
+            let spans = reps.iter().flat_map(|r| r.spans.clone()).collect();
             reps.sort_by(|a, b| {
                 a.summary
                     .samples_per_second
@@ -52,6 +99,7 @@ fn group_repeats(mut runs: Vec<RunRecord>) -> Vec<RunRecord> {
                 name,
                 throughputs,
                 times_to_target,
+                spans,
                 ..median
             }
         })
@@ -84,6 +132,7 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
                     Default::default()
                 });
                 found.push(RunRecord {
+                    spans: RunSpan::of(&name, &summary).into_iter().collect(),
                     name,
                     throughputs: vec![summary.samples_per_second],
                     times_to_target: vec![summary.target.time_to_target_s],

@@ -31,6 +31,8 @@ pub struct Row {
     /// More ranks x threads than the nodes' cores: the timing is not a scaling measurement.
     pub oversubscribed: bool,
     pub global_batch: usize,
+    /// The recipe the plan chose (`train.recipe: by_global_batch`), or `fixed: <optimizer> <rate>`.
+    pub recipe: String,
     pub epochs: usize,
     pub train_seconds: f64,
     pub samples_per_second: f64,
@@ -65,6 +67,8 @@ pub struct Row {
     pub time_to_target_s: Option<f64>,
     pub time_to_target_rule: String,
     pub repeats_missed_target: usize,
+    /// The best evaluation's test accuracy (what a run that missed its target shows).
+    pub best_test_accuracy: Option<f64>,
     pub steps_to_target: Option<usize>,
     pub epochs_to_target: Option<f64>,
     pub speedup_time_to_target: Option<f64>,
@@ -170,6 +174,17 @@ pub fn layout_of(s: &Summary) -> crate::perf::Layout {
     }
 }
 
+/// The recipe rule's choice, or the fixed optimizer and peak rate the config gave.
+fn recipe_of(s: &Summary) -> String {
+    match &s.optimizer {
+        Some(o) => match &o.recipe {
+            Some(r) => r.split(" (").next().unwrap_or(r).to_string(),
+            None => format!("fixed: {:?} {}", o.optimizer, o.peak_lr).to_lowercase(),
+        },
+        None => "-".into(),
+    }
+}
+
 /// The remedy a finished run used, from its summary.
 fn remedy_of(s: &Summary) -> crate::perf::remedy::Remedy {
     use crate::perf::remedy::Remedy;
@@ -222,6 +237,7 @@ fn measured_row(r: &RunRecord) -> Row {
         }
         .oversubscribed(),
         global_batch: s.global_batch,
+        recipe: recipe_of(s),
         epochs: s.epochs,
         train_seconds: s.train_seconds,
         samples_per_second: s.samples_per_second,
@@ -245,6 +261,7 @@ fn measured_row(r: &RunRecord) -> Row {
         time_to_target_s: ttt,
         time_to_target_rule: rule,
         repeats_missed_target: r.times_to_target.iter().filter(|t| t.is_none()).count(),
+        best_test_accuracy: s.target.best_test_accuracy,
         steps_to_target: s.target.steps_to_target,
         epochs_to_target: s.target.epochs_to_target,
         noise_scale: s.target.noise_scale,
@@ -289,14 +306,18 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
 }
 
-/// `12.3 (to 99%)`, with the rule and misses when there were repeats; `never (99%)`; `-` without a target.
+/// `12.3 (to 99%)`, with the rule and misses when there were repeats; `not reached (99%; best
+/// 97.12%)`; `-` without a target.
 fn ttt_cell(r: &Row) -> String {
     let Some(target) = r.target_accuracy else {
         return "-".into();
     };
     let mut cell = match r.time_to_target_s {
         Some(t) => format!("{t:.1} (to {target}%)"),
-        None => format!("never ({target}%)"),
+        None => match r.best_test_accuracy {
+            Some(best) => format!("not reached ({target}%; best {best:.2}%)"),
+            None => format!("not reached ({target}%)"),
+        },
     };
     if let (Some(p), Some(e)) = (r.predicted_time_to_target_s, r.time_to_target_error) {
         cell += &format!(", predicted {p:.1} ({:+.0}%)", 100.0 * e);
@@ -312,12 +333,12 @@ fn ttt_cell(r: &Row) -> String {
 
 pub fn markdown(rows: &[&Row]) -> String {
     let mut md = String::from(
-        "| run | strategy | scaling | nodes | ranks x threads | stages x replicas | global batch | train s | images/s | predicted (error) | speedup | efficiency | accuracy % | time to target s | speedup in time to target | peak RSS MB/rank | averaging | bubble (formula / predicted) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | strategy | scaling | nodes | ranks x threads | stages x replicas | global batch | recipe | time to target s | speedup in time to target | images/s | speedup in images/s | predicted (error) | efficiency | accuracy % | train s | peak RSS MB/rank | averaging | bubble (formula / predicted) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         md += &format!(
-            "| {} | {} | {} | {} | {} x {}{} | {} x {} | {} | {:.1} | {:.0}{} | {} | {} | {} | {:.2} | {} | {} | {} | {:.1}% | {:.1}%{} |\n",
+            "| {} | {} | {} | {} | {} x {}{} | {} x {} | {} | {} | {} | {} | {:.0}{} | {} | {} | {} | {:.2} | {:.1} | {} | {:.1}% | {:.1}%{} |\n",
             r.run,
             r.strategy,
             r.scaling,
@@ -328,25 +349,19 @@ pub fn markdown(rows: &[&Row]) -> String {
             r.stages,
             r.replicas,
             r.global_batch,
-            r.train_seconds,
+            r.recipe,
+            ttt_cell(r),
+            opt(r.speedup_time_to_target, 2),
             r.samples_per_second,
-            if r.repeats > 1 {
-                format!(
-                    " ({:.0}-{:.0}, {} runs)",
-                    r.samples_per_second_min, r.samples_per_second_max, r.repeats
-                )
-            } else {
-                String::new()
-            },
+            repeats_cell(r),
+            opt(r.speedup, 2),
             match (r.predicted_samples_per_second, r.prediction_error) {
                 (Some(p), Some(e)) => format!("{p:.0} ({:+.0}%)", 100.0 * e),
                 _ => "-".into(),
             },
-            opt(r.speedup, 2),
             opt(r.efficiency, 3),
             r.final_test_accuracy,
-            ttt_cell(r),
-            opt(r.speedup_time_to_target, 2),
+            r.train_seconds,
             r.peak_rss_mb_per_rank.replace(';', " / "),
             100.0 * r.allreduce_share,
             100.0 * r.bubble_share,
@@ -359,32 +374,13 @@ pub fn markdown(rows: &[&Row]) -> String {
     md
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_to_target_of_repeats() {
-        assert_eq!(time_to_target(&[Some(10.0)]), (Some(10.0), "one run".into()));
-        assert_eq!(time_to_target(&[None]).0, None);
-        assert_eq!(time_to_target(&[Some(10.0), Some(14.0)]).0, Some(12.0));
-        assert_eq!(
-            time_to_target(&[Some(10.0), None, Some(14.0)]).0,
-            Some(14.0),
-            "a miss is the slowest"
-        );
-        assert_eq!(time_to_target(&[Some(10.0), None]).0, None);
-        // MLPerf: 5 runs, drop the fastest and the slowest, mean of the other three.
-        let (t, rule) = time_to_target(&[Some(9.0), Some(30.0), Some(10.0), Some(11.0), Some(12.0)]);
-        assert_eq!(t, Some(11.0));
-        assert!(rule.starts_with("MLPerf"), "{rule}");
-        assert_eq!(
-            time_to_target(&[Some(9.0), None, Some(10.0), Some(11.0), Some(12.0)]).0,
-            Some(11.0)
-        );
-        assert_eq!(
-            time_to_target(&[Some(9.0), None, None, Some(11.0), Some(12.0)]).0,
-            None
-        );
+/// ` (lo-hi, n runs)` of images/s when there were repeats.
+fn repeats_cell(r: &Row) -> String {
+    match r.repeats > 1 {
+        true => format!(
+            " ({:.0}-{:.0}, {} runs)",
+            r.samples_per_second_min, r.samples_per_second_max, r.repeats
+        ),
+        false => String::new(),
     }
 }

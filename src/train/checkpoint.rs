@@ -264,6 +264,7 @@ mod tests {
                 run_seconds: 2.0 / 3.0,
                 eval_seconds: 0.25,
                 evaluations: 4,
+                best_accuracy: 99.01,
                 reached: Some(crate::train::target::Reached {
                     seconds: 1.0 / 7.0,
                     step: 50,

@@ -143,6 +143,7 @@ impl Trainer<'_> {
             run_seconds: self.ttt.run_seconds(),
             evaluations: self.ttt.evaluations(),
             eval_seconds: self.ttt.eval_seconds(),
+            best_test_accuracy: self.ttt.best_accuracy(),
             noise_scale: self.noise.value(),
             noise_scale_at_target: reached.and_then(|r| r.noise_scale),
         }
@@ -154,16 +155,39 @@ pub(super) fn trace_stream(dir: &std::path::Path, rank: usize) -> std::path::Pat
     dir.join("trace").join(format!("rank{rank}.jsonl"))
 }
 
+/// Training images/s, FLOP per training image and the GFLOP/s they make.
+fn rates(t: &Trainer) -> (f64, f64, f64) {
+    let flop = crate::model::training_flop_per_image(&t.plan.layers, t.plan.input_shape) as f64;
+    let samples_per_second = t.progress.trained_samples as f64 / t.progress.train_seconds;
+    (samples_per_second, flop, samples_per_second * flop / 1e9)
+}
+
+/// When rank 0's process started and now (seconds since 1970), and the distinct machines (boot
+/// ids) under the ranks (collective).
+fn when_and_where(world: &crate::comm::Comm) -> (Option<f64>, Option<f64>, Vec<String>) {
+    let now = crate::diag::flight::unix_us() / 1e6;
+    let mut ids: Vec<String> = world
+        .all_gather(crate::util::machine_id())
+        .iter()
+        .map(|id| format!("{id:016x}"))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    (
+        Some(now - crate::util::seconds_since_process_start()),
+        Some(now),
+        ids,
+    )
+}
+
 impl Summary {
     /// The run's summary from the trainer's books and every rank's figures (collective).
     fn collect(t: &Trainer, last: &EvalRow) -> Summary {
         let (plan, world, cfg) = (t.plan, t.world, t.cfg);
         let peak = world.all_gather(peak_rss_mb());
-        let pipeline = t.pipeline_summary();
         let p = t.progress;
-        let flop = crate::model::training_flop_per_image(&plan.layers, plan.input_shape) as f64;
-        let samples_per_second = p.trained_samples as f64 / p.train_seconds;
-        let achieved_gflops = samples_per_second * flop / 1e9;
+        let (samples_per_second, flop, achieved_gflops) = rates(t);
+        let (started_unix, finished_unix, machine_ids) = when_and_where(world);
         Summary {
             format: crate::record::summary::FORMAT.into(),
             version: crate::record::summary::VERSION,
@@ -208,10 +232,14 @@ impl Summary {
             config_hash: format!("{:016x}", cfg.hash()),
             optimizer: Some(plan.optim.clone()),
             steps_per_epoch: t.sampler.steps_per_epoch(),
-            eval_every_steps: cfg.train.eval_every_steps,
+            eval_every_steps: crate::train::target::EvalCadence::of(&cfg.train, t.sampler.steps_per_epoch())
+                .every,
             target: t.target_summary(),
             preflight: t.preflight.clone(),
-            pipeline,
+            started_unix,
+            finished_unix,
+            machine_ids,
+            pipeline: t.pipeline_summary(),
         }
     }
 }

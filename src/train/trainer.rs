@@ -305,7 +305,7 @@ impl<'a> Trainer<'a> {
                 ep.loss_sum += l;
                 ep.loss_count += 1;
             }
-            let cadence = crate::train::target::EvalCadence::of(&self.cfg.train);
+            let cadence = crate::train::target::EvalCadence::of(&self.cfg.train, steps_per_epoch);
             if cadence.due(self.progress.global_step, ep.steps, steps_per_epoch) {
                 let row = self.evaluation_row(&mut ep, false)?;
                 if self.target_stops_the_run() {
