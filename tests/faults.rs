@@ -45,8 +45,9 @@ fn serial_resume_after_a_crash_is_bit_identical() {
         bytes(&part),
         "resumed weights must be bit-identical"
     );
-    let metrics = std::fs::read_to_string(part.join("metrics.csv")).unwrap();
-    assert_eq!(metrics.lines().count(), 4, "header + 3 epochs:\n{metrics}");
+    let (rows, _) = partrain::record::metrics_csv::read_rows(&part.join("metrics.csv")).unwrap();
+    let ends: Vec<usize> = rows.iter().filter(|r| r.epoch_end).map(|r| r.epoch).collect();
+    assert_eq!(ends, [1, 2, 3], "one epoch-end row per epoch: {rows:?}");
     assert_eq!(
         summary(&part)["final_train_loss"],
         summary(&full)["final_train_loss"]

@@ -67,8 +67,18 @@ fn outputs_are_complete_and_seeded_runs_are_bit_identical() {
     );
     let (rows, torn) = partrain::record::metrics_csv::read_rows(&a.join("metrics.csv")).unwrap();
     assert!(torn.is_none());
-    assert_eq!(rows.len(), 2, "one row per evaluation: the two epoch ends");
-    assert!(rows.iter().all(|r| r.epoch_end));
+    // The config's target (99 %) and no eval_every_steps: 4 evaluations per epoch of 20 steps
+    // (steps 5, 10, 15 and the epoch's end), one row each.
+    let steps: Vec<usize> = rows.iter().map(|r| r.global_step).collect();
+    assert_eq!(
+        steps,
+        [5, 10, 15, 20, 25, 30, 35, 40],
+        "one row per evaluation: {rows:?}"
+    );
+    let rows: Vec<_> = rows.into_iter().filter(|r| r.epoch_end).collect();
+    assert_eq!(rows.len(), 2, "the two epoch ends");
+    assert_eq!(s["evaluations"], 8);
+    assert!(s["best_test_accuracy"].as_f64().unwrap() >= acc);
     assert!(
         rows[1].train_loss < rows[0].train_loss,
         "train loss must fall between epochs: {rows:?}"
