@@ -280,8 +280,24 @@ fn optimizer_schedule_and_target_errors() {
             &["train.target_accuracy", "(0, 100]"],
         ),
         (
-            &["train.stop_at_target=true"],
+            &["train.target_accuracy=null", "train.stop_at_target=true"],
             &["train.stop_at_target", "not set"],
+        ),
+        (
+            &["train.target_accuracy=null", "train.eval_after_steps=100"],
+            &["train.eval_after_steps", "inside epochs"],
+        ),
+        (
+            &["train.decay_epochs=1.5"],
+            &["train.decay_epochs", "applies to train.lr_schedule: cosine"],
+        ),
+        (
+            &[
+                "train.lr_schedule=cosine",
+                "train.epochs=2",
+                "train.decay_epochs=3",
+            ],
+            &["train.decay_epochs", "at most train.epochs"],
         ),
         (
             &["train.eval_every_steps=0"],

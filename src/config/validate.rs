@@ -294,9 +294,10 @@ impl Config {
         if t.stop_at_target && t.target_accuracy.is_none() {
             bail!("train.stop_at_target: stops at train.target_accuracy, which is not set");
         }
-        if t.eval_after_steps > 0 && t.eval_every_steps.is_none() {
+        if t.eval_after_steps > 0 && t.eval_every_steps.is_none() && t.target_accuracy.is_none() {
             bail!(
-                "train.eval_after_steps: applies to train.eval_every_steps, which is null (epoch ends only)"
+                "train.eval_after_steps: applies to evaluations inside epochs, and there are none \
+                 (train.eval_every_steps and train.target_accuracy are null)"
             );
         }
         if t.eval_every_steps == Some(0) {
