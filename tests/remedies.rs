@@ -18,18 +18,9 @@ fn run_dp(out: &Path, sets: &[&str]) {
     assert_ok(&mpirun(2, &refs(&dp_args(out, sets))).0);
 }
 
-/// A dp run of `sets` on 2 ranks stopped at step 11 (rank 1 exits) resumes from its step-7
-/// checkpoint and ends with `full`'s weights, byte for byte.
-fn assert_resumes_bit_identical(full: &Path, part: &Path, sets: &[&str]) {
-    let mut args = dp_args(part, sets);
-    let (o, _) = mpirun_with_fault(2, &refs(&args), "exit:1:11");
-    assert!(!o.status.success(), "{}", text(&o));
-    args.push("--resume".into());
-    let (o, _) = mpirun(2, &refs(&args));
-    assert_ok(&o);
-    assert!(text(&o).contains("global step 7"), "{}", text(&o));
-    let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
-    assert_eq!(bytes(full), bytes(part), "resumed weights must be bit-identical");
+/// `common::assert_resumes_bit_identical` for a dp run of `sets`.
+fn assert_dp_resumes_bit_identical(full: &Path, part: &Path, sets: &[&str]) {
+    assert_resumes_bit_identical(full, part, dp_args(part, sets));
 }
 
 /// One-step-stale averaging applies the previous step's mean: its first step changes nothing, and
@@ -70,7 +61,7 @@ fn one_step_stale_resumes_bit_identical() {
     let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
     let sets = ["sync.delay=1", "checkpoint.every_steps=7", "train.max_steps=20"];
     run_dp(&full, &sets);
-    assert_resumes_bit_identical(&full, &part, &sets);
+    assert_dp_resumes_bit_identical(&full, &part, &sets);
 }
 
 /// Post-local SGD averages gradients until `sync.local_sgd_after`: switched past the run's end it
@@ -144,7 +135,7 @@ fn powersgd_repeats_sends_a_tenth_and_resumes_bit_identical() {
         ratio >= 10.0,
         "PowerSGD rank 2 sends only {ratio:.1}x fewer bytes"
     );
-    assert_resumes_bit_identical(&a, &part, &sets);
+    assert_dp_resumes_bit_identical(&a, &part, &sets);
 }
 
 /// Bucketed overlap in every layout: dp 2 ranks (1 MB buckets, and one block per bucket), dp 2

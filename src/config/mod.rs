@@ -26,6 +26,13 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
     from_yaml_str(&text, overrides).with_context(|| format!("config file {}", path.display()))
 }
 
+/// The default config's `train` section with `sets` (`train.key=value`) applied: unit tests.
+#[cfg(test)]
+pub fn train_with(sets: &[&str]) -> TrainConfig {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    from_yaml_str("", &sets).unwrap().train
+}
+
 pub fn from_yaml_str(text: &str, overrides: &[String]) -> Result<Config> {
     let tree: Value = serde_yaml::from_str(text).context("YAML syntax error")?;
     // Deserialising from the text (not the tree) keeps the field path in error messages.

@@ -185,10 +185,7 @@ impl LrSchedule {
 mod tests {
     use super::*;
 
-    fn train(sets: &[&str]) -> TrainConfig {
-        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        crate::config::from_yaml_str("", &sets).unwrap().train
-    }
+    use crate::config::train_with as train;
 
     #[test]
     fn scaled_rates() {

@@ -69,10 +69,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn train(sets: &[&str]) -> TrainConfig {
-        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        crate::config::from_yaml_str("", &sets).unwrap().train
-    }
+    use crate::config::train_with as train;
 
     /// The rule at several global batches and budgets: the recipe the converge tables name, a
     /// config that validates, and the peak rate the scaling rule gives.

@@ -23,7 +23,10 @@ impl Optimizer {
         let (m, rest) = self.slots.split_at_mut(1);
         let (m, v) = (&mut m[0].flat, &mut rest[0].flat);
         let _ = m.lerp_(d, 1.0 - b1);
-        let _ = v.g_mul_scalar_(b2).addcmul_(&(d * (1.0 - b2)), d);
+        // v = b2 v + ((1 - b2) d) d, the product's first factor in `scaled` (no temporary).
+        self.scaled.copy_(d);
+        let _ = self.scaled.g_mul_scalar_(1.0 - b2);
+        let _ = v.g_mul_scalar_(b2).addcmul_(&self.scaled, d);
         // scaled = m / (sqrt(v) / sqrt(bc2) + eps): the unscaled Adam direction x bc1.
         let _ = v.sqrt_out(&self.scaled);
         let _ = self.scaled.g_div_scalar_(bc2.sqrt()).g_add_scalar_(eps);
@@ -76,9 +79,7 @@ impl Optimizer {
 #[cfg(test)]
 mod tests {
     use crate::plan::optim::OptimPlan;
-    use crate::train::grads::GradientBuffer;
     use crate::train::optimizer::Optimizer;
-    use tch::Tensor;
 
     /// The Adam family by hand, in f64, for a weight [3, 4] and a bias [1] under constant
     /// gradients [0.6, 0.8] and [2]: returns (weight, bias) after `steps` steps.
@@ -126,14 +127,13 @@ mod tests {
             ("lamb", 0.0),
             ("lamb", 0.1),
         ] {
-            let w = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
-            let b = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
-            let buffer = GradientBuffer::bind(&[&w, &b], None);
+            let (w, b, buffer, g) = crate::train::optimizer::weight_and_bias();
             let sets = [
                 format!("train.optimizer={kind}"),
                 format!("train.weight_decay={wd}"),
             ];
-            let train = crate::config::from_yaml_str("", &sets).unwrap().train;
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let train = crate::config::train_with(&sets);
             let plan = OptimPlan::new(&train, 64);
             let names = ["fc.weight".to_string(), "fc.bias".to_string()];
             let mut opt = Optimizer::new(&buffer, &[&w, &b], &names, &plan);
@@ -141,9 +141,6 @@ mod tests {
                 opt.state().iter().map(|s| s.name).collect::<Vec<_>>(),
                 ["exp_avg", "exp_avg_sq"]
             );
-            let g = Tensor::zeros([buffer.len() as i64], (tch::Kind::Float, tch::Device::Cpu));
-            g.narrow(0, 0, 2).copy_(&Tensor::from_slice(&[0.6f32, 0.8]));
-            let _ = g.narrow(0, 16, 1).fill_(2.0);
             for step in 0..3 {
                 opt.step(buffer.values(), &g, 0.01, step);
             }

@@ -137,25 +137,31 @@ impl Optimizer {
     }
 }
 
+/// Unit tests' case: a weight [3, 4] and a bias [1] bound to a flat buffer, and a flat gradient of
+/// [0.6, 0.8] for the weight and [2] for the bias.
+#[cfg(test)]
+pub(super) fn weight_and_bias() -> (Tensor, Tensor, GradientBuffer, Tensor) {
+    let w = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
+    let b = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
+    let buffer = GradientBuffer::bind(&[&w, &b], None);
+    let g = Tensor::zeros([buffer.len() as i64], (tch::Kind::Float, tch::Device::Cpu));
+    g.narrow(0, 0, 2).copy_(&Tensor::from_slice(&[0.6f32, 0.8]));
+    let _ = g.narrow(0, 16, 1).fill_(2.0);
+    (w, b, buffer, g)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TrainConfig;
     use crate::plan::optim::OptimPlan;
 
-    fn train(sets: &[&str]) -> TrainConfig {
-        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        crate::config::from_yaml_str("", &sets).unwrap().train
-    }
+    use crate::config::train_with as train;
 
     /// One step of each optimizer against the formulas, on a weight and a bias.
     #[test]
     fn one_step_of_each_optimizer_matches_its_formula() {
-        let opts = (tch::Kind::Float, tch::Device::Cpu);
         for (kind, wd) in [("sgd", 0.0), ("sgd", 0.1), ("nesterov", 0.1), ("lars", 0.1)] {
-            let w = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
-            let b = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
-            let buffer = GradientBuffer::bind(&[&w, &b], None);
+            let (w, b, buffer, g) = super::weight_and_bias();
             let mut sets = vec![
                 format!("train.optimizer={kind}"),
                 format!("train.weight_decay={wd}"),
@@ -167,9 +173,6 @@ mod tests {
             let plan = OptimPlan::new(&train(&sets), 64);
             let names = ["fc.weight".to_string(), "fc.bias".to_string()];
             let mut opt = Optimizer::new(&buffer, &[&w, &b], &names, &plan);
-            let g = Tensor::zeros([buffer.len() as i64], opts);
-            g.narrow(0, 0, 2).copy_(&Tensor::from_slice(&[0.6f32, 0.8]));
-            let _ = g.narrow(0, 16, 1).fill_(2.0);
             for _ in 0..2 {
                 opt.step(buffer.values(), &g, 0.1, 0);
             }

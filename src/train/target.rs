@@ -209,4 +209,32 @@ mod tests {
         );
         assert!(!eval_due(None, 20, 5, 938));
     }
+
+    /// The target rule: 4 evaluations per epoch with a target and no eval_every_steps, none
+    /// without a target, eval_every_steps when set, eval_after_steps carried over.
+    #[test]
+    fn a_target_brings_four_evaluations_per_epoch() {
+        let t = crate::config::train_with;
+        assert_eq!(
+            EvalCadence::of(&t(&["train.target_accuracy=99"]), 469).every,
+            Some(118)
+        );
+        assert_eq!(
+            EvalCadence::of(&t(&["train.target_accuracy=99"]), 2).every,
+            Some(1)
+        );
+        assert_eq!(EvalCadence::of(&t(&[]), 469).every, None);
+        let both = t(&[
+            "train.target_accuracy=99",
+            "train.eval_every_steps=50",
+            "train.eval_after_steps=350",
+        ]);
+        assert_eq!(
+            EvalCadence::of(&both, 469),
+            EvalCadence {
+                every: Some(50),
+                after: 350
+            }
+        );
+    }
 }

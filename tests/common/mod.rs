@@ -220,6 +220,19 @@ pub fn assert_matches_serial(serial: &Path, run: &Path, label: &str) {
     assert!((a - b).abs() <= 0.2, "{label}: accuracy {a} vs serial {b}");
 }
 
+/// A dp run on 2 ranks of `args` (its `--out` is `part`) stopped at step 11 (rank 1 exits)
+/// resumes from its step-7 checkpoint and ends with `full`'s weights, byte for byte.
+pub fn assert_resumes_bit_identical(full: &Path, part: &Path, mut args: Vec<String>) {
+    let (o, _) = mpirun_with_fault(2, &refs(&args), "exit:1:11");
+    assert!(!o.status.success(), "{}", text(&o));
+    args.push("--resume".into());
+    let (o, _) = mpirun(2, &refs(&args));
+    assert_ok(&o);
+    assert!(text(&o).contains("global step 7"), "{}", text(&o));
+    let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(bytes(full), bytes(part), "resumed weights must be bit-identical");
+}
+
 /// The serial run every equivalence test compares against (`equivalence_args`), in `dir/serial`.
 pub fn serial_reference(dir: &Path) -> PathBuf {
     let serial = dir.join("serial");
