@@ -3,7 +3,7 @@
 //! See README.md for the commands and docs/design.md for the module map.
 //!
 //! The folders depend one way, each only on those listed before it (tests/layering.rs keeps it
-//! so): `util` -> `diag` -> `comm` -> `schedule` -> `config` -> `model` -> `data` -> `plan` ->
+//! so): `util` -> `diag` -> `comm` -> `schedule` -> `netspec` -> `config` -> `model` -> `data` -> `plan` ->
 //! `record` -> `train` -> `perf` -> `report`; the command line (`src/main.rs` and `cli`) uses them all.
 
 pub mod util;
@@ -13,6 +13,8 @@ pub mod diag;
 pub mod comm;
 
 pub mod schedule;
+
+pub mod netspec;
 
 pub mod config;
 

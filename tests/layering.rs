@@ -14,9 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const LAYERS: [&str; 12] = [
-    "util", "diag", "comm", "schedule", "config", "model", "data", "plan", "record", "train", "perf",
-    "report",
+const LAYERS: [&str; 13] = [
+    "util", "diag", "comm", "schedule", "netspec", "config", "model", "data", "plan", "record", "train",
+    "perf", "report",
 ];
 const MAX_FILE_LINES: usize = 500;
 const MAX_FN_LINES: usize = 60;

@@ -206,6 +206,8 @@ mod tests {
     #[test]
     #[ignore]
     fn fused_block_speed() {
+        // Draws from libtorch's global generator: one test at a time.
+        let _rng = crate::util::torch_rng();
         tch::set_num_threads(1);
         let opts = (Kind::Float, tch::Device::Cpu);
         let x = Tensor::randn([64, 1, 28, 28], opts);
@@ -268,6 +270,8 @@ mod tests {
 
     #[test]
     fn fused_block_matches_the_plain_ops() {
+        // Draws from libtorch's global generator: one test at a time.
+        let _rng = crate::util::torch_rng();
         for (cin, hw, zeros, batch) in [(1i64, 28i64, true, 4i64), (1, 28, true, 64), (3, 32, false, 8)] {
             tch::manual_seed(7);
             let opts = (Kind::Float, tch::Device::Cpu);

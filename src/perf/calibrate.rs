@@ -82,7 +82,7 @@ fn layer_times(net: &Net, input: [i64; 3], batch: i64, repeats: usize) -> (Vec<f
     let (mut fwd, mut bwd) = (vec![0.0; n], vec![0.0; n]);
     for (bi, block) in net.param_blocks().into_iter().enumerate() {
         let fused = (bi == 0 && block.layers == (0..3))
-            .then(|| net.fused_first_block())
+            .then(|| net.fused_first_block(&input))
             .flatten();
         let (f, fb, y) = match fused {
             Some(pad) => {

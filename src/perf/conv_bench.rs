@@ -372,6 +372,8 @@ mod tests {
     /// convolution under autograd: the same output and gradients up to float rounding.
     #[test]
     fn chunked_convolution_matches_the_plain_one() {
+        // Draws from libtorch's global generator: one test at a time.
+        let _rng = crate::util::torch_rng();
         for (channels, size, images, chunk) in [(3i64, 16i64, 5i64, 2usize), (1, 12, 7, 3)] {
             let b = ConvBench {
                 case: "test".into(),

@@ -125,7 +125,7 @@ impl Engine {
         net.set_compute(plan.compute);
         let m = plan.batches.micro_batches;
         let fused = if plan.topology.prev().is_none() {
-            net.fused_first_block()
+            net.fused_first_block(&in_shape)
         } else {
             None
         };

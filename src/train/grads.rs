@@ -273,6 +273,8 @@ mod tests {
 
     #[test]
     fn bound_parameters_share_the_flat_buffers_and_keep_their_values_and_layouts() {
+        // Draws from libtorch's global generator: one test at a time.
+        let _rng = crate::util::torch_rng();
         let a = Tensor::randn([3, 5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let w = crate::model::to_channels_last(&Tensor::randn([4, 3, 2, 2], (Kind::Float, tch::Device::Cpu)))
             .set_requires_grad(true);

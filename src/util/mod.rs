@@ -43,6 +43,14 @@ impl SplitMix64 {
 }
 
 /// Mixes several values into one seed (for per-epoch and per-step seeds).
+/// Held while seeding libtorch's one global generator and drawing from it: two threads of one
+/// process (the unit tests) would otherwise interleave their draws and get each other's numbers
+/// (a CI run saw a stage's weights differ from the whole net's that way).
+pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub fn mix_seed(parts: &[u64]) -> u64 {
     let mut rng = SplitMix64::new(0x5eed);
     let mut acc = 0u64;
