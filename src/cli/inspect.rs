@@ -40,7 +40,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     let plan = Plan::hypothetical(&cfg, strategy, shape)?;
     println!(
         "{} on {} (input {:?})",
-        cfg.model.preset.as_str(),
+        cfg.net()?.label(),
         cfg.data.dataset.as_str(),
         plan.input_shape
     );

@@ -80,6 +80,37 @@ pub fn apply_overrides(cfg: Config, overrides: &[String]) -> Result<Config> {
 }
 
 impl Config {
+    /// The net to train: `model.layers` read against the data's image shape, or the preset
+    /// (mnist_cnn when neither is given), whose layer sizes are made for its own data set's images.
+    pub fn net(&self) -> Result<crate::netspec::NetSpec> {
+        let input = self.data.dataset.image_shape();
+        match (&self.model.layers, self.model.preset) {
+            (Some(_), Some(p)) => anyhow::bail!(
+                "model: both `preset: {}` and `layers` are given; keep one (a preset is a named list of layers)",
+                p.as_str()
+            ),
+            (Some(v), None) => {
+                let layers = crate::netspec::parse_layers(v, input, 10).map_err(anyhow::Error::msg)?;
+                Ok(crate::netspec::NetSpec::new("custom", layers, input))
+            }
+            (None, preset) => {
+                let preset = preset.unwrap_or(Preset::MnistCnn);
+                let want = preset.native_dataset().image_shape();
+                if want != input {
+                    anyhow::bail!(
+                        "model.preset: {} expects {:?} images but data.dataset {} has {:?}",
+                        preset.as_str(),
+                        want,
+                        self.data.dataset.as_str(),
+                        input
+                    );
+                }
+                let layers = crate::netspec::presets::layers(preset.as_str(), self.model.dropout);
+                Ok(crate::netspec::NetSpec::new(preset.as_str(), layers, input))
+            }
+        }
+    }
+
     /// The hash a checkpoint records: the config less what may change between a run and its
     /// resumption (how long to train, the MPI deadline, checkpoint frequency, tracing).
     pub fn resume_hash(&self) -> u64 {

@@ -134,9 +134,16 @@ impl Preset {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    pub preset: Preset,
-    /// Dropout probability before the last linear layer (mnist_cnn); 0 disables it.
+    /// A seed net by name; with neither this nor `layers`, mnist_cnn.
+    pub preset: Option<Preset>,
+    /// The preset's dropout probability (mnist_cnn's before its last linear layer); 0 disables it.
+    /// A net written in `layers` gives each dropout layer its own `p`.
     pub dropout: f64,
+    /// A net of one's own: an ordered list of `kind: {arguments}` (docs/nets.md), read by
+    /// `crate::netspec::parse_layers` against the data's image shape. Left out of the resolved
+    /// config when absent, so the config hashes of preset runs did not change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -405,7 +412,8 @@ impl Default for DataConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            preset: Preset::MnistCnn,
+            preset: None,
+            layers: None,
             dropout: 0.25,
         }
     }

@@ -86,18 +86,7 @@ impl Config {
         if self.sync.average_every == 0 {
             bail!("sync.average_every: must be at least 1, got 0");
         }
-        let want = self.model.preset.native_dataset().image_shape();
-        let have = self.data.dataset.image_shape();
-        if want != have {
-            bail!(
-                "model.preset: {} expects {:?} images but data.dataset {} has {:?}",
-                self.model.preset.as_str(),
-                want,
-                self.data.dataset.as_str(),
-                have
-            );
-        }
-        Ok(())
+        self.net().map(|_| ())
     }
 
     fn validate_parallel(&self) -> Result<()> {

@@ -134,6 +134,18 @@ impl Net {
         names.map(|e| e.name).zip(buffers).collect()
     }
 
+    /// Parameters and buffers with their state_dict names, in state_dict order.
+    pub fn named_state(&self) -> Vec<(String, &Tensor)> {
+        let mut params = self.parameters().into_iter();
+        let mut buffers = self.layers.iter().flat_map(|l| l.all_buffers());
+        let entries = super::state_entries(&self.specs());
+        let mut pick = |e: &crate::netspec::StateEntry| if e.buffer { buffers.next() } else { params.next() };
+        entries
+            .iter()
+            .map(|e| (e.name.clone(), pick(e).expect("a tensor per state entry")))
+            .collect()
+    }
+
     pub fn parameters(&self) -> Vec<&Tensor> {
         self.layers.iter().flat_map(|l| l.all_params()).collect()
     }

@@ -12,6 +12,9 @@ pub mod presets;
 
 pub use parse::parse_layers;
 
+#[cfg(test)]
+mod tests;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
     Conv2d {

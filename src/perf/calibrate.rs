@@ -176,6 +176,7 @@ fn step_time(cfg: &Config, batch: usize, repeats: usize) -> Result<f64> {
 impl CalibrateOptions {
     pub fn run(&self, world: &Comm) -> Result<Option<Calibration>> {
         let cfg = crate::config::load(&self.config, &self.set)?;
+        let net = cfg.net()?;
         let shape = world.shape();
         let cores = crate::util::node_cores();
         let threads: Vec<usize> = if self.threads.is_empty() {
@@ -188,7 +189,8 @@ impl CalibrateOptions {
             version: VERSION,
             date: crate::util::today(),
             cpu: crate::util::machine::Cpu::this_machine(),
-            preset: cfg.model.preset.as_str().into(),
+            preset: net.name.clone(),
+            net_id: Some(net.id.clone()),
             dataset: cfg.data.dataset.as_str().into(),
             cores_per_node: cores,
             layer_names: Vec::new(),
@@ -208,7 +210,7 @@ impl CalibrateOptions {
             anyhow::bail!(
                 "--links-only: {} holds no compute measurements of {} yet (run calibrate on one rank first)",
                 self.out.display(),
-                cfg.model.preset.as_str()
+                net.label()
             );
         }
         if world.is_root() && !self.links_only {
@@ -285,7 +287,7 @@ impl CalibrateOptions {
     /// One rank per node: the MPI_Allreduce of the net's gradient (f32) across them, rank 0's
     /// median, replacing an earlier row of the same rank count.
     fn measure_allreduce(&self, cfg: &Config, world: &Comm, cal: &mut crate::perf::Calibration) {
-        let layers = crate::model::preset_layers(cfg.model.preset, cfg.model.dropout);
+        let layers = cfg.net().expect("validated when loaded").layers;
         let n: i64 = layers.iter().map(|l| l.kind.parameter_count()).sum();
         let send = vec![1f32; n as usize];
         let mut recv = vec![0f32; n as usize];
@@ -305,11 +307,12 @@ impl CalibrateOptions {
     /// The existing `--out` of the same net, whose measurements this launch may not repeat.
     fn previous(&self, cfg: &Config) -> Option<Calibration> {
         let c = Calibration::load(&self.out).ok()?;
-        (c.preset == cfg.model.preset.as_str()).then_some(c)
+        let net = cfg.net().ok()?;
+        c.is_of(&net).then_some(c)
     }
 
     fn measure_compute(&self, cfg: &Config, threads: &[usize], cal: &mut Calibration) -> Result<()> {
-        let layers = crate::model::preset_layers(cfg.model.preset, cfg.model.dropout);
+        let layers = cfg.net()?.layers;
         let input = cfg.data.dataset.image_shape();
         let rows = describe(&layers, input);
         cal.layer_names = layers.iter().map(|l| l.name.clone()).collect();

@@ -54,7 +54,11 @@ pub struct Calibration {
     pub version: u32,
     pub date: String,
     pub cpu: Cpu,
+    /// The net's name, and its identity (`crate::netspec::NetSpec::id`; absent in files written
+    /// before nets were data, which were all of presets, compared by name).
     pub preset: String,
+    #[serde(default)]
+    pub net_id: Option<String>,
     pub dataset: String,
     pub cores_per_node: usize,
     pub layer_names: Vec<String>,
@@ -101,6 +105,13 @@ pub struct CoRun {
 }
 
 impl Calibration {
+    /// Whether these measurements are of `net`.
+    pub fn is_of(&self, net: &crate::netspec::NetSpec) -> bool {
+        self.net_id
+            .as_deref()
+            .map_or(self.preset == net.name, |id| id == net.id)
+    }
+
     pub fn load(path: &Path) -> Result<Calibration> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(

@@ -122,12 +122,14 @@ impl PlanOptions {
     pub fn run(&self) -> Result<PlanOutput> {
         let cfg = crate::config::load(&self.config, &self.set)?;
         let cal = Calibration::load(&self.calibration)?;
-        if cal.preset != cfg.model.preset.as_str() {
+        let net = cfg.net()?;
+        if !cal.is_of(&net) {
             bail!(
-                "--calibration: {} was measured for {}, and the config's net is {}",
+                "--calibration: {} was measured for {} (net {}), and the config's net is {}",
                 self.calibration.display(),
                 cal.preset,
-                cfg.model.preset.as_str()
+                cal.net_id.as_deref().unwrap_or("of before nets had identities"),
+                net.label()
             );
         }
         let steps_model = self.steps_model()?;
@@ -135,7 +137,7 @@ impl PlanOptions {
             Some(p) => StepFactors::read(p)?,
             None => StepFactors::default(),
         };
-        let layers = crate::model::preset_layers(cfg.model.preset, cfg.model.dropout);
+        let layers = net.layers;
         let network = self.network(&cal)?;
         let sizes = cfg.data.sizes();
         let mut scopes = vec![Scope::Strong, Scope::Weak];

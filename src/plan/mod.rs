@@ -20,7 +20,7 @@ pub mod recipe;
 
 use crate::comm::{Comm, WorldShape};
 use crate::config::{Config, Placement, Precision, StageBoundaries};
-use crate::model::{self, Compute, LayerSpec};
+use crate::model::{Compute, LayerSpec};
 use crate::schedule::PipelineSchedule;
 use anyhow::Result;
 use averaging::{GradSync, GroupSpread};
@@ -57,6 +57,9 @@ pub struct Plan {
     pub compute: Compute,
     pub layers: Vec<LayerSpec>,
     pub input_shape: [i64; 3],
+    /// The net's name (a preset's, or `custom`) and identity (`crate::netspec::NetSpec::id`).
+    pub net_name: String,
+    pub net_id: String,
     /// The optimizer and its learning-rate schedule at this global batch.
     pub optim: OptimPlan,
     /// Where the gradient noise scale's two batch sizes come from (None: one gradient per step).
@@ -117,11 +120,11 @@ impl Plan {
         split: impl FnOnce(&[LayerSpec], [i64; 3]) -> Result<StageSplit>,
     ) -> Result<Plan> {
         refuse_what_does_not_apply(cfg, strategy)?;
-        let layers = model::preset_layers(cfg.model.preset, cfg.model.dropout);
-        check_stages_fit(cfg, layers.len())?;
+        let (net, input_shape) = (cfg.net()?, cfg.data.dataset.image_shape());
+        check_stages_fit(cfg, &net.label(), net.layers.len())?;
+        let layers = net.layers;
         let replicas = replicas_of(shape.size, cfg.parallel.stages)?;
         let batches = Batches::new(cfg, replicas)?;
-        let input_shape = cfg.data.dataset.image_shape();
         let split = split(&layers, input_shape)?;
         let traffic = Traffic::per_step(&layers, input_shape, &split, &batches, replicas);
         let placement = match cfg.parallel.placement {
@@ -165,6 +168,8 @@ impl Plan {
             },
             layers,
             input_shape,
+            net_name: net.name,
+            net_id: net.id,
         })
     }
 

@@ -8,13 +8,13 @@ use crate::schedule::ScheduleKind;
 use anyhow::{bail, Result};
 
 /// A stage needs a layer, and a boundary must name one of the net's layers.
-pub(super) fn check_stages_fit(cfg: &Config, layers: usize) -> Result<()> {
+pub(super) fn check_stages_fit(cfg: &Config, net: &str, layers: usize) -> Result<()> {
     let p = &cfg.parallel;
     if p.stages > layers {
         bail!(
-            "parallel.stages: {} stages but {} has only {layers} layers (at most one stage per layer)",
-            p.stages,
-            cfg.model.preset.as_str()
+            "parallel.stages: {} stages but {net} has only {layers} layers (at most one stage per layer; \
+             a residual block is one layer)",
+            p.stages
         );
     }
     if let StageBoundaries::List(b) = &p.stage_boundaries {

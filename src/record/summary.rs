@@ -24,7 +24,10 @@ pub struct Summary {
     pub status: String,
     pub strategy: Strategy,
     pub dataset: String,
+    /// The net's name (a preset's, or `custom`) and its identity (`crate::netspec::NetSpec::id`).
     pub model: String,
+    #[serde(default)]
+    pub model_id: String,
     /// Ranks, nodes, ranks per node, cores of rank 0's node, host names, machines.
     #[serde(flatten)]
     pub world: crate::comm::WorldFacts,

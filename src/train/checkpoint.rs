@@ -174,12 +174,13 @@ pub fn parse_meta(bytes: &[u8]) -> Result<Meta> {
         .with_context(|| format!("`meta.json` does not match checkpoint format version {VERSION}"))
 }
 
-/// Collects per-parameter tensors on rank 0: `own` is this rank's share, named `prefix` +
-/// state_dict name. With one stage rank 0 already holds all of them; in a pipeline the first
-/// replica's other stages send theirs (every rank calls this at the same point).
+/// Collects per-parameter tensors (and with `buffers`, the batch-norm buffers too) on rank 0:
+/// `own` is this rank's share in state_dict order, named `prefix` + state_dict name. With one
+/// stage rank 0 already holds all of them; in a pipeline the first replica's other stages send
+/// theirs (every rank calls this at the same point).
 pub fn gather_to_root(
     own: Vec<(String, Tensor)>,
-    prefix: &str,
+    (prefix, buffers): (&str, bool),
     plan: &Plan,
     world: &Comm,
 ) -> Vec<(String, Tensor)> {
@@ -193,15 +194,10 @@ pub fn gather_to_root(
     }
     let mut named = own;
     for (stage, layers) in plan.split.ranges.iter().enumerate().skip(1) {
-        let shapes: Vec<(String, Vec<i64>)> = plan.layers[layers.clone()]
-            .iter()
-            .flat_map(|s| {
-                s.kind
-                    .param_shapes()
-                    .into_iter()
-                    .zip(["weight", "bias"])
-                    .map(|(shape, suffix)| (format!("{prefix}{}.{suffix}", s.name), shape))
-            })
+        let shapes: Vec<(String, Vec<i64>)> = crate::model::state_entries(&plan.layers[layers.clone()])
+            .into_iter()
+            .filter(|e| buffers || !e.buffer)
+            .map(|e| (format!("{prefix}{}", e.name), e.shape))
             .collect();
         let total: i64 = shapes.iter().map(|(_, s)| s.iter().product::<i64>()).sum();
         let mut flat = vec![0f32; total as usize];

@@ -52,7 +52,7 @@ impl Trainer<'_> {
                 .zip(&slot.views)
                 .map(|(n, v)| (format!("{prefix}{n}"), v.shallow_clone()))
                 .collect();
-            tensors.extend(gather_to_root(state, &prefix, self.plan, self.world));
+            tensors.extend(gather_to_root(state, (&prefix, false), self.plan, self.world));
         }
         tensors.extend(gather_rank_state(self.sync.rank_state(), self.world));
         if let Some((prefix, views)) = self.sync.checkpoint_state() {
@@ -61,7 +61,7 @@ impl Trainer<'_> {
                 .zip(views)
                 .map(|(n, v)| (format!("{prefix}{n}"), v.shallow_clone()))
                 .collect();
-            tensors.extend(gather_to_root(state, prefix, self.plan, self.world));
+            tensors.extend(gather_to_root(state, (prefix, false), self.plan, self.world));
         }
         if self.world.is_root() {
             let layout = self.plan.layout(self.sampler.samples_per_epoch());
@@ -71,16 +71,17 @@ impl Trainer<'_> {
         Ok(())
     }
 
-    /// All weights with their state_dict names, on rank 0 (other ranks get an empty list).
+    /// All weights and batch-norm buffers with their state_dict names, on rank 0 (other ranks
+    /// get an empty list).
     pub(super) fn gather_weights(&self) -> Vec<(String, Tensor)> {
         let own = self
             .engine
             .net
-            .named_parameters()
+            .named_state()
             .into_iter()
             .map(|(n, t)| (n, crate::model::dense(t)))
             .collect();
-        gather_to_root(own, "", self.plan, self.world)
+        gather_to_root(own, ("", true), self.plan, self.world)
     }
 
     /// Checkpoints at `ep`'s position and marks the run interrupted (rank 0).
@@ -142,6 +143,9 @@ impl Trainer<'_> {
                 ck.copy_into(&format!("{}.{name}", slot.name), &slot.views[i])
                     .with_context(context)?;
             }
+        }
+        for (name, b) in self.engine.net.named_buffers() {
+            ck.copy_into(&name, b).with_context(context)?;
         }
         self.restore_averaging(ck)?;
         let p = ck.meta.position;

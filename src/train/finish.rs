@@ -184,8 +184,7 @@ impl Summary {
     /// The run's summary from the trainer's books and every rank's figures (collective).
     fn collect(t: &Trainer, last: &EvalRow) -> Summary {
         let (plan, world, cfg) = (t.plan, t.world, t.cfg);
-        let peak = world.all_gather(peak_rss_mb());
-        let p = t.progress;
+        let (peak, p) = (world.all_gather(peak_rss_mb()), t.progress);
         let (samples_per_second, flop, achieved_gflops) = rates(t);
         let (started_unix, finished_unix, machine_ids) = when_and_where(world);
         Summary {
@@ -194,7 +193,8 @@ impl Summary {
             status: "completed".into(),
             strategy: plan.strategy,
             dataset: t.data.name.as_str().into(),
-            model: cfg.model.preset.as_str().into(),
+            model: plan.net_name.clone(),
+            model_id: plan.net_id.clone(),
             // The node's online CPUs, not this process's affinity mask (one core under --bind-to core).
             world: plan.world.facts(crate::util::node_cores()),
             stages: plan.topology.stages,

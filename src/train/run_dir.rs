@@ -124,9 +124,17 @@ pub fn mark_interrupted(dir: &Path, signal: &str, global_step: usize) -> Result<
     set_status(dir, v)
 }
 
-/// The final weights, named as PyTorch's state_dict (written atomically).
+/// The final weights and batch-norm buffers, named and typed as PyTorch's state_dict (the step
+/// count `num_batches_tracked` an int64 there), written atomically.
 pub fn write_model(dir: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    let typed: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(n, t)| match n.ends_with(".num_batches_tracked") {
+            true => (n.clone(), t.to_kind(tch::Kind::Int64)),
+            false => (n.clone(), t.shallow_clone()),
+        })
+        .collect();
     atomic::write_with(&dir.join("model.safetensors"), |tmp| {
-        Tensor::write_safetensors(named, tmp).with_context(|| format!("cannot write {}", tmp.display()))
+        Tensor::write_safetensors(&typed, tmp).with_context(|| format!("cannot write {}", tmp.display()))
     })
 }

@@ -376,6 +376,7 @@ impl<'a> Trainer<'a> {
             }
             buffer.zero_grads();
         });
+        self.average_batch_stats();
         let p = &mut self.progress;
         p.first_step_seconds
             .get_or_insert_with(crate::util::seconds_since_process_start);
@@ -386,6 +387,22 @@ impl<'a> Trainer<'a> {
             .averaging
             .time(|| sync.after_step(buffer, step_now, false));
         Ok(loss)
+    }
+
+    /// Batch norm: this step's statistics (mean over micro-batches) averaged over the stage's
+    /// replicas (collective within the replica group), then the running statistics move once.
+    fn average_batch_stats(&mut self) {
+        let stats = self.engine.net.take_batch_stats();
+        if stats.is_empty() {
+            return;
+        }
+        let (group, timers) = (self.sync.group(), &mut self.timers);
+        let sum = timers
+            .averaging
+            .time(|| crate::diag::flight::labelled("batch-norm statistics", || group.sum(&stats)));
+        let n = group.size() as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+        self.engine.net.apply_batch_stats(&mean);
     }
 
     /// The engine's part of a step: this stage's forward and backward of every micro-batch
