@@ -57,6 +57,18 @@ fn a_residual_net_trains_alike_in_every_layout_and_resumes_bit_identical() {
     let full = tmp.path().join("full");
     assert_ok(&mpirun(2, &refs(&resnet_args("dp", &full, &extra))).0);
     assert_resumes_bit_identical(&full, &part, resnet_args("dp", &part, &extra));
+    // The checkpoint of one net does not resume another: refused naming both, nothing written.
+    let before = std::fs::read(full.join("model.safetensors")).unwrap();
+    let mut args = equivalence_args("serial", &full);
+    args.push("--resume".into());
+    let o = partrain(&refs(&args));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("checkpoint of custom (net ") && t.contains("net is mnist_cnn (net "),
+        "{t}"
+    );
+    assert_eq!(before, std::fs::read(full.join("model.safetensors")).unwrap());
 }
 
 /// Nets that cannot be built: the binary refuses each before training, naming the layer, exits

@@ -55,16 +55,21 @@ pub struct Meta {
     pub config_hash: String,
     pub position: Position,
     pub layout: Layout,
+    /// The net trained, `name (net <id>)` (`crate::netspec::NetSpec::label`); absent before
+    /// nets had identities (a minor addition: version 3 files are read with or without it).
+    #[serde(default)]
+    pub net: Option<String>,
 }
 
 impl Meta {
-    pub fn new(config_hash: u64, position: Position, layout: Layout) -> Meta {
+    pub fn new(config_hash: u64, position: Position, layout: Layout, net: String) -> Meta {
         Meta {
             format: FORMAT.into(),
             version: VERSION,
             config_hash: format!("{config_hash:016x}"),
             position,
             layout,
+            net: Some(net),
         }
     }
 }
@@ -279,7 +284,7 @@ mod tests {
             stage_boundaries: vec![4],
             samples_per_epoch: 3200,
         };
-        let meta = Meta::new(u64::MAX - 5, position, layout);
+        let meta = Meta::new(u64::MAX - 5, position, layout, "custom (net 0123456789ab)".into());
         let w = Tensor::from_slice(&[1.0f32, 2.0]);
         let ck = Checkpoint {
             meta: meta.clone(),

@@ -65,7 +65,8 @@ impl Trainer<'_> {
         }
         if self.world.is_root() {
             let layout = self.plan.layout(self.sampler.samples_per_epoch());
-            let meta = Meta::new(self.cfg.resume_hash(), position, layout);
+            let net = format!("{} (net {})", self.plan.net_name, self.plan.net_id);
+            let meta = Meta::new(self.cfg.resume_hash(), position, layout, net);
             Checkpoint { meta, tensors }.save(self.dir)?;
         }
         Ok(())

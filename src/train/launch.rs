@@ -174,6 +174,13 @@ pub(super) fn check_resumable(
     sampler: &Sampler,
     dir: &Path,
 ) -> Result<()> {
+    let net = format!("{} (net {})", plan.net_name, plan.net_id);
+    if let Some(then) = ck.meta.net.as_ref().filter(|then| **then != net) {
+        bail!(
+            "--resume: {} holds a checkpoint of {then}, and the config's net is {net}",
+            dir.display()
+        );
+    }
     if ck.meta.config_hash != format!("{:016x}", cfg.resume_hash()) {
         bail!(
             "--resume: the config differs from the one {} was trained with (only train.epochs, \
