@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod export;
 pub mod inspect;
 pub mod plan;
 pub mod report;
@@ -48,6 +49,8 @@ pub enum Command {
     /// Measures what `plan` predicts from: per-layer compute at each thread count and batch size,
     /// links inside and between nodes (`mpirun -np N partrain calibrate ...`).
     Calibrate(bench::CalibrateArgs),
+    /// Writes a run's net as PyTorch source (model.py, loading model.safetensors strictly).
+    Export(export::ExportArgs),
     /// Predicts every layout that fits a cluster, best first, and writes plan.csv.
     Plan(plan::PlanArgs),
     /// Draws a traced run's timeline (trace.json) as a PNG: one row per rank.
@@ -94,6 +97,7 @@ pub fn dispatch(command: Command) -> ExitCode {
         Command::SyncBench(a) => return on_every_rank(|comm| bench::sync_bench(&a, comm)),
         Command::Doctor { run } => partrain::diag::doctor::run(&run),
         Command::Inspect(args) => inspect::inspect(&args),
+        Command::Export(args) => export::export(&args),
         Command::Report(args) => report::report(&args),
         Command::Plan(args) => plan::run(&args),
         Command::Timeline(args) => report::timeline(&args),

@@ -146,6 +146,26 @@ impl Net {
             .collect()
     }
 
+    /// Copies every parameter and buffer from `named` (a state_dict, e.g. `model.safetensors`),
+    /// refusing a missing name or another shape.
+    pub fn load_state(&self, named: &[(String, Tensor)]) -> Result<(), String> {
+        for (name, t) in self.named_state() {
+            let (_, src) = named
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| format!("no tensor `{name}`"))?;
+            if src.size() != t.size() {
+                return Err(format!(
+                    "`{name}` has shape {:?}, the net's is {:?}",
+                    src.size(),
+                    t.size()
+                ));
+            }
+            tch::no_grad(|| t.shallow_clone().copy_(src));
+        }
+        Ok(())
+    }
+
     pub fn parameters(&self) -> Vec<&Tensor> {
         self.layers.iter().flat_map(|l| l.all_params()).collect()
     }

@@ -9,6 +9,7 @@
 
 pub mod parse;
 pub mod presets;
+pub mod pytorch;
 
 pub use parse::parse_layers;
 
