@@ -254,6 +254,11 @@ fn a_panicking_rank_ends_the_job_within_seconds() {
         "{msg}"
     );
     println!("panic on rank 1 ended the job in {took:?}");
+    // The run says so, and the panicking rank left its flight record.
+    let s = summary(&out);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert!(s["error"].as_str().unwrap().contains("panic"), "{s}");
+    assert!(out.join("flight/rank1.json").exists());
 }
 
 /// The dp equivalence run's arguments with a fixed global batch, on `np`-independent data.

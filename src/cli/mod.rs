@@ -90,7 +90,8 @@ pub fn dispatch(command: Command) -> ExitCode {
         Command::Dp(args) => return with_mpi(|comm| run_training(Strategy::Dp, &args, comm)),
         Command::Hybrid(args) => return with_mpi(|comm| run_training(Strategy::Hybrid, &args, comm)),
         Command::Serial(args) => {
-            return run_training(Strategy::Serial, &args, &Comm::solo()).unwrap_or_else(fail)
+            train::install_panic_hook(0, 1);
+            return run_training(Strategy::Serial, &args, &Comm::solo()).unwrap_or_else(fail);
         }
         Command::ConvBench(a) => return on_every_rank(|comm| bench::conv_bench(&a, comm)),
         Command::Calibrate(a) => return on_every_rank(|comm| bench::calibrate(&a, comm)),

@@ -82,15 +82,8 @@ pub fn with_mpi(f: impl FnOnce(&Comm) -> Result<ExitCode>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    install_panic_hook(comm.rank(), comm.size());
     let (rank, size) = (comm.rank(), comm.size());
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        eprintln!("partrain rank {rank}/{size}: panic: {info}");
-        if size > 1 {
-            abort_world(101);
-        }
-        default_hook(info);
-    }));
     match f(&comm) {
         Ok(code) => code,
         // Every rank failed at the same point: one message, the same exit code, no MPI_Abort.
@@ -109,6 +102,22 @@ pub fn with_mpi(f: impl FnOnce(&Comm) -> Result<ExitCode>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// On a panic: the message with the rank, the open run marked `failed` and the flight record
+/// dumped (`run_dir::fail_on_panic`), then, with several ranks, MPI_Abort for all.
+pub fn install_panic_hook(rank: usize, size: usize) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("partrain rank {rank}/{size}: panic: {info}");
+        let message = info.payload_as_str().unwrap_or("(no message)");
+        let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+        partrain::train::run_dir::fail_on_panic(&format!("{message}{at}"));
+        if size > 1 {
+            abort_world(101);
+        }
+        default_hook(info);
+    }));
 }
 
 /// `f` on every rank, for commands that end in success or an error.

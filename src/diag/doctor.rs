@@ -24,12 +24,14 @@ pub fn run(run: &Path) -> Result<()> {
 pub fn parse_flight(bytes: &[u8]) -> Result<FlightFile> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).context("not JSON (a torn or foreign file)")?;
-    if value["format"] != FORMAT || value["version"].as_u64() != Some(VERSION as u64) {
-        bail!(
-            "not a {FORMAT} file of version {VERSION} (format {}, version {})",
-            value["format"],
-            value["version"]
-        );
+    let versions = crate::util::version::Versioned {
+        format: FORMAT,
+        oldest: VERSION,
+        current: VERSION,
+        unnamed: None,
+    };
+    if let Err(e) = versions.check(&value) {
+        bail!("not a flight record this partrain reads: {e}");
     }
     serde_json::from_value::<FlightFile>(value).context("malformed flight record")
 }

@@ -127,12 +127,14 @@ impl Calibration {
     /// A calibration file's text, its format and version checked by name first.
     pub fn parse(text: &str) -> Result<Calibration> {
         let doc: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
-        if doc["format"] != FORMAT || doc["version"] != VERSION {
-            bail!(
-                "format {} version {}, expected {FORMAT} version {VERSION} (partrain calibrate writes it)",
-                doc["format"],
-                doc["version"]
-            );
+        let versions = crate::util::version::Versioned {
+            format: FORMAT,
+            oldest: VERSION,
+            current: VERSION,
+            unnamed: None,
+        };
+        if let Err(e) = versions.check(&doc) {
+            bail!("{e} (partrain calibrate writes it)");
         }
         let cal: Calibration = serde_json::from_value(doc)
             .with_context(|| format!("does not match calibration version {VERSION}"))?;

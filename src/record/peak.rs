@@ -43,13 +43,14 @@ impl Peak {
         })?;
         let doc: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
-        let format = doc.get("format").and_then(|f| f.as_str()).unwrap_or(FORMAT);
-        let version = doc.get("version").and_then(|v| v.as_u64()).unwrap_or(1);
-        if format != FORMAT || version > VERSION as u64 {
-            bail!(
-                "{}: format {format} version {version}, expected {FORMAT} version 1-{VERSION}",
-                path.display()
-            );
+        let versions = crate::util::version::Versioned {
+            format: FORMAT,
+            oldest: 1,
+            current: VERSION,
+            unnamed: Some(1),
+        };
+        if let Err(e) = versions.check(&doc) {
+            bail!("{}: {e}", path.display());
         }
         serde_json::from_value(doc).with_context(|| format!("{}: not a partrain peak file", path.display()))
     }

@@ -256,23 +256,16 @@ fn legacy_version() -> u32 {
 /// Checks `doc`'s format and version by name: the format must be ours (or absent: version 1) and
 /// the version one this partrain reads.
 pub fn check_version(doc: &serde_json::Value, path: &Path) -> Result<()> {
-    let format = doc.get("format").map(|f| f.as_str().unwrap_or("?"));
-    if format.is_some_and(|f| f != FORMAT) {
-        anyhow::bail!(
-            "{}: format {:?}, expected {FORMAT}",
-            path.display(),
-            format.unwrap_or_default()
-        );
-    }
-    let version = doc.get("version").map_or(Some(1), |v| v.as_u64());
-    match version {
-        Some(1) | Some(2) => Ok(()),
-        other => anyhow::bail!(
-            "{}: {FORMAT} version {:?} is not one this partrain reads (1-{VERSION}; a newer partrain wrote it?)",
-            path.display(),
-            other
-        ),
-    }
+    let versions = crate::util::version::Versioned {
+        format: FORMAT,
+        oldest: 1,
+        current: VERSION,
+        unnamed: Some(1),
+    };
+    versions
+        .check(doc)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// A status document (`running`, `failed`, ...) with the format and version.

@@ -10,7 +10,6 @@
 use super::chart::{canvas, err, legend, Mark, COLORS};
 use super::style::{self, count};
 use crate::perf::curve::{knee, noise_scale, CurveRow};
-use crate::record::metrics_csv::EvalRow;
 use crate::record::summary::read_summary;
 use anyhow::{bail, Context, Result};
 use plotters::coord::combinators::LogCoord;
@@ -81,17 +80,10 @@ pub fn collect(runs: &Path) -> Result<Vec<ConvergeRun>> {
     Ok(out)
 }
 
+/// The best test accuracy in `metrics`, read by the reader that leaves out a torn last line.
 fn best_accuracy(metrics: &Path) -> Result<f64> {
-    let mut r =
-        csv::Reader::from_path(metrics).with_context(|| format!("cannot read {}", metrics.display()))?;
-    let mut best = 0.0f64;
-    for row in r.deserialize::<EvalRow>() {
-        best = best.max(
-            row.with_context(|| format!("{}: malformed row", metrics.display()))?
-                .test_accuracy,
-        );
-    }
-    Ok(best)
+    let (rows, _torn) = crate::record::metrics_csv::read_rows(metrics)?;
+    Ok(rows.iter().map(|r| r.test_accuracy).fold(0.0, f64::max))
 }
 
 /// Fewest steps to the target first; among runs that missed it, the best accuracy.

@@ -160,20 +160,15 @@ impl Checkpoint {
 /// `meta.json`, its format and version checked by name before anything else is read.
 pub fn parse_meta(bytes: &[u8]) -> Result<Meta> {
     let doc: serde_json::Value = serde_json::from_slice(bytes).context("`meta.json` is not JSON")?;
-    let format = doc.get("format").and_then(|f| f.as_str()).unwrap_or("");
-    if format != FORMAT {
-        bail!("`meta.json` has format `{format}`, expected `{FORMAT}`");
-    }
-    let version = doc.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
-    if version != VERSION as u64 {
-        bail!(
-            "checkpoint format version {version} is not one this partrain reads (version {VERSION}){}",
-            if version > VERSION as u64 {
-                ": it was written by a newer partrain"
-            } else {
-                ""
-            }
-        );
+    // Versions 1 and 2 recorded neither the layout nor the target's books: 3 is the oldest read.
+    let versions = crate::util::version::Versioned {
+        format: FORMAT,
+        oldest: 3,
+        current: VERSION,
+        unnamed: None,
+    };
+    if let Err(e) = versions.check(&doc) {
+        bail!("`meta.json`: {e}");
     }
     serde_json::from_value(doc)
         .with_context(|| format!("`meta.json` does not match checkpoint format version {VERSION}"))

@@ -44,6 +44,7 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
         false => Ok(()),
     };
     agree(world, opened)?;
+    run_dir::note_open(out_dir);
     if world.is_root() {
         announce(&plan, &preflight, &data, &sampler);
     }

@@ -95,6 +95,24 @@ fn set_status(dir: &Path, status: serde_json::Value) -> Result<()> {
     atomic::write(&path, status.to_string().as_bytes())
 }
 
+/// The run folder this process is training into, once it is open (for the panic hook).
+static OPEN_RUN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Records that this process trains into `dir` (every rank, once the folder is open).
+pub fn note_open(dir: &Path) {
+    let _ = OPEN_RUN.set(dir.to_path_buf());
+}
+
+/// From the panic hook: the open run marked `failed` with the panic's message (by the rank that
+/// panicked, whichever it is: rank 0 may never get to write it) and this rank's flight record
+/// dumped, before the job is aborted. Nothing before a run folder is open.
+pub fn fail_on_panic(message: &str) {
+    if let Some(dir) = OPEN_RUN.get() {
+        mark_failed(dir, &anyhow::anyhow!("panic: {message}"));
+        crate::diag::flight::dump(&format!("panic: {message}"));
+    }
+}
+
 /// Marks the run `failed` with the error (best effort: the error itself matters more).
 pub fn mark_failed(dir: &Path, error: &anyhow::Error) {
     let _ = set_status(

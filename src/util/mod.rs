@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod format;
 pub mod machine;
+pub mod version;
 
 /// FNV-1a 64-bit: a stable hash for comparing configs and data headers across ranks.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
