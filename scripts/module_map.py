@@ -9,7 +9,7 @@ import re
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
-LAYERS = ["util", "diag", "comm", "schedule.rs", "config", "model", "data", "plan", "record", "train", "perf",
+LAYERS = ["util", "diag", "comm", "schedule.rs", "netspec", "config", "model", "data", "plan", "record", "train", "perf",
           "report", "cli", "main.rs"]
 
 

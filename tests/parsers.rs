@@ -188,6 +188,19 @@ fn config_yaml_and_set_overrides() {
     });
 }
 
+/// `model.layers` (a residual net with batch norm and strided convolutions) fed truncations, bit
+/// flips and random bytes: read and validated (shape inference included), never a panic.
+#[test]
+fn net_layers_yaml() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let text = std::fs::read(root.join("resnet_fashion.yaml")).unwrap();
+    never_panics("model.layers", bytes_from(text), |b| {
+        if let Ok(cfg) = partrain::config::from_yaml_str(&String::from_utf8_lossy(b), &[]) {
+            let _ = cfg.net();
+        }
+    });
+}
+
 #[test]
 fn checkpoint_metadata() {
     let meta = serde_json::json!({

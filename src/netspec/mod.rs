@@ -13,9 +13,6 @@ pub mod pytorch;
 
 pub use parse::parse_layers;
 
-#[cfg(test)]
-mod tests;
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerKind {
     Conv2d {
@@ -345,3 +342,6 @@ pub fn describe(specs: &[LayerSpec], input: [i64; 3]) -> Vec<LayerInfo> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
