@@ -39,14 +39,22 @@ fn is_command_line(name: &str) -> bool {
     name == "main" || folder(name) == "cli"
 }
 
-/// `text` without its `#[cfg(test)]` items (the attribute through the end of its braces).
+/// `text` without its `#[cfg(test)]` items (the attribute through the end of its braces, or
+/// through its `;` for an item without a body, such as `mod tests;`).
 fn without_tests(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(i) = rest.find("#[cfg(test)]") {
         out.push_str(&rest[..i]);
         let after = &rest[i..];
-        let Some(open) = after.find('{') else { break };
+        let Some(open) = after.find(['{', ';']) else {
+            rest = "";
+            break;
+        };
+        if after[open..].starts_with(';') {
+            rest = &after[open + 1..];
+            continue;
+        }
         let mut depth = 0;
         let mut end = after.len();
         for (k, c) in after[open..].char_indices() {
