@@ -363,6 +363,11 @@ fn violations(src: &Path) -> Vec<String> {
         if m.code.contains("mpi::") && folder(&m.name) != "comm" {
             out.push(format!("src/{rel}: uses mpi:: (only src/comm/ may)"));
         }
+        if reads_the_config(m) {
+            out.push(format!(
+                "src/{rel}: uses Config (the trainer reads its plan; only train::launch builds it from the config)"
+            ));
+        }
         let n = m.text.lines().count();
         if n > MAX_FILE_LINES {
             out.push(format!(
@@ -379,6 +384,16 @@ fn violations(src: &Path) -> Vec<String> {
         out.push(format!("module cycle: {}", c.join(" -> ")));
     }
     out
+}
+
+/// A module of `train` other than its construction (`train::launch`) naming the config's
+/// `Config` (the config's enums, such as `OptimizerKind`, are data the plan hands on).
+fn reads_the_config(m: &Module) -> bool {
+    let named = m
+        .code
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .any(|w| w == "Config");
+    folder(&m.name) == "train" && m.name != "train::launch" && named
 }
 
 fn src() -> PathBuf {

@@ -50,7 +50,10 @@ pub fn load_config(path: &std::path::Path, set: &[String]) -> Result<Config> {
 pub fn run_training(strategy: Strategy, args: &RunArgs, comm: &Comm) -> Result<ExitCode> {
     let mut cfg = agree(comm, load_config(&args.config, &args.set))?;
     cfg.run.trace |= args.trace;
-    let out = args.out.clone().unwrap_or_else(|| run_dir::default_out_dir(&cfg));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| run_dir::default_out_dir(&cfg.run.name));
     let fresh = Start::Fresh {
         overwrite: args.overwrite,
     };

@@ -17,6 +17,7 @@ mod topology;
 pub use topology::{Batches, Layout, Strategy, Topology, Traffic};
 pub mod optim;
 pub mod recipe;
+pub mod run;
 
 use crate::comm::{Comm, WorldShape};
 use crate::config::{Config, Placement, Precision, StageBoundaries};
@@ -64,6 +65,8 @@ pub struct Plan {
     pub optim: OptimPlan,
     /// Where the gradient noise scale's two batch sizes come from (None: one gradient per step).
     pub noise: Option<NoisePlan>,
+    /// How long to train, when to evaluate and checkpoint, the target, the seed.
+    pub run: run::RunPlan,
 }
 
 impl Plan {
@@ -137,6 +140,7 @@ impl Plan {
         // The estimator needs the step's own mean gradient.
         let averages_gradients = !matches!(grad_sync, GradSync::WeightAverage | GradSync::Stale);
         Ok(Plan {
+            run: run::RunPlan::new(cfg),
             optim: OptimPlan::new(&cfg.train, batches.global),
             noise: NoisePlan::new(
                 replicas,
@@ -158,10 +162,7 @@ impl Plan {
             powersgd: (cfg.sync.powersgd_rank, cfg.sync.compress_after_steps),
             bucket_bytes: (cfg.sync.bucket_mb * 1024.0 * 1024.0) as usize,
             local_sgd_after: cfg.sync.local_sgd_after.unwrap_or(0),
-            threads_per_rank: match cfg.parallel.threads_per_rank {
-                0 => tch::get_num_threads().max(1) as usize,
-                n => n,
-            },
+            threads_per_rank: threads_per_rank(cfg.parallel.threads_per_rank),
             compute: Compute {
                 channels_last: cfg.train.channels_last,
                 bf16: cfg.train.precision == Precision::Bf16,
@@ -213,6 +214,14 @@ fn group_spread(t: &Topology, shape: &WorldShape) -> GroupSpread {
         replicas: t.replicas,
         nodes,
         per_node: if same { per[0] } else { None },
+    }
+}
+
+/// libtorch intra-op threads per rank: 0 in the config is libtorch's default.
+fn threads_per_rank(configured: usize) -> usize {
+    match configured {
+        0 => tch::get_num_threads().max(1) as usize,
+        n => n,
     }
 }
 

@@ -66,7 +66,7 @@ impl Trainer<'_> {
         if self.world.is_root() {
             let layout = self.plan.layout(self.sampler.samples_per_epoch());
             let net = format!("{} (net {})", self.plan.net_name, self.plan.net_id);
-            let meta = Meta::new(self.cfg.resume_hash(), position, layout, net);
+            let meta = Meta::new(self.plan.run.resume_hash, position, layout, net);
             Checkpoint { meta, tensors }.save(self.dir)?;
         }
         Ok(())
@@ -154,7 +154,7 @@ impl Trainer<'_> {
         self.progress.trained_samples = p.trained_samples;
         self.progress.train_seconds = p.train_seconds;
         self.noise = p.noise;
-        self.ttt = TimeToTarget::new(self.cfg.train.target_accuracy, p.target);
+        self.ttt = TimeToTarget::new(self.plan.run.target_accuracy, p.target);
         self.lr = self.schedule.lr(p.global_step.saturating_sub(1));
         if self.world.is_root() {
             println!(

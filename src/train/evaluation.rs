@@ -27,7 +27,7 @@ impl Trainer<'_> {
         let row = self.evaluation_row(&mut ep, true)?;
         self.progress.train_seconds += row.epoch_seconds;
         self.progress.trained_samples += ep.samples;
-        let every = self.cfg.checkpoint.every_epochs;
+        let every = self.plan.run.checkpoint_every_epochs;
         if ep.steps == steps_per_epoch && every > 0 && ep.epoch.is_multiple_of(every) {
             self.checkpoint(Position {
                 epoch_seconds: row.epoch_seconds,
@@ -96,7 +96,7 @@ impl Trainer<'_> {
             println!(
                 "epoch {}/{}: train loss {:.4}, test loss {:.4}, test accuracy {:.2}%, {:.1} s, {:.0} img/s{noise}",
                 row.epoch,
-                self.cfg.train.epochs,
+                self.plan.run.epochs,
                 row.train_loss,
                 row.test_loss,
                 row.test_accuracy,
@@ -112,7 +112,7 @@ impl Trainer<'_> {
         if let (true, Some(r)) = (first_at_target, self.ttt.reached()) {
             println!(
                 "target {}% reached: test accuracy {:.2}% after {} steps ({:.2} epochs, {} images) in {:.1} s",
-                self.cfg.train.target_accuracy.unwrap_or(0.0),
+                self.plan.run.target_accuracy.unwrap_or(0.0),
                 r.accuracy,
                 r.step,
                 r.epochs,
@@ -127,7 +127,7 @@ impl Trainer<'_> {
     pub(super) fn evaluate(&mut self) -> (f64, f64) {
         let s = self
             .engine
-            .evaluate(self.world, &self.data.test, self.cfg.train.eval_batch_size);
+            .evaluate(self.world, &self.data.test, self.plan.run.eval_batch_size);
         let t = crate::diag::flight::labelled("evaluation sums", || {
             self.world.sum(&[s.loss_sum, s.correct, s.count])
         });

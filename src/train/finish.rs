@@ -25,7 +25,7 @@ impl Trainer<'_> {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
-        bar.set_prefix(format!("{epoch}/{}", self.cfg.train.epochs));
+        bar.set_prefix(format!("{epoch}/{}", self.plan.run.epochs));
         Some(bar)
     }
 
@@ -36,11 +36,11 @@ impl Trainer<'_> {
             if ep.steps % 10 == 1 {
                 b.set_message(format!("loss {:.4} {ips:.0} img/s", loss.unwrap_or(f64::NAN)));
             }
-        } else if self.world.is_root() && self.progress.global_step.is_multiple_of(self.cfg.train.log_every) {
+        } else if self.world.is_root() && self.progress.global_step.is_multiple_of(self.plan.run.log_every) {
             println!(
                 "epoch {}/{} step {}/{} (global step {}) {ips:.0} img/s, rss {:.0} MB",
                 ep.epoch,
-                self.cfg.train.epochs,
+                self.plan.run.epochs,
                 ep.steps,
                 self.sampler.steps_per_epoch(),
                 self.progress.global_step,
@@ -134,7 +134,7 @@ impl Trainer<'_> {
     fn target_summary(&self) -> crate::record::summary::TargetSummary {
         let reached = self.ttt.reached();
         crate::record::summary::TargetSummary {
-            target_accuracy: self.cfg.train.target_accuracy,
+            target_accuracy: self.plan.run.target_accuracy,
             time_to_target_s: reached.map(|r| r.seconds),
             steps_to_target: reached.map(|r| r.step),
             epochs_to_target: reached.map(|r| r.epochs),
@@ -183,7 +183,7 @@ fn when_and_where(world: &crate::comm::Comm) -> (Option<f64>, Option<f64>, Vec<S
 impl Summary {
     /// The run's summary from the trainer's books and every rank's figures (collective).
     fn collect(t: &Trainer, last: &EvalRow) -> Summary {
-        let (plan, world, cfg) = (t.plan, t.world, t.cfg);
+        let (plan, world, run) = (t.plan, t.world, &t.plan.run);
         let (peak, p) = (world.all_gather(peak_rss_mb()), t.progress);
         let (samples_per_second, flop, achieved_gflops) = rates(t);
         let (started_unix, finished_unix, machine_ids) = when_and_where(world);
@@ -206,8 +206,8 @@ impl Summary {
             micro_batches: plan.batches.micro_batches,
             stage_boundaries: plan.split.boundaries.clone(),
             placement: plan.topology.placement,
-            batch_scope: cfg.train.batch_scope,
-            sync_mode: cfg.sync.mode,
+            batch_scope: run.batch_scope,
+            sync_mode: run.sync_mode,
             gradient_averaging: plan.grad_sync,
             average_every: plan.average_every,
             averaging: t.averaging_summary(),
@@ -228,12 +228,11 @@ impl Summary {
             allreduce_seconds: t.timers.averaging.seconds,
             pipeline_wait_seconds: t.timers.wait.seconds,
             first_step_seconds: p.first_step_seconds.unwrap_or(0.0),
-            seed: cfg.run.seed,
-            config_hash: format!("{:016x}", cfg.hash()),
+            seed: run.seed,
+            config_hash: format!("{:016x}", run.config_hash),
             optimizer: Some(plan.optim.clone()),
             steps_per_epoch: t.sampler.steps_per_epoch(),
-            eval_every_steps: crate::train::target::EvalCadence::of(&cfg.train, t.sampler.steps_per_epoch())
-                .every,
+            eval_every_steps: run.eval_cadence(t.sampler.steps_per_epoch()).every,
             target: t.target_summary(),
             preflight: t.preflight.clone(),
             started_unix,

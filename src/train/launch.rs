@@ -40,7 +40,7 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
         agree(world, check_resumable(ck, cfg, &plan, &sampler, out_dir))?;
     }
     let opened = match world.is_root() {
-        true => run_dir::open(out_dir, start, cfg, &preflight),
+        true => run_dir::open(out_dir, start, &serde_yaml::to_string(cfg)?, &preflight),
         false => Ok(()),
     };
     agree(world, opened)?;
@@ -49,7 +49,7 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
         announce(&plan, &preflight, &data, &sampler);
     }
     let clock_offsets = start_trace(cfg, &plan, world, out_dir)?;
-    let mut trainer = Trainer::new(cfg, &plan, world, &data, out_dir, sampler)?;
+    let mut trainer = Trainer::new(&plan, world, &data, out_dir, sampler)?;
     trainer.peak_gflops = peak;
     trainer.preflight = Some(preflight);
     trainer.clock_offsets = clock_offsets;

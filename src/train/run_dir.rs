@@ -1,7 +1,6 @@
 //! A run's folder: what a run writes there, and the rule that an existing run is never
 //! overwritten by accident. Only rank 0 writes.
 
-use crate::config::Config;
 use crate::record::summary::status_doc;
 use crate::util::atomic;
 use anyhow::{bail, Context, Result};
@@ -26,8 +25,8 @@ pub enum Start {
     Resume,
 }
 
-pub fn default_out_dir(cfg: &Config) -> PathBuf {
-    PathBuf::from("results/runs").join(&cfg.run.name)
+pub fn default_out_dir(run_name: &str) -> PathBuf {
+    PathBuf::from("results/runs").join(run_name)
 }
 
 /// Refuses an existing, non-empty run folder unless `overwrite`; never deletes anything but
@@ -61,7 +60,7 @@ fn prepare(dir: &Path, overwrite: bool) -> Result<()> {
 pub fn open(
     dir: &Path,
     start: Start,
-    cfg: &Config,
+    resolved_config: &str,
     preflight: &crate::record::preflight::Preflight,
 ) -> Result<()> {
     if let Start::Fresh { overwrite } = start {
@@ -76,7 +75,7 @@ pub fn open(
             }
         }
     }
-    atomic::write(&dir.join("config.yaml"), serde_yaml::to_string(cfg)?.as_bytes())?;
+    atomic::write(&dir.join("config.yaml"), resolved_config.as_bytes())?;
     let running = status_doc(serde_json::json!({"status": "running", "preflight": preflight}));
     atomic::write(&dir.join("summary.json"), running.to_string().as_bytes())
 }

@@ -114,40 +114,6 @@ impl TimeToTarget {
     }
 }
 
-/// When evaluations inside an epoch happen: every `every` global steps from global step `after`
-/// on (`train.eval_every_steps`, `train.eval_after_steps`). The target rule: a run with a target
-/// and no `eval_every_steps` evaluates 4 times per epoch (at 1 the time to target could be off by
-/// a whole epoch; each evaluation of MNIST's 10,000 test images costs about 25 training steps of
-/// 128 here).
-/// Evaluations per epoch of a run with a target and no `train.eval_every_steps`.
-pub const EVALS_PER_EPOCH: usize = 4;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EvalCadence {
-    pub every: Option<usize>,
-    pub after: usize,
-}
-
-impl EvalCadence {
-    pub fn of(t: &crate::config::TrainConfig, steps_per_epoch: usize) -> EvalCadence {
-        let by_target = t
-            .target_accuracy
-            .map(|_| steps_per_epoch.div_ceil(EVALS_PER_EPOCH).max(1));
-        EvalCadence {
-            every: t.eval_every_steps.or(by_target),
-            after: t.eval_after_steps,
-        }
-    }
-
-    /// Whether an evaluation is due after global step `global_step`, which is step
-    /// `step_in_epoch` of an epoch of `steps_per_epoch` (the epoch's end evaluates anyway).
-    pub fn due(&self, global_step: usize, step_in_epoch: usize, steps_per_epoch: usize) -> bool {
-        self.every.is_some_and(|k| global_step.is_multiple_of(k))
-            && global_step >= self.after
-            && step_in_epoch < steps_per_epoch
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,50 +157,5 @@ mod tests {
         let t = TimeToTarget::new(Some(99.0), books);
         assert!(t.run_seconds() >= 100.0 && t.run_seconds() < 101.0);
         assert_eq!(t.books().evaluations, 3);
-    }
-
-    #[test]
-    fn evaluations_inside_epochs() {
-        let eval_due = |every, g, s, spe| EvalCadence { every, after: 0 }.due(g, s, spe);
-        assert!(eval_due(Some(10), 20, 5, 938));
-        assert!(!eval_due(Some(10), 21, 6, 938));
-        let late = EvalCadence {
-            every: Some(10),
-            after: 30,
-        };
-        assert!(!late.due(20, 20, 938) && late.due(30, 30, 938) && late.due(40, 40, 938));
-        assert!(
-            !eval_due(Some(10), 20, 938, 938),
-            "the epoch's end evaluates anyway"
-        );
-        assert!(!eval_due(None, 20, 5, 938));
-    }
-
-    /// The target rule: 4 evaluations per epoch with a target and no eval_every_steps, none
-    /// without a target, eval_every_steps when set, eval_after_steps carried over.
-    #[test]
-    fn a_target_brings_four_evaluations_per_epoch() {
-        let t = crate::config::train_with;
-        assert_eq!(
-            EvalCadence::of(&t(&["train.target_accuracy=99"]), 469).every,
-            Some(118)
-        );
-        assert_eq!(
-            EvalCadence::of(&t(&["train.target_accuracy=99"]), 2).every,
-            Some(1)
-        );
-        assert_eq!(EvalCadence::of(&t(&[]), 469).every, None);
-        let both = t(&[
-            "train.target_accuracy=99",
-            "train.eval_every_steps=50",
-            "train.eval_after_steps=350",
-        ]);
-        assert_eq!(
-            EvalCadence::of(&both, 469),
-            EvalCadence {
-                every: Some(50),
-                after: 350
-            }
-        );
     }
 }

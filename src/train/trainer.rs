@@ -11,7 +11,6 @@
 //! flat buffer) -> `Averager::average` -> `Optimizer::step` -> `Averager::after_step`.
 
 use crate::comm::Comm;
-use crate::config::Config;
 use crate::data::sampler::Sampler;
 use crate::data::Dataset;
 use crate::diag::watchdog;
@@ -86,7 +85,6 @@ impl EpochState {
 }
 
 pub struct Trainer<'a> {
-    pub(super) cfg: &'a Config,
     pub(super) plan: &'a Plan,
     pub(super) world: &'a Comm,
     pub(super) data: &'a Dataset,
@@ -120,14 +118,13 @@ impl<'a> Trainer<'a> {
     /// Builds this rank's stage, binds its parameters to the flat buffers and sets up the
     /// averaging (collective over the world).
     pub(super) fn new(
-        cfg: &'a Config,
         plan: &'a Plan,
         world: &'a Comm,
         data: &'a Dataset,
         dir: &'a Path,
         sampler: Sampler,
     ) -> Result<Self> {
-        let engine = Engine::new(plan, cfg.run.seed);
+        let engine = Engine::new(plan, plan.run.seed);
         let params: Vec<Tensor> = engine
             .net
             .parameters()
@@ -154,8 +151,7 @@ impl<'a> Trainer<'a> {
             schedule,
             noise: NoiseState::default(),
             norms,
-            ttt: TimeToTarget::new(cfg.train.target_accuracy, Default::default()),
-            cfg,
+            ttt: TimeToTarget::new(plan.run.target_accuracy, Default::default()),
             plan,
             world,
             data,
@@ -219,7 +215,7 @@ impl<'a> Trainer<'a> {
         };
         let mut last = None;
         watchdog::set_phase(watchdog::Phase::Train);
-        for epoch in first_epoch..=self.cfg.train.epochs {
+        for epoch in first_epoch..=self.plan.run.epochs {
             if self.max_steps_reached() || self.target_stops_the_run() {
                 break;
             }
@@ -264,12 +260,12 @@ impl<'a> Trainer<'a> {
 
     /// The run ends at the target (`train.stop_at_target`) and has reached it.
     pub(super) fn target_stops_the_run(&self) -> bool {
-        self.cfg.train.stop_at_target && self.ttt.reached().is_some()
+        self.plan.run.stop_at_target && self.ttt.reached().is_some()
     }
 
     pub(super) fn max_steps_reached(&self) -> bool {
-        self.cfg
-            .train
+        self.plan
+            .run
             .max_steps
             .is_some_and(|m| self.progress.global_step >= m)
     }
@@ -305,7 +301,7 @@ impl<'a> Trainer<'a> {
                 ep.loss_sum += l;
                 ep.loss_count += 1;
             }
-            let cadence = crate::train::target::EvalCadence::of(&self.cfg.train, steps_per_epoch);
+            let cadence = self.plan.run.eval_cadence(steps_per_epoch);
             if cadence.due(self.progress.global_step, ep.steps, steps_per_epoch) {
                 let row = self.evaluation_row(&mut ep, false)?;
                 if self.target_stops_the_run() {
@@ -317,7 +313,7 @@ impl<'a> Trainer<'a> {
                     return Ok(EpochEnd::AtTarget(row));
                 }
             }
-            let due = self.cfg.checkpoint.every_steps;
+            let due = self.plan.run.checkpoint_every_steps;
             if due.is_some_and(|k| self.progress.global_step.is_multiple_of(k)) && ep.steps < steps_per_epoch
             {
                 self.checkpoint(self.position(&ep))?;
@@ -342,7 +338,7 @@ impl<'a> Trainer<'a> {
             poison: self.fault.at_step(self.progress.global_step + 1),
             shard: self.sampler.shard(order, step, replica),
             // Dropout masks come from a seed derived from the position, not from hidden RNG state.
-            seed: mix_seed(&[self.cfg.run.seed, epoch as u64, step as u64, replica as u64]),
+            seed: mix_seed(&[self.plan.run.seed, epoch as u64, step as u64, replica as u64]),
         };
         self.lr = self.schedule.lr(self.progress.global_step);
         // A tail batch has other batch sizes than the estimator's.
@@ -357,7 +353,7 @@ impl<'a> Trainer<'a> {
                 self.world.rank(),
                 step + 1,
                 self.lr,
-                self.cfg.train.lr
+                self.plan.run.base_lr
             );
         }
         let skip = self.fault.skips_averaging(self.progress.global_step + 1);
