@@ -17,15 +17,15 @@ impl Trainer<'_> {
         Position {
             epoch: ep.epoch,
             step_in_epoch: ep.steps,
-            global_step: self.progress.global_step,
-            trained_samples: self.progress.trained_samples + ep.samples,
-            train_seconds: self.progress.train_seconds + ep.seconds(),
+            global_step: self.books.progress.global_step,
+            trained_samples: self.books.progress.trained_samples + ep.samples,
+            train_seconds: self.books.progress.train_seconds + ep.seconds(),
             epoch_loss_sum: ep.loss_sum,
             epoch_loss_count: ep.loss_count,
             epoch_samples: ep.samples,
             epoch_seconds: ep.seconds(),
-            noise: self.noise,
-            target: self.ttt.books(),
+            noise: self.core.noise,
+            target: self.books.ttt.books(),
         }
     }
 
@@ -39,13 +39,14 @@ impl Trainer<'_> {
         let _span = crate::diag::trace::span("checkpoint", || "checkpoint".into());
         let mut tensors = self.gather_weights();
         let names: Vec<String> = self
+            .core
             .engine
             .net
             .named_parameters()
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        for slot in self.optimizer.state() {
+        for slot in self.core.optimizer.state() {
             let prefix = format!("{}.", slot.name);
             let state = names
                 .iter()
@@ -54,8 +55,8 @@ impl Trainer<'_> {
                 .collect();
             tensors.extend(gather_to_root(state, (&prefix, false), self.plan, self.world));
         }
-        tensors.extend(gather_rank_state(self.sync.rank_state(), self.world));
-        if let Some((prefix, views)) = self.sync.checkpoint_state() {
+        tensors.extend(gather_rank_state(self.core.sync.rank_state(), self.world));
+        if let Some((prefix, views)) = self.core.sync.checkpoint_state() {
             let state = names
                 .iter()
                 .zip(views)
@@ -76,6 +77,7 @@ impl Trainer<'_> {
     /// get an empty list).
     pub(super) fn gather_weights(&self) -> Vec<(String, Tensor)> {
         let own = self
+            .core
             .engine
             .net
             .named_state()
@@ -92,15 +94,15 @@ impl Trainer<'_> {
         let signal = crate::train::stop::requested()
             .map_or("a signal on another rank", crate::train::stop::signal_name);
         if self.world.is_root() {
-            run_dir::mark_interrupted(self.dir, signal, self.progress.global_step)?;
+            run_dir::mark_interrupted(self.dir, signal, self.books.progress.global_step)?;
             println!(
                 "stopped after global step {} ({signal}): checkpoint written to {}; continue with --resume or --auto-resume",
-                self.progress.global_step,
+                self.books.progress.global_step,
                 self.dir.display()
             );
         }
         Ok(EpochEnd::Stopped(Outcome::Interrupted {
-            global_step: self.progress.global_step,
+            global_step: self.books.progress.global_step,
         }))
     }
 
@@ -108,7 +110,7 @@ impl Trainer<'_> {
     /// checkpoint has it.
     fn restore_averaging(&mut self, ck: &Checkpoint) -> Result<()> {
         let own = format!(".rank{}", self.world.rank());
-        let targets = self.sync.rank_state_targets();
+        let targets = self.core.sync.rank_state_targets();
         let mine: Vec<_> = targets
             .iter()
             .filter(|(n, _)| ck.has_prefix(&format!("{n}{own}")))
@@ -118,10 +120,10 @@ impl Trainer<'_> {
                 .with_context(|| format!("--resume: {}", self.dir.display()))?;
         }
         if !mine.is_empty() {
-            self.sync.restored_rank_state();
+            self.core.sync.restored_rank_state();
         }
-        let names = self.engine.net.named_parameters();
-        let Some((prefix, views)) = self.sync.restore_target() else {
+        let names = self.core.engine.net.named_parameters();
+        let Some((prefix, views)) = self.core.sync.restore_target() else {
             return Ok(());
         };
         if !ck.has_prefix(prefix) {
@@ -131,31 +133,31 @@ impl Trainer<'_> {
             ck.copy_into(&format!("{prefix}{name}"), v)
                 .with_context(|| format!("--resume: {}", self.dir.display()))?;
         }
-        self.sync.restored();
+        self.core.sync.restored();
         Ok(())
     }
 
     pub(super) fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
-        let names = self.engine.net.named_parameters();
+        let names = self.core.engine.net.named_parameters();
         let context = || format!("--resume: {}", self.dir.display());
         for (i, (name, p)) in names.iter().enumerate() {
             ck.copy_into(name, p).with_context(context)?;
-            for slot in self.optimizer.state() {
+            for slot in self.core.optimizer.state() {
                 ck.copy_into(&format!("{}.{name}", slot.name), &slot.views[i])
                     .with_context(context)?;
             }
         }
-        for (name, b) in self.engine.net.named_buffers() {
+        for (name, b) in self.core.engine.net.named_buffers() {
             ck.copy_into(&name, b).with_context(context)?;
         }
         self.restore_averaging(ck)?;
         let p = ck.meta.position;
-        self.progress.global_step = p.global_step;
-        self.progress.trained_samples = p.trained_samples;
-        self.progress.train_seconds = p.train_seconds;
-        self.noise = p.noise;
-        self.ttt = TimeToTarget::new(self.plan.run.target_accuracy, p.target);
-        self.lr = self.schedule.lr(p.global_step.saturating_sub(1));
+        self.books.progress.global_step = p.global_step;
+        self.books.progress.trained_samples = p.trained_samples;
+        self.books.progress.train_seconds = p.train_seconds;
+        self.core.noise = p.noise;
+        self.books.ttt = TimeToTarget::new(self.plan.run.target_accuracy, p.target);
+        self.core.lr = self.core.schedule.lr(p.global_step.saturating_sub(1));
         if self.world.is_root() {
             println!(
                 "resuming at epoch {}, global step {}",

@@ -16,23 +16,23 @@ impl Trainer<'_> {
     /// The epoch's books: timing, replica agreement, evaluation, metrics row, checkpoint.
     pub(super) fn end_epoch(&mut self, mut ep: EpochState, steps_per_epoch: usize) -> Result<EvalRow> {
         if self.plan.topology.replicas > 1 {
-            let sum = self.buffer.checksum_values();
+            let sum = self.core.buffer.checksum_values();
             check_agreement(
-                self.sync.group(),
+                self.core.sync.group(),
                 &format!("replica weights after epoch {}", ep.epoch),
                 sum,
             )
             .context("replicas drifted apart: gradients were not averaged identically")?;
         }
         let row = self.evaluation_row(&mut ep, true)?;
-        self.progress.train_seconds += row.epoch_seconds;
-        self.progress.trained_samples += ep.samples;
+        self.books.progress.train_seconds += row.epoch_seconds;
+        self.books.progress.trained_samples += ep.samples;
         let every = self.plan.run.checkpoint_every_epochs;
         if ep.steps == steps_per_epoch && every > 0 && ep.epoch.is_multiple_of(every) {
             self.checkpoint(Position {
                 epoch_seconds: row.epoch_seconds,
-                train_seconds: self.progress.train_seconds,
-                trained_samples: self.progress.trained_samples,
+                train_seconds: self.books.progress.train_seconds,
+                trained_samples: self.books.progress.trained_samples,
                 ..self.position(&ep)
             })?;
         }
@@ -51,20 +51,23 @@ impl Trainer<'_> {
         let (test_loss, test_accuracy) = watchdog::in_phase(watchdog::Phase::Evaluate, || self.evaluate());
         let eval_seconds = t_eval.elapsed().as_secs_f64();
         ep.eval_seconds += eval_seconds;
-        let images = self.progress.trained_samples + ep.samples;
+        let images = self.books.progress.trained_samples + ep.samples;
         let evaluation = Evaluation {
             seconds: eval_seconds,
             accuracy: test_accuracy,
-            step: self.progress.global_step,
+            step: self.books.progress.global_step,
             images,
-            noise_scale: self.noise.value(),
+            noise_scale: self.core.noise.value(),
         };
-        let first_at_target = self.ttt.evaluated(&evaluation, self.sampler.samples_per_epoch());
-        let (now, then) = (self.timers, ep.timers_at_start);
+        let first_at_target = self
+            .books
+            .ttt
+            .evaluated(&evaluation, self.sampler.samples_per_epoch());
+        let (now, then) = (self.core.timers, ep.timers_at_start);
         let row = EvalRow {
             epoch: ep.epoch,
             steps: ep.steps,
-            global_step: self.progress.global_step,
+            global_step: self.books.progress.global_step,
             images,
             epoch_end,
             train_loss: losses[0] / losses[1].max(1.0),
@@ -76,12 +79,12 @@ impl Trainer<'_> {
             allreduce_s: now.averaging.seconds - then.averaging.seconds,
             pipeline_wait_s: now.wait.seconds - then.wait.seconds,
             eval_seconds,
-            run_seconds: self.ttt.run_seconds(),
-            lr: self.lr,
+            run_seconds: self.books.ttt.run_seconds(),
+            lr: self.core.lr,
             noise_scale: evaluation.noise_scale,
             peak_rss_mb: peak_rss_mb(),
         };
-        if let Some(w) = self.metrics.as_mut() {
+        if let Some(w) = self.books.metrics.as_mut() {
             w.row(&row)?;
             self.print_row(&row, first_at_target);
         }
@@ -109,7 +112,7 @@ impl Trainer<'_> {
                 row.global_step, row.epoch, row.steps, row.test_loss, row.test_accuracy, row.run_seconds
             );
         }
-        if let (true, Some(r)) = (first_at_target, self.ttt.reached()) {
+        if let (true, Some(r)) = (first_at_target, self.books.ttt.reached()) {
             println!(
                 "target {}% reached: test accuracy {:.2}% after {} steps ({:.2} epochs, {} images) in {:.1} s",
                 self.plan.run.target_accuracy.unwrap_or(0.0),
@@ -126,6 +129,7 @@ impl Trainer<'_> {
     /// replicas and pipelined through the stages; every rank gets the serial evaluator's numbers.
     pub(super) fn evaluate(&mut self) -> (f64, f64) {
         let s = self
+            .core
             .engine
             .evaluate(self.world, &self.data.test, self.plan.run.eval_batch_size);
         let t = crate::diag::flight::labelled("evaluation sums", || {
@@ -156,9 +160,9 @@ impl Trainer<'_> {
             allreduce_s: 0.0,
             pipeline_wait_s: 0.0,
             eval_seconds: 0.0,
-            run_seconds: self.ttt.run_seconds(),
-            lr: self.lr,
-            noise_scale: self.noise.value(),
+            run_seconds: self.books.ttt.run_seconds(),
+            lr: self.core.lr,
+            noise_scale: self.core.noise.value(),
             peak_rss_mb: peak_rss_mb(),
         }
     }

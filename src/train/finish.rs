@@ -36,14 +36,20 @@ impl Trainer<'_> {
             if ep.steps % 10 == 1 {
                 b.set_message(format!("loss {:.4} {ips:.0} img/s", loss.unwrap_or(f64::NAN)));
             }
-        } else if self.world.is_root() && self.progress.global_step.is_multiple_of(self.plan.run.log_every) {
+        } else if self.world.is_root()
+            && self
+                .books
+                .progress
+                .global_step
+                .is_multiple_of(self.plan.run.log_every)
+        {
             println!(
                 "epoch {}/{} step {}/{} (global step {}) {ips:.0} img/s, rss {:.0} MB",
                 ep.epoch,
                 self.plan.run.epochs,
                 ep.steps,
                 self.sampler.steps_per_epoch(),
-                self.progress.global_step,
+                self.books.progress.global_step,
                 crate::util::rss_mb()
             );
         }
@@ -57,7 +63,7 @@ impl Trainer<'_> {
         if crate::diag::trace::enabled() {
             self.write_trace()?;
         }
-        if self.metrics.is_some() {
+        if self.books.metrics.is_some() {
             run_dir::write_model(self.dir, &named)?;
             crate::record::summary::write_summary(self.dir, &summary)?;
             println!(
@@ -84,7 +90,7 @@ impl Trainer<'_> {
             .map(|r| {
                 (
                     trace_stream(self.dir, r),
-                    self.clock_offsets.get(r).copied().unwrap_or(0.0),
+                    self.books.clock_offsets.get(r).copied().unwrap_or(0.0),
                 )
             })
             .collect();
@@ -101,10 +107,11 @@ impl Trainer<'_> {
     /// with one stage).
     fn pipeline_summary(&self) -> Option<crate::record::summary::PipelineSummary> {
         let world = self.world;
-        let wait_per_rank = world.all_gather(self.timers.wait.seconds);
-        let compute_per_rank = world.all_gather(self.timers.compute.seconds);
-        let activation_mb = world.all_gather(self.engine.peak_activation_bytes as f64 / (1024.0 * 1024.0));
-        let p = self.progress;
+        let wait_per_rank = world.all_gather(self.core.timers.wait.seconds);
+        let compute_per_rank = world.all_gather(self.core.timers.compute.seconds);
+        let activation_mb =
+            world.all_gather(self.core.engine.peak_activation_bytes as f64 / (1024.0 * 1024.0));
+        let p = self.books.progress;
         (self.plan.topology.stages > 1).then(|| {
             crate::record::summary::PipelineSummary::from_measurements(
                 self.plan,
@@ -119,8 +126,8 @@ impl Trainer<'_> {
 
     /// The averaging's traffic (the largest over ranks: collective), overlap and link.
     fn averaging_summary(&self) -> crate::record::summary::AveragingSummary {
-        let sent = self.world.all_gather(self.sync.sent_bytes_per_step());
-        let overlap = self.sync.overlap_figures();
+        let sent = self.world.all_gather(self.core.sync.sent_bytes_per_step());
+        let overlap = self.core.sync.overlap_figures();
         crate::record::summary::AveragingSummary {
             compress: self.plan.compress,
             sent_bytes_per_step: sent.into_iter().fold(0.0, f64::max),
@@ -132,7 +139,7 @@ impl Trainer<'_> {
 
     /// Time to target and the noise scale as the summary records them.
     fn target_summary(&self) -> crate::record::summary::TargetSummary {
-        let reached = self.ttt.reached();
+        let reached = self.books.ttt.reached();
         crate::record::summary::TargetSummary {
             target_accuracy: self.plan.run.target_accuracy,
             time_to_target_s: reached.map(|r| r.seconds),
@@ -140,11 +147,11 @@ impl Trainer<'_> {
             epochs_to_target: reached.map(|r| r.epochs),
             images_to_target: reached.map(|r| r.images),
             stopped_at_target: self.target_stops_the_run(),
-            run_seconds: self.ttt.run_seconds(),
-            evaluations: self.ttt.evaluations(),
-            eval_seconds: self.ttt.eval_seconds(),
-            best_test_accuracy: self.ttt.best_accuracy(),
-            noise_scale: self.noise.value(),
+            run_seconds: self.books.ttt.run_seconds(),
+            evaluations: self.books.ttt.evaluations(),
+            eval_seconds: self.books.ttt.eval_seconds(),
+            best_test_accuracy: self.books.ttt.best_accuracy(),
+            noise_scale: self.core.noise.value(),
             noise_scale_at_target: reached.and_then(|r| r.noise_scale),
         }
     }
@@ -158,7 +165,7 @@ pub(super) fn trace_stream(dir: &std::path::Path, rank: usize) -> std::path::Pat
 /// Training images/s, FLOP per training image and the GFLOP/s they make.
 fn rates(t: &Trainer) -> (f64, f64, f64) {
     let flop = crate::model::training_flop_per_image(&t.plan.layers, t.plan.input_shape) as f64;
-    let samples_per_second = t.progress.trained_samples as f64 / t.progress.train_seconds;
+    let samples_per_second = t.books.progress.trained_samples as f64 / t.books.progress.train_seconds;
     (samples_per_second, flop, samples_per_second * flop / 1e9)
 }
 
@@ -184,7 +191,7 @@ impl Summary {
     /// The run's summary from the trainer's books and every rank's figures (collective).
     fn collect(t: &Trainer, last: &EvalRow) -> Summary {
         let (plan, world, run) = (t.plan, t.world, &t.plan.run);
-        let (peak, p) = (world.all_gather(peak_rss_mb()), t.progress);
+        let (peak, p) = (world.all_gather(peak_rss_mb()), t.books.progress);
         let (samples_per_second, flop, achieved_gflops) = rates(t);
         let (started_unix, finished_unix, machine_ids) = when_and_where(world);
         Summary {
@@ -218,15 +225,15 @@ impl Summary {
             samples_per_second,
             training_flop_per_image: flop,
             achieved_gflops,
-            peak_gflops: t.peak_gflops,
-            fraction_of_peak: t.peak_gflops.map(|peak| achieved_gflops / peak),
+            peak_gflops: t.books.peak_gflops,
+            fraction_of_peak: t.books.peak_gflops.map(|peak| achieved_gflops / peak),
             final_test_accuracy: last.test_accuracy,
             final_test_loss: last.test_loss,
             final_train_loss: last.train_loss,
             peak_rss_mb: peak,
-            compute_seconds: t.timers.compute.seconds,
-            allreduce_seconds: t.timers.averaging.seconds,
-            pipeline_wait_seconds: t.timers.wait.seconds,
+            compute_seconds: t.core.timers.compute.seconds,
+            allreduce_seconds: t.core.timers.averaging.seconds,
+            pipeline_wait_seconds: t.core.timers.wait.seconds,
             first_step_seconds: p.first_step_seconds.unwrap_or(0.0),
             seed: run.seed,
             config_hash: format!("{:016x}", run.config_hash),
@@ -234,7 +241,7 @@ impl Summary {
             steps_per_epoch: t.sampler.steps_per_epoch(),
             eval_every_steps: run.eval_cadence(t.sampler.steps_per_epoch()).every,
             target: t.target_summary(),
-            preflight: t.preflight.clone(),
+            preflight: t.books.preflight.clone(),
             started_unix,
             finished_unix,
             machine_ids,

@@ -50,9 +50,9 @@ pub fn run(strategy: Strategy, cfg: &Config, out_dir: &Path, start: Start, world
     }
     let clock_offsets = start_trace(cfg, &plan, world, out_dir)?;
     let mut trainer = Trainer::new(&plan, world, &data, out_dir, sampler)?;
-    trainer.peak_gflops = peak;
-    trainer.preflight = Some(preflight);
-    trainer.clock_offsets = clock_offsets;
+    trainer.books.peak_gflops = peak;
+    trainer.books.preflight = Some(preflight);
+    trainer.books.clock_offsets = clock_offsets;
     let result = trainer.train(resume.as_ref());
     match result {
         Ok(outcome) => Ok(outcome),

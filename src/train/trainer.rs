@@ -8,7 +8,13 @@
 //!
 //! One step, read top-down: `Trainer::step` -> `Engine::train_step` (this rank's stage: forward
 //! and backward of every micro-batch, sends and receives included, gradients accumulated in the
-//! flat buffer) -> `Averager::average` -> `Optimizer::step` -> `Averager::after_step`.
+//! flat buffer) -> `Averager::average` -> `Optimizer::step` -> the batch-norm statistics ->
+//! `Averager::after_step`.
+//!
+//! The trainer is built in one place (`Trainer::new`) from the plan alone, never the config, and
+//! holds two parts: the step core (`StepCore`: engine, flat buffers, averager, optimizer and its
+//! schedule, noise scale, timers) and the run's books (`Books`: progress, time to target, the
+//! metrics file, the summary's facts).
 
 use crate::comm::Comm;
 use crate::data::sampler::Sampler;
@@ -84,12 +90,9 @@ impl EpochState {
     }
 }
 
-pub struct Trainer<'a> {
-    pub(super) plan: &'a Plan,
-    pub(super) world: &'a Comm,
-    pub(super) data: &'a Dataset,
-    pub(super) dir: &'a Path,
-    pub(super) sampler: Sampler,
+/// The step core: what one optimizer step runs on (this rank's stage, its flat buffers, the
+/// averaging, the optimizer and its schedule, the noise-scale estimates) and its timers.
+pub struct StepCore {
     pub(super) engine: Engine,
     pub(super) optimizer: Optimizer,
     pub(super) schedule: LrSchedule,
@@ -98,13 +101,17 @@ pub struct Trainer<'a> {
     /// The smoothed noise-scale estimates, and with several micro-batches their gradients' norms.
     pub(super) noise: NoiseState,
     pub(super) norms: Option<MicroBatchNorms>,
-    /// The run clock and the first reach of the target.
-    pub(super) ttt: TimeToTarget,
     pub(super) sync: Averager,
     pub(super) buffer: GradientBuffer,
     pub(super) timers: StepTimers,
+}
+
+/// The run's books: where training stands, the time to target, the metrics file and the facts
+/// the summary reports (the machine's peak, the preflight, trace clock offsets).
+pub struct Books {
     pub(super) progress: Progress,
-    pub(super) fault: Fault,
+    /// The run clock and the first reach of the target.
+    pub(super) ttt: TimeToTarget,
     pub(super) metrics: Option<MetricsWriter>,
     /// The machine's peak for all ranks, when measured (`PARTRAIN_PEAK`).
     pub(super) peak_gflops: Option<f64>,
@@ -112,6 +119,19 @@ pub struct Trainer<'a> {
     pub(super) preflight: Option<crate::record::preflight::Preflight>,
     /// With `run.trace`: each rank's clock offset to rank 0 (on rank 0).
     pub(super) clock_offsets: Vec<f64>,
+}
+
+/// One rank's training: the plan and what it runs on (world, data, run folder, sampler, the
+/// test-only fault), the step core and the books.
+pub struct Trainer<'a> {
+    pub(super) plan: &'a Plan,
+    pub(super) world: &'a Comm,
+    pub(super) data: &'a Dataset,
+    pub(super) dir: &'a Path,
+    pub(super) sampler: Sampler,
+    pub(super) fault: Fault,
+    pub(super) core: StepCore,
+    pub(super) books: Books,
 }
 
 impl<'a> Trainer<'a> {
@@ -146,27 +166,31 @@ impl<'a> Trainer<'a> {
             .filter(|_| plan.batches.micro_batches > 1)
             .map(|_| MicroBatchNorms::new(buffer.grads()));
         Ok(Trainer {
-            optimizer,
-            lr: schedule.lr(0),
-            schedule,
-            noise: NoiseState::default(),
-            norms,
-            ttt: TimeToTarget::new(plan.run.target_accuracy, Default::default()),
+            core: StepCore {
+                optimizer,
+                lr: schedule.lr(0),
+                schedule,
+                noise: NoiseState::default(),
+                norms,
+                engine,
+                sync,
+                buffer,
+                timers: StepTimers::default(),
+            },
+            books: Books {
+                ttt: TimeToTarget::new(plan.run.target_accuracy, Default::default()),
+                progress: Progress::default(),
+                metrics: None,
+                peak_gflops: None,
+                preflight: None,
+                clock_offsets: Vec::new(),
+            },
             plan,
             world,
             data,
             dir,
             sampler,
-            engine,
-            sync,
-            buffer,
-            timers: StepTimers::default(),
-            progress: Progress::default(),
             fault: Fault::from_env(world.rank())?,
-            metrics: None,
-            peak_gflops: None,
-            preflight: None,
-            clock_offsets: Vec::new(),
         })
     }
 
@@ -250,7 +274,7 @@ impl<'a> Trainer<'a> {
         if !self.world.is_root() {
             return Ok(());
         }
-        self.metrics = Some(match position {
+        self.books.metrics = Some(match position {
             None => MetricsWriter::create(self.dir)?,
             // Rows of evaluations the checkpoint does not cover (written after it) are dropped.
             Some(p) => MetricsWriter::resume(self.dir, p.global_step)?,
@@ -260,20 +284,19 @@ impl<'a> Trainer<'a> {
 
     /// The run ends at the target (`train.stop_at_target`) and has reached it.
     pub(super) fn target_stops_the_run(&self) -> bool {
-        self.plan.run.stop_at_target && self.ttt.reached().is_some()
+        self.plan.run.stop_at_target && self.books.ttt.reached().is_some()
     }
 
     pub(super) fn max_steps_reached(&self) -> bool {
         self.plan
             .run
             .max_steps
-            .is_some_and(|m| self.progress.global_step >= m)
+            .is_some_and(|m| self.books.progress.global_step >= m)
     }
 
-    pub(super) fn run_epoch(&mut self, epoch: usize, partial: Option<Position>) -> Result<EpochEnd> {
-        let steps_per_epoch = self.sampler.steps_per_epoch();
-        let order = self.sampler.permutation(epoch - 1);
-        let mut ep = EpochState {
+    /// Epoch `epoch`'s books at its start, or where a checkpoint (`partial`) left them.
+    fn epoch_state(&self, epoch: usize, partial: Option<Position>) -> EpochState {
+        EpochState {
             epoch,
             steps: partial.map_or(0, |p| p.step_in_epoch),
             samples: partial.map_or(0, |p| p.epoch_samples),
@@ -282,11 +305,17 @@ impl<'a> Trainer<'a> {
             started: Instant::now(),
             prior_seconds: partial.map_or(0.0, |p| p.epoch_seconds),
             eval_seconds: 0.0,
-            timers_at_start: self.timers,
-        };
+            timers_at_start: self.core.timers,
+        }
+    }
+
+    pub(super) fn run_epoch(&mut self, epoch: usize, partial: Option<Position>) -> Result<EpochEnd> {
+        let steps_per_epoch = self.sampler.steps_per_epoch();
+        let order = self.sampler.permutation(epoch - 1);
+        let mut ep = self.epoch_state(epoch, partial);
         let bar = self.progress_bar(epoch, steps_per_epoch);
         while ep.steps < steps_per_epoch && !self.max_steps_reached() {
-            crate::diag::flight::set_step(self.progress.global_step as u64 + 1);
+            crate::diag::flight::set_step(self.books.progress.global_step as u64 + 1);
             watchdog::set_context(format!("epoch {epoch} step {}", ep.steps + 1));
             if self.stop_agreed() {
                 if let Some(b) = bar {
@@ -302,26 +331,34 @@ impl<'a> Trainer<'a> {
                 ep.loss_count += 1;
             }
             let cadence = self.plan.run.eval_cadence(steps_per_epoch);
-            if cadence.due(self.progress.global_step, ep.steps, steps_per_epoch) {
+            if cadence.due(self.books.progress.global_step, ep.steps, steps_per_epoch) {
                 let row = self.evaluation_row(&mut ep, false)?;
                 if self.target_stops_the_run() {
                     if let Some(b) = bar {
                         b.finish_and_clear();
                     }
-                    self.progress.train_seconds += ep.seconds();
-                    self.progress.trained_samples += ep.samples;
+                    self.books.progress.train_seconds += ep.seconds();
+                    self.books.progress.trained_samples += ep.samples;
                     return Ok(EpochEnd::AtTarget(row));
                 }
             }
             let due = self.plan.run.checkpoint_every_steps;
-            if due.is_some_and(|k| self.progress.global_step.is_multiple_of(k)) && ep.steps < steps_per_epoch
+            if due.is_some_and(|k| self.books.progress.global_step.is_multiple_of(k))
+                && ep.steps < steps_per_epoch
             {
                 self.checkpoint(self.position(&ep))?;
             }
             self.show_progress(bar.as_ref(), &ep, loss);
         }
-        let (sync, buffer, step) = (&mut self.sync, &mut self.buffer, self.progress.global_step);
-        self.timers.averaging.time(|| sync.after_step(buffer, step, true));
+        let (sync, buffer, step) = (
+            &mut self.core.sync,
+            &mut self.core.buffer,
+            self.books.progress.global_step,
+        );
+        self.core
+            .timers
+            .averaging
+            .time(|| sync.after_step(buffer, step, true));
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -332,18 +369,19 @@ impl<'a> Trainer<'a> {
     /// the schedule's rate (and, when due, a noise-scale measurement).
     pub(super) fn step(&mut self, ep: &EpochState, order: &[i64]) -> Result<Option<f64>> {
         let (epoch, step) = (ep.epoch, ep.steps);
-        let _span = crate::diag::trace::span("step", || format!("step {}", self.progress.global_step + 1));
+        let _span =
+            crate::diag::trace::span("step", || format!("step {}", self.books.progress.global_step + 1));
         let replica = self.plan.topology.replica;
         let batch = StepBatch {
-            poison: self.fault.at_step(self.progress.global_step + 1),
+            poison: self.fault.at_step(self.books.progress.global_step + 1),
             shard: self.sampler.shard(order, step, replica),
             // Dropout masks come from a seed derived from the position, not from hidden RNG state.
             seed: mix_seed(&[self.plan.run.seed, epoch as u64, step as u64, replica as u64]),
         };
-        self.lr = self.schedule.lr(self.progress.global_step);
+        self.core.lr = self.core.schedule.lr(self.books.progress.global_step);
         // A tail batch has other batch sizes than the estimator's.
         let measure = self.plan.noise.is_some_and(|n| {
-            n.due(self.progress.global_step + 1) && batch.shard.len() == self.plan.batches.per_replica
+            n.due(self.books.progress.global_step + 1) && batch.shard.len() == self.plan.batches.per_replica
         });
         let loss = self.engine_step(&batch, measure);
         if let Some(loss) = loss.filter(|l| !l.is_finite()) {
@@ -352,34 +390,39 @@ impl<'a> Trainer<'a> {
                  training diverged",
                 self.world.rank(),
                 step + 1,
-                self.lr,
+                self.core.lr,
                 self.plan.run.base_lr
             );
         }
-        let skip = self.fault.skips_averaging(self.progress.global_step + 1);
-        let (sync, buffer, done) = (&mut self.sync, &mut self.buffer, self.progress.global_step);
+        let skip = self.fault.skips_averaging(self.books.progress.global_step + 1);
+        let (sync, buffer, done) = (
+            &mut self.core.sync,
+            &mut self.core.buffer,
+            self.books.progress.global_step,
+        );
         let source = match skip {
             true => crate::train::grads::GradSource::Local,
-            false => self.timers.averaging.time(|| sync.average(buffer, done)),
+            false => self.core.timers.averaging.time(|| sync.average(buffer, done)),
         };
         if measure {
             self.measure_noise(source);
         }
-        let (buffer, optimizer, lr) = (&mut self.buffer, &mut self.optimizer, self.lr);
-        self.timers.compute.time(|| {
+        let (buffer, optimizer, lr) = (&mut self.core.buffer, &mut self.core.optimizer, self.core.lr);
+        self.core.timers.compute.time(|| {
             if source != crate::train::grads::GradSource::Nothing {
                 optimizer.step(buffer.values(), buffer.gradient(source), lr, done);
             }
             buffer.zero_grads();
         });
         self.average_batch_stats();
-        let p = &mut self.progress;
+        let p = &mut self.books.progress;
         p.first_step_seconds
             .get_or_insert_with(crate::util::seconds_since_process_start);
         p.global_step += 1;
         p.steps_here += 1;
-        let (sync, buffer, step_now) = (&mut self.sync, &mut self.buffer, p.global_step);
-        self.timers
+        let (sync, buffer, step_now) = (&mut self.core.sync, &mut self.core.buffer, p.global_step);
+        self.core
+            .timers
             .averaging
             .time(|| sync.after_step(buffer, step_now, false));
         Ok(loss)
@@ -388,35 +431,35 @@ impl<'a> Trainer<'a> {
     /// Batch norm: this step's statistics (mean over micro-batches) averaged over the stage's
     /// replicas (collective within the replica group), then the running statistics move once.
     fn average_batch_stats(&mut self) {
-        let stats = self.engine.net.take_batch_stats();
+        let stats = self.core.engine.net.take_batch_stats();
         if stats.is_empty() {
             return;
         }
-        let (group, timers) = (self.sync.group(), &mut self.timers);
+        let (group, timers) = (self.core.sync.group(), &mut self.core.timers);
         let sum = timers
             .averaging
             .time(|| crate::diag::flight::labelled("batch-norm statistics", || group.sum(&stats)));
         let n = group.size() as f64;
         let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-        self.engine.net.apply_batch_stats(&mean);
+        self.core.engine.net.apply_batch_stats(&mean);
     }
 
     /// The engine's part of a step: this stage's forward and backward of every micro-batch
     /// (the overlapped variant sends finished blocks to the all-reduce thread as it goes).
     pub(super) fn engine_step(&mut self, batch: &StepBatch, measure: bool) -> Option<f64> {
-        let overlap = self.sync.worker().map(|worker| Overlap {
-            buffer: &self.buffer,
+        let overlap = self.core.sync.worker().map(|worker| Overlap {
+            buffer: &self.core.buffer,
             worker,
         });
-        let mut norms = self.norms.as_mut().filter(|_| measure);
+        let mut norms = self.core.norms.as_mut().filter(|_| measure);
         if let Some(n) = norms.as_mut() {
             n.start();
         }
-        self.engine.train_step(
+        self.core.engine.train_step(
             self.world,
             &self.data.train,
             batch,
-            &mut self.timers,
+            &mut self.core.timers,
             norms,
             overlap,
         )
@@ -428,18 +471,18 @@ impl<'a> Trainer<'a> {
         let plan = self.plan.noise.expect("measured only with a noise plan");
         let sq = |t: &Tensor| t.norm().double_value(&[]).powi(2);
         let m = self.plan.batches.micro_batches as f64;
-        let small = match &self.norms {
+        let small = match &self.core.norms {
             Some(n) => n.sum_sq * m * m,
-            None => sq(self.buffer.grads()),
+            None => sq(self.core.buffer.grads()),
         };
-        let big = sq(self.buffer.gradient(source));
-        let (world, timers) = (self.world, &mut self.timers);
+        let big = sq(self.core.buffer.gradient(source));
+        let (world, timers) = (self.world, &mut self.core.timers);
         let t = timers
             .averaging
             .time(|| crate::diag::flight::labelled("noise scale", || world.sum(&[small, big])));
         let replicas = self.plan.topology.replicas as f64;
         let (g2, s) =
             crate::train::noise_scale::estimates(&plan, t[0] / plan.small_count as f64, t[1] / replicas);
-        self.noise.add(g2, s);
+        self.core.noise.add(g2, s);
     }
 }
