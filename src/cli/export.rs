@@ -17,9 +17,9 @@ pub struct ExportArgs {
 
 pub fn export(args: &ExportArgs) -> Result<()> {
     let dir = &args.run;
-    let cfg = crate::cli::train::load_config(&dir.join("config.yaml"), &[])?;
+    let cfg = crate::cli::train::load_config(&dir.join(partrain::util::run_files::CONFIG), &[])?;
     let spec = cfg.net()?;
-    let file = dir.join("model.safetensors");
+    let file = dir.join(partrain::util::run_files::MODEL);
     let named = Tensor::read_safetensors(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let net = Net::build(&spec.layers, 0..spec.layers.len(), 0);
     net.load_state(&named).map_err(|e| {
@@ -30,7 +30,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         )
     })?;
     atomic::write(
-        &dir.join("model.py"),
+        &dir.join(partrain::util::run_files::MODEL_PY),
         partrain::netspec::pytorch::model_py(&spec).as_bytes(),
     )?;
     write_check(dir, &net, spec.input)?;
@@ -52,7 +52,7 @@ fn write_check(dir: &Path, net: &Net, input: [i64; 3]) -> Result<()> {
     };
     let logits = tch::no_grad(|| net.forward(&x, false));
     let named = [("input".to_string(), x), ("logits".to_string(), logits)];
-    atomic::write_with(&dir.join("export_check.safetensors"), |tmp| {
+    atomic::write_with(&dir.join(partrain::util::run_files::EXPORT_CHECK), |tmp| {
         Tensor::write_safetensors(&named, tmp).with_context(|| format!("cannot write {}", tmp.display()))
     })
 }

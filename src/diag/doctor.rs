@@ -38,8 +38,8 @@ pub fn parse_flight(bytes: &[u8]) -> Result<FlightFile> {
 
 /// Every `rank<R>.json` of the run's flight folder, by rank.
 pub fn load(run: &Path) -> Result<Vec<FlightFile>> {
-    let dir = if run.join("flight").is_dir() {
-        run.join("flight")
+    let dir = if run.join(crate::util::run_files::FLIGHT_DIR).is_dir() {
+        run.join(crate::util::run_files::FLIGHT_DIR)
     } else {
         run.to_path_buf()
     };

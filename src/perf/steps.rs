@@ -41,7 +41,7 @@ impl StepsModel {
 
     /// The noise-scale model through the run in `dir` (its summary.json), trained to `target`.
     pub fn from_run(dir: &Path, target: f64) -> Result<StepsModel> {
-        let s = crate::record::summary::read_summary(&dir.join("summary.json"))?;
+        let s = crate::record::summary::read_summary(&dir.join(crate::util::run_files::SUMMARY))?;
         if s.target.target_accuracy != Some(target) {
             bail!(
                 "--run: {} was trained to target {:?}%, and --target-accuracy is {target}%",

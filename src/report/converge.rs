@@ -52,7 +52,7 @@ pub fn collect(runs: &Path) -> Result<Vec<ConvergeRun>> {
         let Some((_, recipe, _)) = parse_name(&name) else {
             continue;
         };
-        let Ok(s) = read_summary(&e.path().join("summary.json")) else {
+        let Ok(s) = read_summary(&e.path().join(crate::util::run_files::SUMMARY)) else {
             continue;
         };
         if s.status != "completed" {
@@ -71,7 +71,7 @@ pub fn collect(runs: &Path) -> Result<Vec<ConvergeRun>> {
             steps: s.target.steps_to_target,
             epochs: s.target.epochs_to_target,
             seconds: s.target.time_to_target_s,
-            best_accuracy: best_accuracy(&e.path().join("metrics.csv"))?,
+            best_accuracy: best_accuracy(&e.path().join(crate::util::run_files::METRICS))?,
             epochs_run: s.epochs,
             noise_scale: s.target.noise_scale_at_target.or(s.target.noise_scale),
         });

@@ -120,17 +120,18 @@ pub fn collect(runs: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
                 stack.push(e.path());
             }
         }
-        let sp = dir.join("summary.json");
+        let sp = dir.join(crate::util::run_files::SUMMARY);
         if !sp.exists() {
             continue;
         }
         let name = dir.strip_prefix(runs).unwrap_or(&dir).display().to_string();
         match read_summary(&sp) {
             Ok(summary) if summary.status == "completed" => {
-                let (losses, accuracy) = read_metrics(&dir.join("metrics.csv")).unwrap_or_else(|e| {
-                    skipped.push(format!("{name}: {e:#}; its curves are left out"));
-                    Default::default()
-                });
+                let (losses, accuracy) = read_metrics(&dir.join(crate::util::run_files::METRICS))
+                    .unwrap_or_else(|e| {
+                        skipped.push(format!("{name}: {e:#}; its curves are left out"));
+                        Default::default()
+                    });
                 found.push(RunRecord {
                     spans: RunSpan::of(&name, &summary).into_iter().collect(),
                     name,

@@ -93,7 +93,7 @@ impl TimelineOptions {
     pub fn run(&self) -> anyhow::Result<std::path::PathBuf> {
         use anyhow::Context;
         let file = if self.run.is_dir() {
-            self.run.join("trace.json")
+            self.run.join(crate::util::run_files::TRACE)
         } else {
             self.run.clone()
         };

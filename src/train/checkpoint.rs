@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-pub const FILE: &str = "checkpoint.safetensors";
+pub const FILE: &str = crate::util::run_files::CHECKPOINT;
 /// What `meta.json`'s `format` field says.
 pub const FORMAT: &str = "partrain-checkpoint";
 /// Version 1 (before 2026-11-27) kept its metadata in two unnamed number arrays (`meta.ints`,

@@ -94,7 +94,7 @@ impl Trainer<'_> {
                 )
             })
             .collect();
-        crate::util::atomic::write_with(&self.dir.join("trace.json"), |tmp| {
+        crate::util::atomic::write_with(&self.dir.join(crate::util::run_files::TRACE), |tmp| {
             let mut out = std::io::BufWriter::new(std::fs::File::create(tmp)?);
             crate::diag::trace::merge_files(&files, &mut out)?;
             Ok(std::io::Write::flush(&mut out)?)

@@ -134,7 +134,7 @@ pub(super) fn check_agreement(comm: &Comm, what: &str, value: u64) -> Result<()>
 pub(super) fn start_diagnostics(cfg: &Config, out_dir: &Path, world: &Comm) -> Result<()> {
     crate::comm::debug_words()?;
     crate::train::faults::install_kill_in_write(world.rank())?;
-    crate::diag::flight::set_dir(out_dir.join("flight"), world.rank());
+    crate::diag::flight::set_dir(out_dir.join(crate::util::run_files::FLIGHT_DIR), world.rank());
     let p = &cfg.parallel;
     world.start_watchdog(crate::diag::watchdog::Budgets {
         train_s: p.timeout_s,

@@ -7,15 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-/// Files a run writes; `--overwrite` removes exactly these and nothing else.
-pub const RUN_FILES: [&str; 6] = [
-    "config.yaml",
-    "metrics.csv",
-    "summary.json",
-    "model.safetensors",
-    crate::train::checkpoint::FILE,
-    "trace.json",
-];
+pub use crate::util::run_files::RUN_FILES;
 
 /// How a run treats its folder: a fresh run (refusing an existing folder unless `overwrite`), or
 /// `--resume` from the folder's checkpoint.
@@ -67,7 +59,7 @@ pub fn open(
         prepare(dir, overwrite)?;
     }
     // Flight records describe an earlier attempt: `partrain doctor` must not mix them in.
-    if let Ok(entries) = std::fs::read_dir(dir.join("flight")) {
+    if let Ok(entries) = std::fs::read_dir(dir.join(crate::util::run_files::FLIGHT_DIR)) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if name.starts_with("rank") && name.ends_with(".json") {
@@ -75,16 +67,22 @@ pub fn open(
             }
         }
     }
-    atomic::write(&dir.join("config.yaml"), resolved_config.as_bytes())?;
+    atomic::write(
+        &dir.join(crate::util::run_files::CONFIG),
+        resolved_config.as_bytes(),
+    )?;
     let running = status_doc(serde_json::json!({"status": "running", "preflight": preflight}));
-    atomic::write(&dir.join("summary.json"), running.to_string().as_bytes())
+    atomic::write(
+        &dir.join(crate::util::run_files::SUMMARY),
+        running.to_string().as_bytes(),
+    )
 }
 
 /// Writes `status` (an object) as the run's summary, keeping the preflight of the summary it
 /// replaces.
 fn set_status(dir: &Path, status: serde_json::Value) -> Result<()> {
     let mut status = status_doc(status);
-    let path = dir.join("summary.json");
+    let path = dir.join(crate::util::run_files::SUMMARY);
     let before = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
@@ -123,7 +121,7 @@ pub fn mark_failed(dir: &Path, error: &anyhow::Error) {
 /// Whether `dir` holds a checkpoint of a run that has not completed (stopped by a signal, failed,
 /// or killed while `running`): what `--auto-resume` continues.
 pub fn holds_unfinished_run(dir: &Path) -> bool {
-    let status = std::fs::read(dir.join("summary.json"))
+    let status = std::fs::read(dir.join(crate::util::run_files::SUMMARY))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["status"].as_str().map(str::to_string));
@@ -151,7 +149,7 @@ pub fn write_model(dir: &Path, named: &[(String, Tensor)]) -> Result<()> {
             false => (n.clone(), t.shallow_clone()),
         })
         .collect();
-    atomic::write_with(&dir.join("model.safetensors"), |tmp| {
+    atomic::write_with(&dir.join(crate::util::run_files::MODEL), |tmp| {
         Tensor::write_safetensors(&typed, tmp).with_context(|| format!("cannot write {}", tmp.display()))
     })
 }

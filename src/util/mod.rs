@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod format;
 pub mod machine;
+pub mod run_files;
 pub mod version;
 
 /// FNV-1a 64-bit: a stable hash for comparing configs and data headers across ranks.
