@@ -22,7 +22,7 @@ pub use crate::netspec::{
 };
 pub use compute::{dense, is_channels_last, to_channels_last, Compute};
 pub use layer::Layer;
-pub use net::{measure_layer_seconds, Net, ParamBlock};
+pub use net::{measure_layer_seconds, median_seconds, Net, ParamBlock};
 
 /// The preset's layers (`crate::netspec::presets`). `dropout = 0` removes the dropout layer's
 /// effect but keeps it in the list (so layer indices, and therefore stage boundaries, do not

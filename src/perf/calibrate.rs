@@ -25,7 +25,6 @@ use crate::train::optimizer::Optimizer;
 use crate::train::timers::StepTimers;
 use anyhow::Result;
 use std::path::PathBuf;
-use std::time::Instant;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone)]
@@ -46,32 +45,12 @@ pub struct CalibrateOptions {
     pub link_mib: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use crate::model::median_seconds as time;
 
-/// Median seconds of `f` over `repeats` runs after two untimed ones.
-fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    f();
-    median(
-        (0..repeats.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
-}
-
-/// Forward and backward seconds on `batch` random images, per layer: each block (a layer with
-/// parameters and the parameter-free layers after it) is timed as training runs it (ReLU fused
-/// with the max-pool after it; the first block fused outside autograd when the engine does so;
-/// no input gradient for the first block), and its time is given to its first layer (the
-/// others get zero, so splits balanced on these costs fall between blocks). Timing layers one by
-/// one instead measured a lone ReLU's backward at 5.7 ms (batch 64), 20x what it costs in place.
+/// Forward and backward seconds on `batch` random images, per layer, by the one timing rule
+/// (`Net::time_block`: each block in place, its time given to its first layer), with the first
+/// block fused outside autograd when the engine runs it so (which needs the flat gradient
+/// buffer, bound here).
 fn layer_times(net: &Net, input: [i64; 3], batch: i64, repeats: usize) -> (Vec<f64>, Vec<f64>) {
     let opts = (Kind::Float, tch::Device::Cpu);
     let mut x = Tensor::randn([batch, input[0], input[1], input[2]], opts);
@@ -102,23 +81,7 @@ fn layer_times(net: &Net, input: [i64; 3], batch: i64, repeats: usize) -> (Vec<f
                 });
                 (f, fb, y)
             }
-            None => {
-                let xi = if bi == 0 {
-                    x.shallow_clone()
-                } else {
-                    x.detach().set_requires_grad(true)
-                };
-                let y = net.forward_layers(&xi, true, block.layers.clone()).detach();
-                let g = y.ones_like();
-                let f = time(repeats, || {
-                    let _ = net.forward_layers(&xi, true, block.layers.clone());
-                });
-                let fb = time(repeats, || {
-                    let y = net.forward_layers(&xi, true, block.layers.clone());
-                    crate::model::native::backward_with_grad(&y, &g).expect("block backward");
-                });
-                (f, fb, y)
-            }
+            None => net.time_block(&x, &block, repeats),
         };
         fwd[block.layers.start] = f;
         bwd[block.layers.start] = (fb - f).max(0.0);

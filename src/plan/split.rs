@@ -64,11 +64,42 @@ pub(super) fn choose_split(cfg: &Config, layers: &[LayerSpec], input: [i64; 3]) 
             usable.then_some(secs)
         }
     };
-    let (costs, source) = match costs {
-        Some(secs) => (secs, MEASURED),
-        None => (model::macs_costs(layers, input), MACS),
-    };
-    Ok(StageSplit::balanced(&costs, stages, source))
+    match costs {
+        Some(secs) => Ok(balanced_by_blocks(layers, &secs, stages)),
+        None => Ok(StageSplit::balanced(
+            &model::macs_costs(layers, input),
+            stages,
+            MACS,
+        )),
+    }
+}
+
+/// A measured split: the timing rule costs whole blocks (a layer with parameters and the
+/// parameter-free layers after it), so stages cut only where a block starts. Balancing the
+/// per-layer costs instead cut mnist_cnn after conv1 (a tie with cutting after its pool), which
+/// sends 4x the activation and loses the fused first block. Nets with fewer blocks than stages
+/// fall back to the per-layer costs.
+fn balanced_by_blocks(layers: &[LayerSpec], secs: &[f64], stages: usize) -> StageSplit {
+    let starts: Vec<usize> = (0..layers.len())
+        .filter(|&i| i == 0 || layers[i].kind.parameter_count() > 0)
+        .collect();
+    if starts.len() < stages {
+        return StageSplit::balanced(secs, stages, MEASURED);
+    }
+    let block_costs: Vec<f64> = starts
+        .iter()
+        .enumerate()
+        .map(|(b, &s)| {
+            secs[s..starts.get(b + 1).copied().unwrap_or(layers.len())]
+                .iter()
+                .sum()
+        })
+        .collect();
+    let boundaries = balance(&block_costs, stages)
+        .into_iter()
+        .map(|b| starts[b])
+        .collect();
+    StageSplit::new(layers.len(), boundaries, MEASURED)
 }
 
 /// Contiguous split of layers with the given per-layer `costs` into `stages` non-empty stages
