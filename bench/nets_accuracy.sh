@@ -1,7 +1,7 @@
 #!/bin/bash
 # A net of one's own against seed 001's on Fashion-MNIST, 3 seeds each, serial, one thread per run
 # (two runs side by side on 2 cores): the table in docs/results.md, "A net of one's own".
-#   bash bench/nets_accuracy.sh [OUT=results/nets_accuracy]    (~1.5 h on 2 cores)
+#   bash bench/nets_accuracy.sh [OUT=results/nets_accuracy]    (~2 h on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source env.sh
