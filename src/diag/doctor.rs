@@ -24,13 +24,7 @@ pub fn run(run: &Path) -> Result<()> {
 pub fn parse_flight(bytes: &[u8]) -> Result<FlightFile> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).context("not JSON (a torn or foreign file)")?;
-    let versions = crate::util::version::Versioned {
-        format: FORMAT,
-        oldest: VERSION,
-        current: VERSION,
-        unnamed: None,
-    };
-    if let Err(e) = versions.check(&value) {
+    if let Err(e) = crate::util::version::Versioned::only(FORMAT, VERSION).check(&value) {
         bail!("not a flight record this partrain reads: {e}");
     }
     serde_json::from_value::<FlightFile>(value).context("malformed flight record")

@@ -17,8 +17,8 @@ mod layer;
 mod net;
 
 pub use crate::netspec::{
-    describe, macs_costs, state_entries, training_flop_per_image, LayerInfo, LayerKind, LayerSpec, NetSpec,
-    StateEntry,
+    block_starts, describe, macs_costs, stage_shapes, state_entries, training_flop_per_image, LayerInfo,
+    LayerKind, LayerSpec, NetSpec, StateEntry,
 };
 pub use compute::{dense, is_channels_last, to_channels_last, Compute};
 pub use layer::Layer;

@@ -97,20 +97,22 @@ impl Net {
     /// parameter-free layers after it; `params` indexes `parameters()`. Backward can run block by
     /// block, and a block's gradients are final once its backward has run.
     pub fn param_blocks(&self) -> Vec<ParamBlock> {
-        let mut blocks: Vec<ParamBlock> = Vec::new();
+        let starts = super::block_starts(&self.specs());
         let mut p = 0;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let n = layer.all_params().len();
-            match blocks.last_mut() {
-                Some(last) if n == 0 => last.layers.end = i + 1,
-                _ => blocks.push(ParamBlock {
-                    layers: i..i + 1,
-                    params: p..p + n,
-                }),
-            }
-            p += n;
-        }
-        blocks
+        (0..starts.len())
+            .map(|b| {
+                let layers = starts[b]..starts.get(b + 1).copied().unwrap_or(self.layers.len());
+                let n: usize = self.layers[layers.clone()]
+                    .iter()
+                    .map(|l| l.all_params().len())
+                    .sum();
+                p += n;
+                ParamBlock {
+                    layers,
+                    params: p - n..p,
+                }
+            })
+            .collect()
     }
 
     fn specs(&self) -> Vec<LayerSpec> {

@@ -279,6 +279,36 @@ pub fn state_entries(layers: &[LayerSpec]) -> Vec<StateEntry> {
     layers.iter().flat_map(|l| l.state("")).collect()
 }
 
+/// (input shape, output shape, activation elements) per sample of `range` of `layers`.
+pub fn stage_shapes(
+    layers: &[LayerSpec],
+    range: std::ops::Range<usize>,
+    input: [i64; 3],
+) -> (Vec<i64>, Vec<i64>, i64) {
+    let mut shape = input.to_vec();
+    let mut in_shape = shape.clone();
+    let mut elems = 0;
+    for (i, s) in layers.iter().enumerate().take(range.end) {
+        if i == range.start {
+            in_shape = shape.clone();
+        }
+        shape = s.kind.output_shape(&shape);
+        if range.contains(&i) {
+            elems += shape.iter().product::<i64>();
+        }
+    }
+    (in_shape, shape, elems)
+}
+
+/// Where blocks start: layer 0 and every layer with parameters. A block (a layer with parameters
+/// and the parameter-free layers after it) is what backward finishes at once, what the timing rule
+/// times, and where a measured stage split may cut.
+pub fn block_starts(layers: &[LayerSpec]) -> Vec<usize> {
+    (0..layers.len())
+        .filter(|&i| i == 0 || layers[i].kind.parameter_count() > 0)
+        .collect()
+}
+
 /// One row of `partrain inspect`.
 pub struct LayerInfo {
     pub index: usize,

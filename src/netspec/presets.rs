@@ -3,8 +3,10 @@
 
 use super::{parse_layers, LayerKind, LayerSpec};
 
-/// seed 001: Conv(1,32,3)-ReLU-Pool - Conv(32,64,3)-ReLU-Pool - Flatten - FC(3136,128)-ReLU-Dropout - FC(128,10)
-pub const MNIST_CNN: &str = "
+/// The two conv -> ReLU -> 2x2 max-pool blocks both seed nets start with, then flatten.
+macro_rules! conv_blocks {
+    () => {
+        "
 - conv: {out: 32, k: 3, pad: 1}
 - relu: {}
 - maxpool: {k: 2}
@@ -12,25 +14,21 @@ pub const MNIST_CNN: &str = "
 - relu: {}
 - maxpool: {k: 2}
 - flatten: {}
-- linear: {out: 128}
-- relu: {}
-- dropout: {p: 0.25}
-- linear: {out: 10}
-";
+"
+    };
+}
+
+/// seed 001: Conv(1,32,3)-ReLU-Pool - Conv(32,64,3)-ReLU-Pool - Flatten - FC(3136,128)-ReLU-Dropout - FC(128,10)
+pub const MNIST_CNN: &str = concat!(
+    conv_blocks!(),
+    "- linear: {out: 128}\n- relu: {}\n- dropout: {p: 0.25}\n- linear: {out: 10}\n"
+);
 
 /// seed 002: Conv(3,32,3)-ReLU-Pool - Conv(32,64,3)-ReLU-Pool - Flatten - FC(4096,256)-ReLU - FC(256,10)
-pub const CIFAR_CNN: &str = "
-- conv: {out: 32, k: 3, pad: 1}
-- relu: {}
-- maxpool: {k: 2}
-- conv: {out: 64, k: 3, pad: 1}
-- relu: {}
-- maxpool: {k: 2}
-- flatten: {}
-- linear: {out: 256}
-- relu: {}
-- linear: {out: 10}
-";
+pub const CIFAR_CNN: &str = concat!(
+    conv_blocks!(),
+    "- linear: {out: 256}\n- relu: {}\n- linear: {out: 10}\n"
+);
 
 /// The preset `name`'s layers for its own image shape; every dropout layer's rate set to
 /// `dropout` (kept in the list at 0, so layer indices and stage boundaries do not depend on it).

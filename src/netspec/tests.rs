@@ -194,3 +194,13 @@ fn odd_sizes_into_a_pool_are_accepted() {
             .unwrap();
     assert_eq!(layers[2].kind.output_shape(&[4, 27, 27]), vec![4, 13, 13]);
 }
+
+#[test]
+fn stage_shapes_follow_the_layers() {
+    let layers = presets::layers("mnist_cnn", 0.0);
+    let (i, o, e) = stage_shapes(&layers, 0..3, [1, 28, 28]);
+    assert_eq!((i, o), (vec![1, 28, 28], vec![32, 14, 14]));
+    assert_eq!(e, 2 * 32 * 28 * 28 + 32 * 14 * 14);
+    let (i, o, _) = stage_shapes(&layers, 3..11, [1, 28, 28]);
+    assert_eq!((i, o), (vec![32, 14, 14], vec![10]));
+}

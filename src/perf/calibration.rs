@@ -127,13 +127,7 @@ impl Calibration {
     /// A calibration file's text, its format and version checked by name first.
     pub fn parse(text: &str) -> Result<Calibration> {
         let doc: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
-        let versions = crate::util::version::Versioned {
-            format: FORMAT,
-            oldest: VERSION,
-            current: VERSION,
-            unnamed: None,
-        };
-        if let Err(e) = versions.check(&doc) {
+        if let Err(e) = crate::util::version::Versioned::only(FORMAT, VERSION).check(&doc) {
             bail!("{e} (partrain calibrate writes it)");
         }
         let cal: Calibration = serde_json::from_value(doc)

@@ -80,9 +80,7 @@ pub(super) fn choose_split(cfg: &Config, layers: &[LayerSpec], input: [i64; 3]) 
 /// sends 4x the activation and loses the fused first block. Nets with fewer blocks than stages
 /// fall back to the per-layer costs.
 fn balanced_by_blocks(layers: &[LayerSpec], secs: &[f64], stages: usize) -> StageSplit {
-    let starts: Vec<usize> = (0..layers.len())
-        .filter(|&i| i == 0 || layers[i].kind.parameter_count() > 0)
-        .collect();
+    let starts = model::block_starts(layers);
     if starts.len() < stages {
         return StageSplit::balanced(secs, stages, MEASURED);
     }

@@ -18,7 +18,7 @@
 use crate::comm::{AsyncSends, Comm, ReduceWorker, Tag};
 use crate::data::Split;
 use crate::model::fused;
-use crate::model::{LayerSpec, Net, ParamBlock};
+use crate::model::{Net, ParamBlock};
 use crate::plan::{Plan, Topology};
 use crate::schedule::Action;
 use crate::train::buckets::Bucket;
@@ -78,27 +78,6 @@ pub struct Overlap<'a> {
     pub worker: &'a ReduceWorker,
 }
 
-/// (input shape, output shape, activation elements) per sample of `range` of `layers`.
-fn stage_shapes(
-    layers: &[LayerSpec],
-    range: std::ops::Range<usize>,
-    input: [i64; 3],
-) -> (Vec<i64>, Vec<i64>, i64) {
-    let mut shape = input.to_vec();
-    let mut in_shape = shape.clone();
-    let mut elems = 0;
-    for (i, s) in layers.iter().enumerate().take(range.end) {
-        if i == range.start {
-            in_shape = shape.clone();
-        }
-        shape = s.kind.output_shape(&shape);
-        if range.contains(&i) {
-            elems += shape.iter().product::<i64>();
-        }
-    }
-    (in_shape, shape, elems)
-}
-
 /// The dropout seed of micro-batch `i` of a step. Micro-batch 0 keeps the step's own seed, so a
 /// step of one micro-batch draws the dropout masks that serial and dp runs drew before
 /// micro-batches existed (their weights stay bit-identical to earlier versions).
@@ -120,7 +99,7 @@ impl Engine {
     pub fn new(plan: &Plan, seed: u64) -> Engine {
         let range = plan.stage_layers();
         let (in_shape, out_shape, activation_elems_per_sample) =
-            stage_shapes(&plan.layers, range.clone(), plan.input_shape);
+            crate::model::stage_shapes(&plan.layers, range.clone(), plan.input_shape);
         let mut net = Net::build(&plan.layers, range, seed);
         net.set_compute(plan.compute);
         let m = plan.batches.micro_batches;
@@ -484,21 +463,5 @@ impl StageStep<'_> {
                 next += 1;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Preset;
-
-    #[test]
-    fn stage_shapes_follow_the_layers() {
-        let layers = crate::model::preset_layers(Preset::MnistCnn, 0.0);
-        let (i, o, e) = stage_shapes(&layers, 0..3, [1, 28, 28]);
-        assert_eq!((i, o), (vec![1, 28, 28], vec![32, 14, 14]));
-        assert_eq!(e, 2 * 32 * 28 * 28 + 32 * 14 * 14);
-        let (i, o, _) = stage_shapes(&layers, 3..11, [1, 28, 28]);
-        assert_eq!((i, o), (vec![32, 14, 14], vec![10]));
     }
 }

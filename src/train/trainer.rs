@@ -436,6 +436,11 @@ impl<'a> Trainer<'a> {
             return;
         }
         let (group, timers) = (self.core.sync.group(), &mut self.core.timers);
+        if group.size() == 1 {
+            // One replica of this stage: its own mean is the mean (no collective every step).
+            self.core.engine.net.apply_batch_stats(&stats);
+            return;
+        }
         let sum = timers
             .averaging
             .time(|| crate::diag::flight::labelled("batch-norm statistics", || group.sum(&stats)));

@@ -18,6 +18,16 @@ pub struct Versioned {
 }
 
 impl Versioned {
+    /// A format read in exactly one version (no older file is readable).
+    pub const fn only(format: &'static str, version: u32) -> Versioned {
+        Versioned {
+            format,
+            oldest: version,
+            current: version,
+            unnamed: None,
+        }
+    }
+
     /// The document's version when its format and version are ones this reader takes.
     pub fn check(&self, doc: &serde_json::Value) -> Result<u32, String> {
         let format = doc.get("format").and_then(|f| f.as_str());
