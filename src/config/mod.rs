@@ -58,25 +58,46 @@ pub fn apply_overrides(cfg: Config, overrides: &[String]) -> Result<Config> {
             .with_context(|| format!("--set {item}: expected key=value, e.g. train.epochs=3"))?;
         let value: Value = serde_yaml::from_str(raw)
             .with_context(|| format!("--set {key}: value `{raw}` is not valid YAML"))?;
-        let mut node = &mut tree;
         let parts: Vec<&str> = key.split('.').collect();
-        for (i, part) in parts.iter().enumerate() {
-            let map = node
-                .as_mapping_mut()
-                .with_context(|| format!("--set {key}: `{}` is not a section", parts[..i].join(".")))?;
-            let known: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
-            node = map.get_mut(*part).with_context(|| {
-                format!(
-                    "--set {key}: no such key `{part}`; known keys here: {}",
-                    known.join(", ")
-                )
-            })?;
-        }
+        let node = node_at(&mut tree, key, &parts, &value)?;
         *node = value;
         // Checked one override at a time so the message names the key with the bad value.
         serde_yaml::from_value::<Config>(tree.clone()).map_err(|e| anyhow::anyhow!("--set {key}: {e}"))?;
     }
     serde_yaml::from_value(tree).map_err(|e| anyhow::anyhow!("--set: {e}"))
+}
+
+/// The node `--set key` names. A key the schema has but leaves out of the resolved config at its
+/// default (`skip_serializing_if`, e.g. `model.batchnorm_running`) is added when the schema
+/// accepts it there; any other missing key is refused naming the keys that exist.
+fn node_at<'a>(tree: &'a mut Value, key: &str, parts: &[&str], value: &Value) -> Result<&'a mut Value> {
+    let omitted_here = {
+        let mut probe = tree.clone();
+        let leaf = parts.iter().try_fold(&mut probe, |node, part| {
+            let map = node.as_mapping_mut()?;
+            Some(map.entry(Value::from(*part)).or_insert(Value::Null))
+        });
+        leaf.map(|l| *l = value.clone()).is_some()
+            && serde_yaml::from_value::<Config>(probe)
+                .map_or_else(|e| !e.to_string().contains("unknown field"), |_| true)
+    };
+    let mut node = tree;
+    for (i, part) in parts.iter().enumerate() {
+        let map = node
+            .as_mapping_mut()
+            .with_context(|| format!("--set {key}: `{}` is not a section", parts[..i].join(".")))?;
+        let known: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+        if i + 1 == parts.len() && omitted_here {
+            map.entry(Value::from(*part)).or_insert(Value::Null);
+        }
+        node = map.get_mut(*part).with_context(|| {
+            format!(
+                "--set {key}: no such key `{part}`; known keys here: {}",
+                known.join(", ")
+            )
+        })?;
+    }
+    Ok(node)
 }
 
 impl Config {
@@ -181,6 +202,16 @@ mod tests {
         assert!(err("train: {epoch: 3}\n", &[]).contains("epoch"));
         assert!(err("", &["train.epoch=3"]).contains("no such key `epoch`"));
         assert!(err("", &["trian.epochs=3"]).contains("trian"));
+        // A key left out of the resolved config at its default is still a key.
+        assert!(err("", &["model.batchnorm_runing=per_forward"]).contains("no such key `batchnorm_runing`"));
+        let e = err("", &["model.batchnorm_running=sometimes"]);
+        assert!(
+            e.contains("--set model.batchnorm_running") && e.contains("per_forward"),
+            "{e}"
+        );
+        let c = from_yaml_str("", &["model.batchnorm_running=per_forward".to_string()]).unwrap();
+        assert_eq!(c.model.batchnorm_running, BatchNormRunning::PerForward);
+        assert_ne!(c.hash(), from_yaml_str("", &[]).unwrap().hash());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The config's schema: every section and key with its default (seed 001's settings), the enums
 //! by their serde spelling (the one spelling configs, summaries and the command line share).
 
-use super::train_kinds::{LrScaling, LrScheduleKind, OptimizerKind, Precision, RecipeRule};
+use super::train_kinds::{BatchNormRunning, LrScaling, LrScheduleKind, OptimizerKind, Precision, RecipeRule};
 use crate::schedule::ScheduleKind;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -144,6 +144,12 @@ pub struct ModelConfig {
     /// config when absent, so the config hashes of preset runs did not change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<serde_yaml::Value>,
+    /// How batch norm's running statistics move (docs/nets.md): `step_mean` (once per optimiser
+    /// step, by the mean over micro-batches and replicas) or `per_forward` (PyTorch's rule: once
+    /// per micro-batch forward, in the order serial gradient accumulation would run them). Left
+    /// out of the resolved config at its default, so earlier config hashes did not change.
+    #[serde(skip_serializing_if = "BatchNormRunning::is_default")]
+    pub batchnorm_running: BatchNormRunning,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -415,6 +421,7 @@ impl Default for ModelConfig {
             preset: None,
             layers: None,
             dropout: 0.25,
+            batchnorm_running: BatchNormRunning::StepMean,
         }
     }
 }

@@ -56,3 +56,18 @@ pub enum RecipeRule {
     Fixed,
     ByGlobalBatch,
 }
+
+/// `model.batchnorm_running`: when batch norm's running statistics move (docs/nets.md).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchNormRunning {
+    #[default]
+    StepMean,
+    PerForward,
+}
+
+impl BatchNormRunning {
+    pub(super) fn is_default(&self) -> bool {
+        *self == BatchNormRunning::StepMean
+    }
+}

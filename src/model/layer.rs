@@ -2,11 +2,12 @@
 //! (a residual block's body and shortcut), and its forward.
 //!
 //! Batch normalisation normalises each micro-batch by that micro-batch's own mean and variance
-//! (as DDP without SyncBN does). The running statistics do not move in the forward, as PyTorch's
-//! would: each forward in training adds the micro-batch's mean and unbiased variance to a sum, and
-//! once per optimiser step the trainer takes the mean over micro-batches, averages it over the
-//! stage's replicas and moves the running statistics by it (momentum 0.1). Serial with
-//! micro-batches of the per-replica size therefore equals dp, running statistics included.
+//! (as DDP without SyncBN does). The running statistics do not move in the forward: each forward
+//! in training adds the micro-batch's mean and unbiased variance to a sum and to a moving average
+//! started at zero, and once per optimiser step the trainer moves the running statistics by the
+//! rule of `model.batchnorm_running` (`Net::apply_batch_stats`): by the mean over micro-batches
+//! and replicas, or as PyTorch's per-forward updates would have, in serial order. Either way
+//! serial with micro-batches of the per-replica size equals dp, running statistics included.
 
 use super::compute::{to_channels_last, Compute};
 use crate::netspec::{LayerKind, LayerSpec};
@@ -14,7 +15,18 @@ use tch::{Kind, Tensor};
 
 /// PyTorch's BatchNorm2d defaults.
 const BN_EPS: f64 = 1e-5;
-const BN_MOMENTUM: f64 = 0.1;
+pub(super) const BN_MOMENTUM: f64 = 0.1;
+
+/// One batch-norm layer's statistics of this step's training forwards.
+pub struct LayerStats {
+    /// The mean over the micro-batches of [mean (c), unbiased variance (c)].
+    pub step_mean: Vec<f64>,
+    /// PyTorch's per-forward updates applied to zero: sum over forwards j of
+    /// momentum (1 - momentum)^(M-1-j) [mean, variance]_j.
+    pub per_forward: Vec<f64>,
+    /// M, the training forwards since the last take.
+    pub forwards: usize,
+}
 
 pub struct Layer {
     pub spec: LayerSpec,
@@ -22,7 +34,8 @@ pub struct Layer {
     pub params: Vec<Tensor>,
     /// Batch norm: running_mean, running_var, num_batches_tracked (an f32 count here; files get i64).
     pub buffers: Vec<Tensor>,
-    /// Batch norm in training: this step's sum over micro-batches of [mean (c), variance (c), 1].
+    /// Batch norm in training: this step's sum over micro-batches of [mean (c), variance (c), 1],
+    /// then the per-forward moving average of [mean, variance] from zero (`LayerStats`).
     stats: Option<Tensor>,
     /// A residual block's body layers, then its shortcut when it has one.
     pub inner: Vec<Layer>,
@@ -72,7 +85,7 @@ impl Layer {
                     Tensor::ones([c], f32_opts()),
                     Tensor::zeros([], f32_opts()),
                 ],
-                Some(Tensor::zeros([2 * c + 1], f32_opts())),
+                Some(Tensor::zeros([4 * c + 1], f32_opts())),
             ),
             _ => (vec![], None),
         };
@@ -105,20 +118,26 @@ impl Layer {
             .collect()
     }
 
-    /// Batch norm: the mean over this step's micro-batches of [mean, variance] (2c values), the
-    /// sums reset; None when no training forward ran since the last call.
-    pub fn take_stats(&self) -> Option<Vec<f64>> {
+    /// Batch norm: this step's statistics, the sums reset; None when no training forward ran
+    /// since the last call.
+    pub fn take_stats(&self) -> Option<LayerStats> {
         let stats = self.stats.as_ref()?;
         let n = stats.numel();
+        let c2 = (n - 1) / 2;
         let mut v = vec![0f32; n];
         stats.copy_data(&mut v, n);
         let _ = tch::no_grad(|| stats.shallow_clone().zero_());
-        let count = v[n - 1] as f64;
-        (count > 0.0).then(|| v[..n - 1].iter().map(|&x| x as f64 / count).collect())
+        let count = v[c2] as f64;
+        (count > 0.0).then(|| LayerStats {
+            step_mean: v[..c2].iter().map(|&x| x as f64 / count).collect(),
+            per_forward: v[c2 + 1..].iter().map(|&x| x as f64).collect(),
+            forwards: count as usize,
+        })
     }
 
-    /// Batch norm: moves the running statistics by `mean_var` (2c values), counts the step.
-    pub fn apply_stats(&self, mean_var: &[f64]) {
+    /// Batch norm: running = keep x running + weight x `mean_var` (2c values); `forwards` added
+    /// to the count of batches tracked.
+    pub fn apply_stats(&self, mean_var: &[f64], keep: f64, weight: f64, forwards: usize) {
         let c = mean_var.len() / 2;
         let values: Vec<f32> = mean_var.iter().map(|&x| x as f32).collect();
         let t = Tensor::from_slice(&values);
@@ -126,11 +145,11 @@ impl Layer {
             for (i, buf) in self.buffers[..2].iter().enumerate() {
                 let target = t.narrow(0, (i * c) as i64, c as i64);
                 let mut running = buf.shallow_clone();
-                let _ = running.g_mul_scalar_(1.0 - BN_MOMENTUM);
-                let _ = running.g_add_(&(target * BN_MOMENTUM));
+                let _ = running.g_mul_scalar_(keep);
+                let _ = running.g_add_(&(target * weight));
             }
             let mut count = self.buffers[2].shallow_clone();
-            let _ = count.g_add_scalar_(1.0);
+            let _ = count.g_add_scalar_(forwards as f64);
         });
     }
 
@@ -157,8 +176,12 @@ impl Layer {
             tch::no_grad(|| {
                 let (var, mean) = x.var_mean_correction([0, 2, 3].as_slice(), 1, false);
                 let one = Tensor::ones([1], f32_opts());
-                let mut sums = stats.shallow_clone();
-                let _ = sums.g_add_(&Tensor::cat(&[mean, var, one], 0));
+                let c = mean.numel() as i64;
+                let mut sums = stats.narrow(0, 0, 2 * c + 1);
+                let _ = sums.g_add_(&Tensor::cat(&[&mean, &var, &one], 0));
+                let mut average = stats.narrow(0, 2 * c + 1, 2 * c);
+                let _ = average.g_mul_scalar_(1.0 - BN_MOMENTUM);
+                let _ = average.g_add_(&(Tensor::cat(&[mean, var], 0) * BN_MOMENTUM));
             });
         }
         x.batch_norm(

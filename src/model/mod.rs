@@ -92,4 +92,105 @@ mod tests {
         );
         assert_eq!(y.size(), vec![2, 10]);
     }
+
+    /// conv -> batchnorm -> pooled linear: the batch-norm layer and its running statistics.
+    fn bn_net() -> Net {
+        let yaml = "[{conv: {out: 3, k: 3, pad: 1}}, {batchnorm: {}}, {avgpool: {global: true}}, \
+                    {flatten: {}}, {linear: {out: 10}}]";
+        let specs =
+            crate::netspec::parse_layers(&serde_yaml::from_str(yaml).unwrap(), [1, 6, 6], 10).unwrap();
+        Net::build(&specs, 0..specs.len(), 3)
+    }
+
+    fn running(net: &Net) -> Vec<f32> {
+        let bn = &net.layers[1].buffers;
+        Vec::<f32>::try_from(&Tensor::cat(&[&bn[0], &bn[1]], 0)).unwrap()
+    }
+
+    #[test]
+    fn per_forward_running_statistics_are_pytorchs_and_split_over_replicas() {
+        use crate::config::BatchNormRunning::{PerForward, StepMean};
+        let (whole, first, second, step) = (bn_net(), bn_net(), bn_net(), bn_net());
+        let xs: Vec<Tensor> = {
+            let _rng = crate::util::torch_rng();
+            tch::manual_seed(11);
+            (0..4)
+                .map(|_| Tensor::randn([5, 1, 6, 6], (Kind::Float, tch::Device::Cpu)) * 2.0 + 1.0)
+                .collect()
+        };
+        // PyTorch's rule: every training forward moves the running statistics (momentum 0.1).
+        let (mean, var) = (
+            Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)),
+            Tensor::ones([3], (Kind::Float, tch::Device::Cpu)),
+        );
+        let mut means = vec![];
+        for x in &xs {
+            let h = whole.forward_layers(x, true, 0..1);
+            let _ = h.batch_norm(
+                None::<&Tensor>,
+                None::<&Tensor>,
+                Some(&mean),
+                Some(&var),
+                true,
+                0.1,
+                1e-5,
+                false,
+            );
+            let (v, m) = h.var_mean_correction([0, 2, 3].as_slice(), 1, false);
+            means.push(Vec::<f32>::try_from(&Tensor::cat(&[m, v], 0)).unwrap());
+            for net in [&whole, &step] {
+                let _ = net.forward(x, true);
+            }
+        }
+        let pytorch = Vec::<f32>::try_from(&Tensor::cat(&[&mean, &var], 0)).unwrap();
+        // One replica with 4 micro-batches, and 2 replicas with 2 each, summed.
+        let s = whole.take_batch_stats().unwrap();
+        whole.apply_batch_stats(PerForward, &s.share(PerForward, 0, 1), 1, s.forwards);
+        for x in &xs[..2] {
+            let _ = first.forward(x, true);
+        }
+        for x in &xs[2..] {
+            let _ = second.forward(x, true);
+        }
+        let (a, b) = (
+            first.take_batch_stats().unwrap(),
+            second.take_batch_stats().unwrap(),
+        );
+        let summed: Vec<f64> = a
+            .share(PerForward, 0, 2)
+            .iter()
+            .zip(b.share(PerForward, 1, 2))
+            .map(|(x, y)| x + y)
+            .collect();
+        first.apply_batch_stats(PerForward, &summed, 2, 2);
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        assert!(
+            close(&running(&whole), &pytorch),
+            "{:?} vs {pytorch:?}",
+            running(&whole)
+        );
+        assert!(
+            close(&running(&first), &pytorch),
+            "{:?} vs {pytorch:?}",
+            running(&first)
+        );
+        // step_mean: one move, by the mean of the 4 micro-batches' statistics.
+        let s = step.take_batch_stats().unwrap();
+        step.apply_batch_stats(StepMean, &s.share(StepMean, 0, 1), 1, s.forwards);
+        let expect: Vec<f32> = (0..6)
+            .map(|i| {
+                0.9 * [0.0, 0.0, 0.0, 1.0, 1.0, 1.0][i] + 0.1 * means.iter().map(|m| m[i]).sum::<f32>() / 4.0
+            })
+            .collect();
+        assert!(
+            close(&running(&step), &expect),
+            "{:?} vs {expect:?}",
+            running(&step)
+        );
+        let tracked = |n: &Net| f32::try_from(&n.layers[1].buffers[2]).unwrap();
+        assert_eq!(
+            (tracked(&whole), tracked(&first), tracked(&step)),
+            (4.0, 4.0, 1.0)
+        );
+    }
 }

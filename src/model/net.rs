@@ -3,8 +3,9 @@
 //! averaging), batch-norm statistics per step, and each layer's measured time.
 
 use super::compute::{to_channels_last, Compute};
-use super::layer::{run, Layer};
+use super::layer::{run, Layer, LayerStats};
 use super::{LayerKind, LayerSpec};
+use crate::config::BatchNormRunning;
 use tch::{Kind, Tensor};
 
 /// A run of layers whose parameter gradients complete together in backward.
@@ -176,21 +177,73 @@ impl Net {
         self.parameters().iter().map(|p| p.numel() as i64).sum()
     }
 
-    /// This step's batch-norm statistics, every batch-norm layer's [mean, variance] averaged over
-    /// the step's micro-batches, concatenated (empty without batch norm); the sums reset.
-    pub fn take_batch_stats(&self) -> Vec<f64> {
+    /// This step's batch-norm statistics, every batch-norm layer's concatenated in order (None
+    /// without batch norm or without a training forward); the sums reset.
+    pub fn take_batch_stats(&self) -> Option<BatchStats> {
         let norms = self.layers.iter().flat_map(|l| l.batch_norms());
-        norms.filter_map(|l| l.take_stats()).flatten().collect()
+        let layers: Vec<LayerStats> = norms.filter_map(|l| l.take_stats()).collect();
+        let forwards = layers.first()?.forwards;
+        Some(BatchStats {
+            step_mean: layers.iter().flat_map(|l| l.step_mean.iter().copied()).collect(),
+            per_forward: layers
+                .iter()
+                .flat_map(|l| l.per_forward.iter().copied())
+                .collect(),
+            forwards,
+        })
     }
 
-    /// Moves every batch-norm layer's running statistics by its share of `stats` (as
-    /// `take_batch_stats` laid them out, averaged over replicas).
-    pub fn apply_batch_stats(&self, stats: &[f64]) {
+    /// Moves every batch-norm layer's running statistics by `summed`, the sum over the stage's
+    /// `replicas` of each one's `BatchStats::share` (as `take_batch_stats` laid them out), each
+    /// replica having run `forwards` training forwards.
+    pub fn apply_batch_stats(
+        &self,
+        rule: BatchNormRunning,
+        summed: &[f64],
+        replicas: usize,
+        forwards: usize,
+    ) {
+        let m = super::layer::BN_MOMENTUM;
+        let mean: Vec<f64>;
+        let (values, keep, weight, tracked) = match rule {
+            BatchNormRunning::StepMean => {
+                mean = summed.iter().map(|s| s / replicas as f64).collect();
+                (&mean[..], 1.0 - m, m, 1)
+            }
+            BatchNormRunning::PerForward => {
+                let all = replicas * forwards;
+                (summed, (1.0 - m).powi(all as i32), 1.0, all)
+            }
+        };
         let mut at = 0;
         for layer in self.layers.iter().flat_map(|l| l.batch_norms()) {
             let n = 2 * layer.buffers[0].numel();
-            layer.apply_stats(&stats[at..at + n]);
+            layer.apply_stats(&values[at..at + n], keep, weight, tracked);
             at += n;
+        }
+    }
+}
+
+/// One step's batch-norm statistics of one replica of a stage (`Net::take_batch_stats`).
+pub struct BatchStats {
+    pub step_mean: Vec<f64>,
+    pub per_forward: Vec<f64>,
+    pub forwards: usize,
+}
+
+impl BatchStats {
+    /// What replica `replica` of `replicas` adds to the stage's sum under `rule`. `step_mean`: its
+    /// mean over micro-batches. `per_forward`: its moving average from zero, decayed by the
+    /// forwards the replicas after it run, so that the sum is what PyTorch's per-forward updates
+    /// over every replica's micro-batches in serial order (replica by replica) would add.
+    pub fn share(&self, rule: BatchNormRunning, replica: usize, replicas: usize) -> Vec<f64> {
+        match rule {
+            BatchNormRunning::StepMean => self.step_mean.clone(),
+            BatchNormRunning::PerForward => {
+                let later = ((replicas - 1 - replica) * self.forwards) as i32;
+                let decay = (1.0 - super::layer::BN_MOMENTUM).powi(later);
+                self.per_forward.iter().map(|x| x * decay).collect()
+            }
         }
     }
 }

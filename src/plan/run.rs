@@ -2,7 +2,7 @@
 //! when to evaluate and checkpoint, the target and whether to stop there, the seed, and the
 //! config's hashes. The trainer reads these and never the config.
 
-use crate::config::{BatchScope, Config, SyncMode};
+use crate::config::{BatchNormRunning, BatchScope, Config, SyncMode};
 
 /// Evaluations per epoch of a run with a target and no `train.eval_every_steps`.
 pub const EVALS_PER_EPOCH: usize = 4;
@@ -52,6 +52,8 @@ pub struct RunPlan {
     pub batch_scope: BatchScope,
     pub sync_mode: SyncMode,
     pub trace: bool,
+    /// `model.batchnorm_running`: when batch norm's running statistics move.
+    pub batchnorm_running: BatchNormRunning,
 }
 
 impl RunPlan {
@@ -75,6 +77,7 @@ impl RunPlan {
             batch_scope: t.batch_scope,
             sync_mode: cfg.sync.mode,
             trace: cfg.run.trace,
+            batchnorm_running: cfg.model.batchnorm_running,
         }
     }
 

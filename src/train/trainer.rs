@@ -428,25 +428,28 @@ impl<'a> Trainer<'a> {
         Ok(loss)
     }
 
-    /// Batch norm: this step's statistics (mean over micro-batches) averaged over the stage's
-    /// replicas (collective within the replica group), then the running statistics move once.
+    /// Batch norm: this step's statistics summed over the stage's replicas (collective within
+    /// the replica group; none for a group of one), then the running statistics move once, by
+    /// `model.batchnorm_running`'s rule.
     fn average_batch_stats(&mut self) {
-        let stats = self.core.engine.net.take_batch_stats();
-        if stats.is_empty() {
+        let Some(stats) = self.core.engine.net.take_batch_stats() else {
             return;
-        }
-        let (group, timers) = (self.core.sync.group(), &mut self.core.timers);
-        if group.size() == 1 {
-            // One replica of this stage: its own mean is the mean (no collective every step).
-            self.core.engine.net.apply_batch_stats(&stats);
-            return;
-        }
-        let sum = timers
-            .averaging
-            .time(|| crate::diag::flight::labelled("batch-norm statistics", || group.sum(&stats)));
-        let n = group.size() as f64;
-        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-        self.core.engine.net.apply_batch_stats(&mean);
+        };
+        let (group, timers, rule) = (
+            self.core.sync.group(),
+            &mut self.core.timers,
+            self.plan.run.batchnorm_running,
+        );
+        let (replica, replicas) = (group.rank(), group.size());
+        let share = stats.share(rule, replica, replicas);
+        let summed = match replicas {
+            1 => share,
+            _ => timers
+                .averaging
+                .time(|| crate::diag::flight::labelled("batch-norm statistics", || group.sum(&share))),
+        };
+        let net = &self.core.engine.net;
+        net.apply_batch_stats(rule, &summed, replicas, stats.forwards);
     }
 
     /// The engine's part of a step: this stage's forward and backward of every micro-batch
