@@ -62,6 +62,9 @@ pub struct Engine {
     /// ReLU -> 2x2 max-pool) runs fused outside autograd, and one set of buffers per micro-batch.
     fused: Option<i64>,
     fused_buffers: Vec<fused::Buffers>,
+    /// The fused block's buffers in evaluation (its forward alone: one pass for ReLU and pool
+    /// where the layers took three, the same floats).
+    eval_buffers: fused::Buffers,
     recv_buf: Vec<f32>,
     /// Largest number of bytes of activations held at once (micro-batches in flight x their size).
     pub peak_activation_bytes: i64,
@@ -126,6 +129,7 @@ impl Engine {
             last_backward,
             fused,
             fused_buffers: (0..m).map(|_| fused::Buffers::default()).collect(),
+            eval_buffers: fused::Buffers::default(),
             net,
             topo: plan.topology,
             actions: plan.schedule.actions[plan.topology.stage].clone(),
@@ -214,7 +218,7 @@ impl Engine {
                         Tensor::from_slice(&self.recv_buf).view(&shape[..])
                     }
                 };
-                let out = self.net.forward(&input, false);
+                let out = self.forward_eval(&input);
                 match t.next() {
                     Some(next) => {
                         let n = out.numel();
@@ -236,6 +240,21 @@ impl Engine {
             }
         });
         sums
+    }
+}
+
+impl Engine {
+    /// An evaluation forward of this stage, the first block fused where training fuses it.
+    fn forward_eval(&mut self, input: &Tensor) -> Tensor {
+        match self.fused {
+            Some(pad) => {
+                let p = &self.net.layers[0].params;
+                let block = fused::forward(input, &p[0], &p[1], pad, &mut self.eval_buffers);
+                self.net
+                    .forward_layers(&block.leaf, false, 3..self.net.layers.len())
+            }
+            None => self.net.forward(input, false),
+        }
     }
 }
 
