@@ -17,8 +17,8 @@ names = sys.argv[2:] or ["seed001", "resnet"]
 cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), "?")
 print(f"CPU: {model}\n")
-print("| net | parameters | epochs | seed | best test accuracy | final | time to target (s) |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| net | parameters | epochs | seed | best test accuracy | final | steps to target | time to target (s) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 runs = {}
 for name in names:
     runs[name] = {}
@@ -30,11 +30,12 @@ for name in names:
         runs[name][seed] = s
         ttt = s.get("time_to_target_s")
         ttt = f"{ttt:.0f}" if ttt else "not reached"
+        steps = s.get("steps_to_target") or "-"
         print(f"| {s['model']} ({name}) | {s['parameters']:,} | {s['epochs']} | {seed} | "
-              f"{s['best_test_accuracy']:.2f} | {s['final_test_accuracy']:.2f} | {ttt} |")
+              f"{s['best_test_accuracy']:.2f} | {s['final_test_accuracy']:.2f} | {steps} | {ttt} |")
     best = [s["best_test_accuracy"] for s in runs[name].values()]
     if best:
-        print(f"| **{name}: median of {len(best)}** | | | | **{statistics.median(best):.2f}** | | |")
+        print(f"| **{name}: median of {len(best)}** | | | | **{statistics.median(best):.2f}** | | | |")
 def accuracy_by_step(run_dir):
     """Test accuracy at each evaluation of a run (metrics.csv), by global step."""
     with open(run_dir / "metrics.csv") as f:
