@@ -164,6 +164,10 @@ fn config_yaml_and_set_overrides() {
         "data.train_limit",
         "sync.mode",
         "train.warmup_epochs",
+        // Keys left out of the resolved config at their default (`--set` adds them).
+        "model.batchnorm_running",
+        "model.layers",
+        "model.nosuchkey",
         "run",
         "train",
     ];
