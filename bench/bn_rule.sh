@@ -4,7 +4,7 @@
 # configs/resnet_fashion.yaml serial with 4 micro-batches of 32, 3 epochs, 3 seeds each. The rule
 # moves only the running statistics, so both rules train the same weights: the difference is
 # evaluation's alone, paired by seed. The table in docs/nets.md, "Batch normalisation".
-#   bash bench/bn_rule.sh [OUT=results/bn_rule] [PARTRAIN=partrain]    (~40 min on 2 cores)
+#   bash bench/bn_rule.sh [OUT=results/bn_rule] [PARTRAIN=partrain]    (~1 h on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source env.sh
