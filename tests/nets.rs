@@ -6,7 +6,7 @@ use common::*;
 use std::path::Path;
 
 /// 50 steps of global batch 64 on 3,200 MNIST images of configs/resnet_fashion.yaml's net (its
-/// layers fit MNIST's images as they fit Fashion-MNIST's), with the config's Adam recipe.
+/// layers fit MNIST's images as they fit Fashion-MNIST's), with the config's AdamW recipe.
 fn resnet_args(cmd: &str, out: &Path, sets: &[&str]) -> Vec<String> {
     let mut all = vec![
         "data.dataset=mnist",
