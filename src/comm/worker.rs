@@ -78,6 +78,7 @@ fn serve(
     done: std::sync::mpsc::Sender<()>,
     busy_ns: &std::sync::atomic::AtomicU64,
 ) {
+    raise_priority();
     for (seq, job) in (1u64..).zip(jobs) {
         let op = Op {
             kind: OpKind::OverlappedAllReduce,
@@ -91,19 +92,7 @@ fn serve(
         let started = std::time::Instant::now();
         // SAFETY: `submit`'s caller keeps both buffers alive and untouched until the
         // matching `wait` returns.
-        unsafe {
-            mpi_ok(
-                ffi::MPI_Allreduce(
-                    job.send as *const std::ffi::c_void,
-                    job.recv as *mut std::ffi::c_void,
-                    job.len as i32,
-                    ffi::RSMPI_FLOAT,
-                    ffi::RSMPI_SUM,
-                    raw.0,
-                ),
-                "MPI_Allreduce (overlapped)",
-            );
-        }
+        unsafe { all_reduce_polling(&job, raw.0) };
         let ns = started.elapsed().as_nanos() as u64;
         busy_ns.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
         if done.send(()).is_err() {
@@ -112,6 +101,77 @@ fn serve(
     }
     // SAFETY: every rank frees its duplicate when its worker stops.
     unsafe { mpi_ok(ffi::MPI_Comm_free(&mut raw.0), "MPI_Comm_free") };
+}
+
+/// How long the all-reduce thread sleeps between MPI_Test calls. A blocking MPI_Allreduce polls
+/// the network without pause (Open MPI yields between polls, but the poller still competes with
+/// the compute threads for the cores). Measured on 4 emulated nodes sharing 2 cores (dp, 1 rank
+/// per node, bench/overlap_hidden.sh's runs, seeds 42-44), against the blocking call:
+/// - 1 Gbit/s, 64 images per rank: 73 % of the all-reduce hidden behind backward (72.8-73.5)
+///   against 62 %, and a step of 70.7 ms against 78.5 ms;
+/// - 1 Gbit/s, 128 images per rank: 73-76 % hidden against 89 %, 126.6 ms a step against 119.5
+///   (backward already covers the all-reduce there: the priority below costs compute);
+/// - 100 Mbit/s, 64: 251 ms against 257 ms; unshaped loopback: the same step time.
+///
+/// 20 us and 200 us between tests measured as 50 us.
+const POLL: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// How much the all-reduce thread's nice value is lowered below the process's: when its data
+/// arrives it runs ahead of the compute threads that share the cores, so the link stays busy
+/// while backward runs. At 1 Gbit/s and 64 images per rank (as for `POLL`): 0 hid 64 % (a step
+/// 74.7 ms), 5 hid 73 % (70.7 ms), 10 hid 75 % (73.3 ms: compute slowed more than it gained).
+const PRIORITY_BOOST: i32 = 5;
+
+/// Lowers this thread's nice value by `PRIORITY_BOOST` (needs CAP_SYS_NICE or a RLIMIT_NICE that
+/// allows it); where that is refused, says so once and carries on at the process's priority.
+fn raise_priority() {
+    // SAFETY: plain syscalls about this thread only; errno is read right after the call.
+    let (result, errno) = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+        let r = libc::setpriority(libc::PRIO_PROCESS, tid, nice - PRIORITY_BOOST);
+        (r, *libc::__errno_location())
+    };
+    if result != 0 {
+        eprintln!(
+            "note: the overlapped all-reduce thread keeps the process's priority (setpriority: \
+             {}); on shared cores backward then hides less of the all-reduce",
+            std::io::Error::from_raw_os_error(errno)
+        );
+    }
+}
+
+/// The sum of the job's span on every rank of `comm`: started non-blocking, then tested every
+/// `POLL` so that the thread sleeps, instead of polling, while the link carries the data.
+///
+/// # Safety
+/// The job's spans stay valid and untouched until this returns.
+unsafe fn all_reduce_polling(job: &ReduceJob, comm: ffi::MPI_Comm) {
+    let mut request: ffi::MPI_Request = ffi::RSMPI_REQUEST_NULL;
+    mpi_ok(
+        ffi::MPI_Iallreduce(
+            job.send as *const std::ffi::c_void,
+            job.recv as *mut std::ffi::c_void,
+            job.len as i32,
+            ffi::RSMPI_FLOAT,
+            ffi::RSMPI_SUM,
+            comm,
+            &mut request,
+        ),
+        "MPI_Iallreduce (overlapped)",
+    );
+    loop {
+        let mut flag: std::ffi::c_int = 0;
+        mpi_ok(
+            ffi::MPI_Test(&mut request, &mut flag, ffi::RSMPI_STATUS_IGNORE),
+            "MPI_Test (overlapped)",
+        );
+        if flag != 0 {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 impl ReduceWorker {
