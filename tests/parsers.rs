@@ -253,6 +253,7 @@ fn calibration_files() {
         "cpu": {"model_name": "AMD EPYC", "family": "25", "model": "17"},
         "preset": "mnist_cnn", "dataset": "mnist", "cores_per_node": 2, "layer_names": ["conv", "relu"],
         "layer_output_elems": [100, 100], "layer_params": [10, 0], "compute": [row(1, 8), row(1, 64), row(2, 8)],
+        "compute_bf16": [row(1, 8), row(2, 64)],
         "intra_node": {"latency_us": 1.0, "bandwidth_gbs": 5.0}, "inter_node": null,
         "shared_memory_s_per_elem": 1e-10, "base_rss_mb": 100.0, "corun": [{"ranks": 2, "slowdown": 1.1}]
     });
@@ -261,6 +262,22 @@ fn calibration_files() {
         if let Ok(c) = partrain::perf::Calibration::parse(&String::from_utf8_lossy(b)) {
             // A calibration that parses is used: its stage times must not panic.
             let _ = c.stage_seconds(0..c.layer_names.len(), 3, 32);
+        }
+    });
+}
+
+/// bench/precision_steps.sh's CSV as `plan --precision-steps` reads it: what it accepts has a
+/// positive, finite ratio.
+#[test]
+fn precision_steps_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("precision_steps.csv");
+    let seed =
+        "precision,seed,steps_to_target,final_accuracy\nfp32,42,450,99.04\nbf16,42,469,99.0\nbf16,43,,98.9\n";
+    never_panics("precision steps", bytes_from(seed.as_bytes().to_vec()), |b| {
+        std::fs::write(&path, b).unwrap();
+        if let Ok(s) = partrain::perf::precision::PrecisionSteps::read(&path) {
+            assert!(s.bf16_over_fp32.is_finite() && s.bf16_over_fp32 > 0.0, "{s:?}");
         }
     });
 }

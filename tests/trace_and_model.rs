@@ -239,6 +239,8 @@ fn plan_by_time_to_target(tmp: &std::path::Path, cal: &str, runs: &std::path::Pa
             "{r:?}"
         );
     }
+    assert!(t.contains("bf16: not weighed"), "{t}");
+    plan_weighs_bf16(tmp, cal, &curve);
     // The noise-scale model, fitted to a measured run.
     let t = plan(&[
         "--target-accuracy",
@@ -266,4 +268,91 @@ fn plan_by_time_to_target(tmp: &std::path::Path, cal: &str, runs: &std::path::Pa
         "{}",
         text(&o)
     );
+}
+
+/// The precision axis: with bf16 compute in the calibration (here this machine's fp32 timings
+/// halved, as on a CPU whose native bf16 is twice as fast) and bf16's measured steps to target,
+/// `plan` weighs every target layout in both precisions: bf16 is recommended when it needs as
+/// many steps, fp32 when it needs three times as many; a bf16 row's steps are fp32's times the
+/// measured ratio.
+fn plan_weighs_bf16(tmp: &std::path::Path, cal: &str, curve: &std::path::Path) {
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cal).unwrap()).unwrap();
+    let mut bf16 = c["compute"].clone();
+    for row in bf16.as_array_mut().unwrap() {
+        for key in ["forward_s", "backward_s"] {
+            for t in row[key].as_array_mut().unwrap() {
+                *t = (t.as_f64().unwrap() / 2.0).into();
+            }
+        }
+        row["step_s"] = (row["step_s"].as_f64().unwrap() / 2.0).into();
+    }
+    c["compute_bf16"] = bf16;
+    let cal_bf16 = tmp.join("calibration_bf16.json");
+    std::fs::write(&cal_bf16, c.to_string()).unwrap();
+    let dp = config("data_parallel.yaml");
+    let out = tmp.join("plan_bf16.csv");
+    let recommended = |bf16_steps: f64| {
+        let steps = tmp.join("precision_steps.csv");
+        let csv_text = format!("precision,seed,steps_to_target\nfp32,1,450\nbf16,1,{bf16_steps}\n");
+        std::fs::write(&steps, csv_text).unwrap();
+        let o = partrain(&[
+            "plan",
+            "--config",
+            &dp,
+            "--calibration",
+            cal_bf16.to_str().unwrap(),
+            "--cores-per-node",
+            "64",
+            "--nodes",
+            "1,32",
+            "--target-accuracy",
+            "99",
+            "--curve",
+            curve.to_str().unwrap(),
+            "--precision-steps",
+            steps.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_ok(&o);
+        assert!(text(&o).contains("bf16: weighed against fp32"), "{}", text(&o));
+        let rows: Vec<std::collections::HashMap<String, String>> = csv::Reader::from_path(&out)
+            .unwrap()
+            .deserialize()
+            .map(|r| r.unwrap())
+            .collect();
+        let target: Vec<_> = rows.iter().filter(|r| r["scope"] == "target").collect();
+        let key = |r: &std::collections::HashMap<String, String>| {
+            let cols = [
+                "nodes",
+                "strategy",
+                "ranks_per_node",
+                "threads",
+                "stages",
+                "micro_batches",
+            ];
+            let more = ["global_batch", "remedy", "schedule", "placement"];
+            cols.iter()
+                .chain(more.iter())
+                .map(|k| r[*k].clone())
+                .collect::<Vec<_>>()
+        };
+        for b in target.iter().filter(|r| r["precision"] == "bf16") {
+            let f = target
+                .iter()
+                .find(|r| r["precision"] == "fp32" && key(r) == key(b))
+                .unwrap();
+            // Empty where the global batch lies outside the curve, in both precisions alike.
+            let steps =
+                |r: &std::collections::HashMap<String, String>| r["steps_to_target"].parse::<f64>().ok();
+            match (steps(b), steps(f)) {
+                (Some(b), Some(f)) => assert!((b - f * bf16_steps / 450.0).abs() < 1e-6 * f, "{b} {f}"),
+                (b, f) => assert_eq!(b.is_some(), f.is_some()),
+            }
+        }
+        // plan.csv is best first within each node count.
+        ["1", "32"].map(|n| target.iter().find(|r| r["nodes"] == n).unwrap()["precision"].clone())
+    };
+    assert_eq!(recommended(450.0), ["bf16", "bf16"]);
+    assert_eq!(recommended(1350.0), ["fp32", "fp32"]);
 }

@@ -52,6 +52,10 @@ pub struct PlanArgs {
     /// results/example/remedies.csv): the target scope weighs every layout with each remedy.
     #[arg(long, requires = "target_accuracy")]
     pub remedies: Option<PathBuf>,
+    /// bf16's steps to target against fp32's (bench/precision_steps.sh's CSV): the target scope
+    /// also weighs every layout in bf16, where the calibration measured bf16 compute.
+    #[arg(long, requires = "target_accuracy")]
+    pub precision_steps: Option<PathBuf>,
 }
 
 impl PlanArgs {
@@ -71,6 +75,7 @@ impl PlanArgs {
             run: self.run.clone(),
             eval_every_epochs: self.eval_every_epochs,
             remedies: self.remedies.clone(),
+            precision_steps: self.precision_steps.clone(),
         }
     }
 }
@@ -86,6 +91,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
             model.describe(),
             args.eval_every_epochs
         );
+        println!("{}", plan.precision_note);
         print_target_rows(&plan.rows, args.top);
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -145,7 +151,7 @@ fn print_plan_rows(rows: &[&PlanRow], top: usize) {
 /// The target scope, best first per node count: the recommended layout is each node count's first.
 fn print_target_rows(rows: &[PlanRow], top: usize) {
     println!(
-        "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>11} {:>9} {:>7} {:>7} {:>9}",
+        "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>11} {:>9} {:>9} {:>7} {:>7} {:>9}",
         "nodes",
         "layout",
         "ranks/nd",
@@ -156,6 +162,7 @@ fn print_target_rows(rows: &[PlanRow], top: usize) {
         "per-rank",
         "averaging",
         "remedy",
+        "precision",
         "images/s",
         "steps",
         "epochs",
@@ -172,7 +179,7 @@ fn print_target_rows(rows: &[PlanRow], top: usize) {
         }
         *n += 1;
         println!(
-            "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>11} {:>9.0} {:>7.0} {:>7.2} {:>9.1}{}",
+            "{:>5} {:>6} {:>9} {:>7} {:>6} {:>8} {:>6} {:>8} {:>16} {:>11} {:>9} {:>9.0} {:>7.0} {:>7.2} {:>9.1}{}",
             r.nodes,
             r.strategy,
             r.ranks_per_node,
@@ -183,6 +190,7 @@ fn print_target_rows(rows: &[PlanRow], top: usize) {
             r.per_replica_batch,
             r.averaging,
             r.remedy,
+            r.precision,
             r.images_per_s,
             r.steps_to_target.unwrap_or(f64::NAN),
             r.epochs_to_target.unwrap_or(f64::NAN),

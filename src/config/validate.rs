@@ -49,10 +49,7 @@ impl Config {
         if t.log_every == 0 {
             bail!("train.log_every: must be at least 1, got 0");
         }
-        // PARTRAIN_EMULATED_BF16=1 runs it anyway: bf16's steps to a target do not depend on the
-        // kernels' speed, so a CPU without bf16 can still measure them (slowly).
-        let emulated_ok = std::env::var("PARTRAIN_EMULATED_BF16").as_deref() == Ok("1");
-        if self.train.precision == Precision::Bf16 && !crate::util::cpu_has_bf16() && !emulated_ok {
+        if self.train.precision == Precision::Bf16 && !crate::util::bf16_runs_here() {
             bail!(
                 "train.precision: bf16 needs a CPU with AVX512-BF16 or AMX-BF16 instructions and this one has \
                  neither (emulated bf16 would be slower than fp32); use fp32, or set PARTRAIN_EMULATED_BF16=1 \

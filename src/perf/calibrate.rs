@@ -13,7 +13,7 @@
 //! (so a one-node and a two-node launch together fill it).
 
 use crate::comm::Comm;
-use crate::config::Config;
+use crate::config::{Config, Precision};
 use crate::model::{describe, Net};
 use crate::perf::{Calibration, ComputeRow, FORMAT, VERSION};
 use crate::plan::averaging::GradSync;
@@ -137,6 +137,34 @@ fn step_time(cfg: &Config, batch: usize, repeats: usize) -> Result<f64> {
 }
 
 impl CalibrateOptions {
+    /// Per-layer and whole-step times at every thread count and batch, computing in `precision`.
+    fn compute_rows(&self, cfg: &Config, threads: &[usize], precision: Precision) -> Result<Vec<ComputeRow>> {
+        let mut cfg = cfg.clone();
+        cfg.train.precision = precision;
+        let layers = cfg.net()?.layers;
+        let input = cfg.data.dataset.image_shape();
+        let mut net = Net::build(&layers, 0..layers.len(), 1);
+        net.set_compute(crate::model::Compute {
+            channels_last: cfg.train.channels_last,
+            bf16: precision == Precision::Bf16,
+        });
+        let mut rows = Vec::new();
+        for &t in threads {
+            tch::set_num_threads(t as i32);
+            for &b in &self.batches {
+                let (forward_s, backward_s) = layer_times(&net, input, b as i64, self.repeats);
+                rows.push(ComputeRow {
+                    threads: t,
+                    batch: b,
+                    forward_s,
+                    backward_s,
+                    step_s: step_time(&cfg, b, self.repeats)?,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
     pub fn run(&self, world: &Comm) -> Result<Option<Calibration>> {
         let cfg = crate::config::load(&self.config, &self.set)?;
         let net = cfg.net()?;
@@ -160,6 +188,7 @@ impl CalibrateOptions {
             layer_output_elems: Vec::new(),
             layer_params: Vec::new(),
             compute: Vec::new(),
+            compute_bf16: Vec::new(),
             intra_node: None,
             inter_node: None,
             inter_node_emulated: None,
@@ -281,25 +310,12 @@ impl CalibrateOptions {
         cal.layer_names = layers.iter().map(|l| l.name.clone()).collect();
         cal.layer_output_elems = rows.iter().map(|r| r.output_shape.iter().product()).collect();
         cal.layer_params = rows.iter().map(|r| r.parameters).collect();
-        cal.compute.clear();
-        let mut net = Net::build(&layers, 0..layers.len(), 1);
-        net.set_compute(crate::model::Compute {
-            channels_last: cfg.train.channels_last,
-            bf16: cfg.train.precision == crate::config::Precision::Bf16,
-        });
-        for &t in threads {
-            tch::set_num_threads(t as i32);
-            for &b in &self.batches {
-                let (forward_s, backward_s) = layer_times(&net, input, b as i64, self.repeats);
-                cal.compute.push(ComputeRow {
-                    threads: t,
-                    batch: b,
-                    forward_s,
-                    backward_s,
-                    step_s: step_time(cfg, b, self.repeats)?,
-                });
-            }
-        }
+        cal.compute = self.compute_rows(cfg, threads, Precision::Fp32)?;
+        cal.compute_bf16 = if crate::util::bf16_runs_here() {
+            self.compute_rows(cfg, threads, Precision::Bf16)?
+        } else {
+            Vec::new()
+        };
         let data_mb = cfg.data.train_limit.unwrap_or(match cfg.data.dataset {
             crate::config::DatasetName::Cifar10 => 50_000,
             _ => 60_000,

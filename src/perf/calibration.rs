@@ -65,7 +65,12 @@ pub struct Calibration {
     /// Per layer: elements of its output per image, and parameters.
     pub layer_output_elems: Vec<i64>,
     pub layer_params: Vec<i64>,
+    /// Measured in fp32 (files written before `compute_bf16` existed: in the config's precision).
     pub compute: Vec<ComputeRow>,
+    /// The same measurements in bf16, where `calibrate` could run it (native bf16, or
+    /// PARTRAIN_EMULATED_BF16=1); empty otherwise. `plan` weighs bf16 layouts with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compute_bf16: Vec<ComputeRow>,
     /// Between two ranks of one node (shared memory).
     pub intra_node: Option<Link>,
     /// Between two nodes.

@@ -9,6 +9,7 @@ pub mod curve;
 pub mod layouts;
 pub mod peak;
 pub mod planner;
+pub mod precision;
 pub mod predict;
 pub mod remedy;
 pub mod steps;

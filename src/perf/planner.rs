@@ -4,9 +4,11 @@
 
 use super::calibration::{named_network, Calibration, Link};
 use super::layouts::{layouts, Scope};
+use super::precision::Precisions;
 use super::predict::{eval_seconds, predict, time_to_target, Layout};
 use super::remedy::{Remedy, StepFactors};
 use super::steps::StepsModel;
+use crate::config::Precision;
 use crate::plan::averaging::GradSync;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -39,6 +41,9 @@ pub struct PlanOptions {
     /// Each remedy's steps to target over plain averaging's (bench/remedies.sh's CSV): the
     /// target scope then weighs every layout with each measured remedy.
     pub remedies: Option<std::path::PathBuf>,
+    /// bf16's steps to target against fp32's (bench/precision_steps.sh's CSV): the target scope
+    /// then also weighs every layout in bf16 where the calibration measured bf16 compute.
+    pub precision_steps: Option<std::path::PathBuf>,
 }
 
 /// One row of `plan.csv`.
@@ -57,6 +62,8 @@ pub struct PlanRow {
     pub averaging: String,
     /// The remedy for communication overhead (`plain`, `overlap`, `bf16`, `powersgd2`, ...).
     pub remedy: String,
+    /// The compute precision (`fp32`, `bf16`) the step is predicted in.
+    pub precision: String,
     pub global_batch: usize,
     pub images_per_s: f64,
     pub speedup: f64,
@@ -82,6 +89,8 @@ pub struct PlanOutput {
     pub rows: Vec<PlanRow>,
     pub refused: Vec<(String, super::layouts::Refusal)>,
     pub steps_model: Option<StepsModel>,
+    /// Whether bf16 was weighed, and why (or why not).
+    pub precision_note: String,
 }
 
 impl PlanOptions {
@@ -119,11 +128,10 @@ impl PlanOptions {
         }))
     }
 
-    pub fn run(&self) -> Result<PlanOutput> {
-        let cfg = crate::config::load(&self.config, &self.set)?;
+    /// The calibration, refused unless it was measured for `net`.
+    fn calibration_of(&self, net: &crate::netspec::NetSpec) -> Result<Calibration> {
         let cal = Calibration::load(&self.calibration)?;
-        let net = cfg.net()?;
-        if !cal.is_of(&net) {
+        if !cal.is_of(net) {
             bail!(
                 "--calibration: {} was measured for {} (net {}), and the config's net is {}",
                 self.calibration.display(),
@@ -132,36 +140,51 @@ impl PlanOptions {
                 net.label()
             );
         }
+        Ok(cal)
+    }
+
+    pub fn run(&self) -> Result<PlanOutput> {
+        let cfg = crate::config::load(&self.config, &self.set)?;
+        let net = cfg.net()?;
+        let cal = self.calibration_of(&net)?;
         let steps_model = self.steps_model()?;
         let factors = match &self.remedies {
             Some(p) => StepFactors::read(p)?,
             None => StepFactors::default(),
         };
-        let layers = net.layers;
-        let network = self.network(&cal)?;
-        let sizes = cfg.data.sizes();
+        let precisions = Precisions::resolve(&cal, cfg.train.precision, self.precision_steps.as_deref())?;
+        let base = Predictor {
+            cal: &precisions.config.1,
+            precision: precisions.config.0,
+            precision_factor: 1.0,
+            network: self.network(&cal)?,
+            cfg: &cfg,
+            scope: Scope::Strong,
+            model: steps_model.as_ref(),
+            sizes: cfg.data.sizes(),
+            eval_every: self.eval_every_epochs,
+            factors: &factors,
+        };
         let mut scopes = vec![Scope::Strong, Scope::Weak];
         scopes.extend(steps_model.is_some().then_some(Scope::Target));
         let (mut rows, mut refused) = (Vec::new(), Vec::new());
         for &nodes in &self.nodes {
             for &scope in &scopes {
-                let at = (nodes, self.cores_per_node);
-                let (mut found, no) = layouts(cfg.train.batch_size, &cal, at, scope, sizes.0);
-                if scope == Scope::Target {
-                    found = with_remedies(found, &factors, &layers);
+                let mut weighed = vec![Predictor { scope, ..base }];
+                if let (Scope::Target, Some((cal, factor))) = (scope, &precisions.bf16) {
+                    weighed.push(Predictor {
+                        cal,
+                        precision: Precision::Bf16,
+                        precision_factor: *factor,
+                        scope,
+                        ..base
+                    });
                 }
-                let ctx = Predictor {
-                    cal: &cal,
-                    network,
-                    cfg: &cfg,
-                    scope,
-                    model: steps_model.as_ref(),
-                    sizes,
-                    eval_every: self.eval_every_epochs,
-                    factors: &factors,
-                };
-                rows.extend(found.iter().map(|l| ctx.row(l)));
-                refused.extend(no.into_iter().map(|r| (scope.name().to_string(), r)));
+                for ctx in weighed {
+                    let (found, no) = ctx.layouts(nodes, self.cores_per_node, &net.layers);
+                    rows.extend(found.iter().map(|l| ctx.row(l)));
+                    refused.extend(no.into_iter().map(|r| (scope.name().to_string(), r)));
+                }
             }
         }
         rows.sort_by(|a, b| (a.nodes, &a.scope).cmp(&(b.nodes, &b.scope)).then(order(a, b)));
@@ -170,6 +193,7 @@ impl PlanOptions {
             rows,
             refused,
             steps_model,
+            precision_note: precisions.note,
         })
     }
 }
@@ -184,9 +208,13 @@ fn order(a: &PlanRow, b: &PlanRow) -> std::cmp::Ordering {
     b.images_per_s.total_cmp(&a.images_per_s)
 }
 
-/// What every row of one (nodes, scope) is predicted with.
+/// What every row of one (nodes, scope, precision) is predicted with.
+#[derive(Clone, Copy)]
 struct Predictor<'a> {
+    /// The calibration with the precision's compute, and bf16's steps to target over fp32's.
     cal: &'a Calibration,
+    precision: Precision,
+    precision_factor: f64,
     network: Link,
     cfg: &'a crate::config::Config,
     scope: Scope,
@@ -230,15 +258,41 @@ fn with_remedies(
 }
 
 impl Predictor<'_> {
+    /// The layouts of `nodes` x `cores` in this scope (in the target scope once per remedy), and
+    /// those refused.
+    fn layouts(
+        &self,
+        nodes: usize,
+        cores: usize,
+        layers: &[crate::model::LayerSpec],
+    ) -> (Vec<Layout>, Vec<super::layouts::Refusal>) {
+        let (found, no) = layouts(
+            self.cfg.train.batch_size,
+            self.cal,
+            (nodes, cores),
+            self.scope,
+            self.sizes.0,
+        );
+        match self.scope {
+            Scope::Target => (with_remedies(found, self.factors, layers), no),
+            _ => (found, no),
+        }
+    }
+
     fn row(&self, l: &Layout) -> PlanRow {
         let mut r = row(l, self.cal, self.network, self.cfg, self.scope.name());
+        r.precision = match self.precision {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+        .into();
         let (train, test) = self.sizes;
         r.eval_s = eval_seconds(l, self.cal, test);
         let factor = self.factors.factor(l.remedy).unwrap_or(1.0);
         r.steps_to_target = self
             .model
             .and_then(|m| m.steps(l.global_batch))
-            .map(|s| s * factor);
+            .map(|s| s * factor * self.precision_factor);
         // Post-local SGD averages gradients every step for its warm-up epoch: those steps cost
         // plain averaging's.
         if let (Remedy::PostLocal(_), Some(steps)) = (l.remedy, r.steps_to_target) {
@@ -292,6 +346,7 @@ fn row(l: &Layout, cal: &Calibration, network: Link, cfg: &crate::config::Config
         .into(),
         averaging: l.grad_sync.name().into(),
         remedy: l.remedy.name(),
+        precision: String::new(),
         global_batch: l.global_batch,
         images_per_s: p.images_per_s,
         speedup,

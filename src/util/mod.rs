@@ -74,6 +74,13 @@ pub fn cpu_has_bf16() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether bf16 compute may run here: on native bf16, or on any CPU with PARTRAIN_EMULATED_BF16=1
+/// (bf16's steps to a target do not depend on the kernels' speed, so a CPU without bf16 can still
+/// measure them, slowly).
+pub fn bf16_runs_here() -> bool {
+    cpu_has_bf16() || std::env::var("PARTRAIN_EMULATED_BF16").as_deref() == Ok("1")
+}
+
 /// Seconds since this process started (from /proc: start time in clock ticks since boot).
 pub fn seconds_since_process_start() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
