@@ -165,7 +165,17 @@ pub fn calibrate(args: &CalibrateArgs, comm: &Comm) -> Result<()> {
             .inter_node_emulated
             .as_ref()
             .map_or(String::new(), |r| format!(" (emulated link set to {r})"));
-        println!("wrote {}: {} compute rows", args.out.display(), cal.compute.len());
+        println!(
+            "wrote {}: {} compute rows in fp32, {} in bf16{}",
+            args.out.display(),
+            cal.compute.len(),
+            cal.compute_bf16.len(),
+            if cal.compute_bf16.is_empty() {
+                " (no native bf16 here; PARTRAIN_EMULATED_BF16=1 measures it anyway)"
+            } else {
+                ""
+            }
+        );
         println!("  link inside a node:  {}", show(cal.intra_node));
         println!("  link between nodes: {}{emulated}", show(cal.inter_node));
     }
