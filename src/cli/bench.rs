@@ -39,6 +39,10 @@ pub struct ConvBenchArgs {
     pub chunk: Option<usize>,
     #[arg(long, default_value = "results/conv_bench")]
     pub out: PathBuf,
+    /// Advise the buffers as transparent huge pages before their first touch (off by default:
+    /// measured slower on a VM, src/util/pages.rs).
+    #[arg(long)]
+    pub huge_pages: bool,
 }
 
 impl ConvBenchArgs {
@@ -55,6 +59,7 @@ impl ConvBenchArgs {
             threads: self.threads,
             chunk: self.chunk,
             out: self.out.clone(),
+            huge_pages: self.huge_pages,
         }
     }
 }

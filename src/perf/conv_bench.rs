@@ -76,6 +76,8 @@ pub struct ConvBench {
     pub size: i64,
     pub kernel: i64,
     pub repeats: usize,
+    /// Advise the buffers as transparent huge pages before their first touch (`util::pages`).
+    pub huge_pages: bool,
     /// libtorch threads per rank.
     pub threads: i32,
     /// Images per chunk: the batch is computed a chunk at a time, so no workspace grows with
@@ -126,30 +128,40 @@ impl Work {
         // Channels-last for several channels: oneDNN's direct kernel, no im2col workspace (on
         // 3 x 1024 x 1024 images 6x faster forward and 9x backward than NCHW, measured). Buffers
         // are made in that layout directly (a conversion would allocate and fault in a copy).
-        let make = |shape: [i64; 4], f: fn([i64; 4]) -> Tensor| {
+        // With --huge-pages every buffer is advised as huge pages before its first touch
+        // (`util::pages`: opt-in, as measured there). Filled in place: randn = empty + normal_.
+        let alloc = |s: [i64; 4]| match b.huge_pages {
+            true => crate::util::pages::empty_huge(&s, Kind::Float),
+            false => Tensor::empty(s, opts),
+        };
+        let make = |shape: [i64; 4], f: &dyn Fn([i64; 4]) -> Tensor| {
             if c > 1 {
                 f([shape[0], shape[2], shape[3], shape[1]]).permute([0, 3, 1, 2])
             } else {
                 f(shape)
             }
         };
-        let randn = |s: [i64; 4]| Tensor::randn(s, (Kind::Float, tch::Device::Cpu));
+        let randn = |s: [i64; 4]| {
+            let mut t = alloc(s);
+            let _ = t.normal_(0.0, 1.0);
+            t
+        };
         // Output and input gradient are zero-filled here, in one sequential pass, not left empty
         // for the first chunked pass to fault in: on the development machine (a gVisor sandbox)
         // faulting them in chunk by chunk under the convolution cost 2.9 s of kernel time,
         // zero-filling 1.2 s (whole process 3.95 -> 2.72 s of system time, 11.4 -> 9.3 s wall).
-        let zeros = |s: [i64; 4]| Tensor::zeros(s, (Kind::Float, tch::Device::Cpu));
-        let ones = |s: [i64; 4]| Tensor::ones(s, (Kind::Float, tch::Device::Cpu));
+        let zeros = |s: [i64; 4]| alloc(s).zero_();
+        let ones = |s: [i64; 4]| alloc(s).fill_(1.0);
         let chunk = b
             .chunk
             .unwrap_or(((8 << 20) / (4 * c * s * s).max(1)).max(1) as usize) as i64;
         let chunk = chunk.clamp(1, images.max(1));
         Work {
-            weight: make([b.out_channels, c, k, k], randn) * 0.1,
-            input: make([images, c, s, s], randn),
-            output: make([images, b.out_channels, o, o], zeros),
-            grad_output_chunk: make([chunk, b.out_channels, o, o], ones),
-            grad_input: make([images, c, s, s], zeros),
+            weight: make([b.out_channels, c, k, k], &randn) * 0.1,
+            input: make([images, c, s, s], &randn),
+            output: make([images, b.out_channels, o, o], &zeros),
+            grad_output_chunk: make([chunk, b.out_channels, o, o], &ones),
+            grad_input: make([images, c, s, s], &zeros),
             grad_weight: Tensor::zeros([b.out_channels, c, k, k], opts),
             chunk,
             depthwise: c == 1 && b.out_channels == 1,
@@ -386,6 +398,7 @@ mod tests {
                 repeats: 1,
                 threads: 1,
                 chunk: Some(chunk),
+                huge_pages: chunk == 2,
                 out: std::env::temp_dir(),
             };
             let work = Work::new(&b, images);

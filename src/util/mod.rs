@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod format;
 pub mod machine;
+pub mod pages;
 pub mod run_files;
 pub mod version;
 
