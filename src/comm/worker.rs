@@ -106,11 +106,12 @@ fn serve(
 /// How long the all-reduce thread sleeps between MPI_Test calls. A blocking MPI_Allreduce polls
 /// the network without pause (Open MPI yields between polls, but the poller still competes with
 /// the compute threads for the cores). Measured on 4 emulated nodes sharing 2 cores (dp, 1 rank
-/// per node, bench/overlap_hidden.sh's runs, seeds 42-44), against the blocking call:
-/// - 1 Gbit/s, 64 images per rank: 73 % of the all-reduce hidden behind backward (72.8-73.5)
-///   against 62 %, and a step of 70.7 ms against 78.5 ms;
-/// - 1 Gbit/s, 128 images per rank: 73-76 % hidden against 89 %, 126.6 ms a step against 119.5
-///   (backward already covers the all-reduce there: the priority below costs compute);
+/// per node, `bash bench/overlap_hidden.sh`, seeds 42-44), against the blocking call:
+/// - 1 Gbit/s, 64 images per rank: 72.0 % of the all-reduce hidden behind backward (70.8-73.9)
+///   against 62.1 %, and a step of 71.4 ms against 78.5 ms;
+/// - 1 Gbit/s, 128 images per rank: 72.0 % hidden (69.5-72.7) against 89.1 %, a step of 128.6 ms
+///   against 119.5 (backward already covered the all-reduce there: the priority below costs
+///   compute);
 /// - 100 Mbit/s, 64: 251 ms against 257 ms; unshaped loopback: the same step time.
 ///
 /// 20 us and 200 us between tests measured as 50 us.
@@ -118,7 +119,7 @@ const POLL: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// How much the all-reduce thread's nice value is lowered below the process's: when its data
 /// arrives it runs ahead of the compute threads that share the cores, so the link stays busy
-/// while backward runs. At 1 Gbit/s and 64 images per rank (as for `POLL`): 0 hid 64 % (a step
+/// while backward runs. At 1 Gbit/s and 64 images per rank, seeds 43 and 44: 0 hid 64 % (a step
 /// 74.7 ms), 5 hid 73 % (70.7 ms), 10 hid 75 % (73.3 ms: compute slowed more than it gained).
 const PRIORITY_BOOST: i32 = 5;
 
