@@ -46,6 +46,16 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// The config's spelling (`fp32`, `bf16`), also the peak file's and plan.csv's.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 /// Where a run's optimizer and schedule come from: `fixed` (the config's own `train` keys, the
 /// seeds' fixed rate whatever the batch) or `by_global_batch` (`plan::recipe`'s rule: the recipe
 /// the converge tables measured best at the run's global batch).

@@ -281,11 +281,7 @@ impl Predictor<'_> {
 
     fn row(&self, l: &Layout) -> PlanRow {
         let mut r = row(l, self.cal, self.network, self.cfg, self.scope.name());
-        r.precision = match self.precision {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-        }
-        .into();
+        r.precision = self.precision.name().into();
         let (train, test) = self.sizes;
         r.eval_s = eval_seconds(l, self.cal, test);
         let factor = self.factors.factor(l.remedy).unwrap_or(1.0);

@@ -108,10 +108,7 @@ fn announce(plan: &Plan, preflight: &crate::record::preflight::Preflight, data: 
 /// The peak of all this run's ranks (as many as the cores hold) from `PARTRAIN_PEAK`, for the
 /// run's precision and threads per rank; None without the variable.
 pub(super) fn peak_from_env(cfg: &Config, plan: &Plan) -> Result<Option<f64>> {
-    let precision = match cfg.train.precision {
-        crate::config::Precision::Fp32 => "fp32",
-        crate::config::Precision::Bf16 => "bf16",
-    };
+    let precision = cfg.train.precision.name();
     crate::record::peak::job_peak_from_env(precision, plan.threads_per_rank, &plan.world)
 }
 
